@@ -1,0 +1,18 @@
+class ReportingError(Exception):
+    """Base class for errors of the reporting server."""
+
+
+class ConfigError(ReportingError):
+    """Raised when the configuration file is missing, unreadable or invalid."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+class BrokerError(ReportingError):
+    """Raised when no broker of the host list can be reached."""
+
+
+class HarnessError(ReportingError):
+    """Raised when a local service of the harness cannot be started or stopped."""

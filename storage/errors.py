@@ -1,0 +1,40 @@
+class StorageError(Exception):
+    """Base class for storage errors."""
+
+
+class JournalError(StorageError):
+    """Base class for journal errors."""
+
+
+class JournalFull(JournalError):
+    """Raised when an append would take the journal past max_bytes, or the disk is full."""
+
+    def __init__(self, pending_bytes: int, max_bytes: int) -> None:
+        super().__init__(f"journal full: {pending_bytes} of {max_bytes} bytes")
+        self.pending_bytes = pending_bytes
+        self.max_bytes = max_bytes
+
+
+class ForeignFile(JournalError):
+    """Raised when the journal directory holds a file that is not a segment."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"not a journal segment: {path}")
+        self.path = path
+
+
+class DatabaseError(StorageError):
+    """Base class for database errors."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Raised when the database cannot be reached; the write may be retried."""
+
+
+class StaleEpoch(DatabaseError):
+    """Raised when a drain transaction's epoch is older than the fence."""
+
+    def __init__(self, cluster: str, epoch: int) -> None:
+        super().__init__(f"epoch {epoch} of {cluster} is fenced off by a newer writer")
+        self.cluster = cluster
+        self.epoch = epoch
