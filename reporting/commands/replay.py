@@ -1,0 +1,8 @@
+"""`reporting-server replay` (not yet built)."""
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("replay", help="(not yet built)")
+    parser.set_defaults(func=lambda args: parser.error("not yet built"))
