@@ -1,0 +1,322 @@
+"""The instance configuration: one TOML file, read once into a frozen, typed Config.
+
+Every key has a default except where a mode needs it; an unknown key, a wrong type or a bad value
+raises ConfigError naming the key, which the CLI prints as one line (exit code 2).
+Secrets (broker password, database password) come from the environment or a file named in the
+config, never from logs: they print as `***`.
+"""
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reporting.errors import ConfigError
+
+MODES = ("standalone", "shared", "segregated")
+ROLES = ("primary", "backup")
+KINDS = ("cdr", "or", "sq", "events")
+DEFAULT_QUEUES = tuple(f"gvp.reporting.{kind}" for kind in KINDS)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+class Secret(str):
+    """A string that never shows itself in repr or str formatting of a config."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+@dataclass(frozen=True)
+class HAConfig:
+    mode: str = "standalone"
+    role: str = "primary"
+    zookeeper: str = "127.0.0.1:2181"
+    cluster: str = "/gvp/reporting/pair1"
+    session_timeout_s: float = 2.0
+    # Segregated backup: how long the primary's node must be gone before the backup activates.
+    grace_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    hosts: tuple[str, ...] = ("127.0.0.1:61613",)
+    queues: tuple[str, ...] = DEFAULT_QUEUES
+    user: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+    prefetch: int = 1000
+    batch_records: int = 500
+    batch_wait_s: float = 0.05
+    heartbeat_ms: int = 1000
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///reporting.db"
+    batch_records: int = 1000
+
+    def __repr__(self) -> str:
+        return f"DatabaseConfig(url={redact_url(self.url)!r}, batch_records={self.batch_records})"
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    dir: Path = Path("journal")
+    max_bytes: int = 1 << 30
+    segment_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:8080"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "rs"
+    ha: HAConfig = HAConfig()
+    broker: BrokerConfig = BrokerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    journal: JournalConfig = JournalConfig()
+    http: HttpConfig = HttpConfig()
+    path: Path | None = None
+
+    @property
+    def fence_cluster(self) -> str:
+        """The fencing domain: the pair's ZooKeeper path, or the instance in standalone."""
+        return self.name if self.ha.mode == "standalone" else self.ha.cluster
+
+    @property
+    def journal_key(self) -> str:
+        """The key of this instance's drained positions: one journal per store."""
+        return f"{self.ha.cluster}/shared" if self.ha.mode == "shared" else self.name
+
+
+def _host_port(key: str, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"expected host:port, got {value!r}")
+    return value
+
+
+def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    # bool is an int in Python; a flag is never a number in this file.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ConfigError(key, f"expected {_type_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(key, f"expected {_type_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "a bool"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+class _Section:
+    """Reads one table of the file, remembering which keys were used to flag the rest."""
+
+    def __init__(self, data: dict[str, Any], prefix: str) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        return _check_type(self.key(name), self.data[name], kind)
+
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> Any:
+        value = self.get(name, int if integer else (int, float), default)
+        if value < minimum:
+            raise ConfigError(self.key(name), f"must be >= {minimum}, got {value}")
+        return value if integer else float(value)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(name, str, default)
+        if value not in choices:
+            raise ConfigError(self.key(name), f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(name, list, list(default))
+        if not value:
+            raise ConfigError(self.key(name), "must not be empty")
+        for item in value:
+            _check_type(self.key(name), item, str)
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "unknown key")
+
+
+def _secret(sec: _Section, name: str, env: dict[str, str]) -> Secret | None:
+    """A secret given as `<name>_env` (a variable's name) or `<name>_file` (a path)."""
+    env_name = sec.get(f"{name}_env", str, None)
+    file_name = sec.get(f"{name}_file", str, None)
+    if name in sec.data:
+        raise ConfigError(
+            sec.key(name), f"secrets are not written in the file; use {name}_env or {name}_file"
+        )
+    if env_name is not None:
+        if env_name not in env:
+            raise ConfigError(sec.key(f"{name}_env"), f"environment variable {env_name} is not set")
+        return Secret(env[env_name])
+    if file_name is not None:
+        try:
+            return Secret(Path(file_name).read_text().strip())
+        except OSError as exc:
+            reason = f"cannot read {file_name}: {exc.strerror}"
+            raise ConfigError(sec.key(f"{name}_file"), reason) from None
+    return None
+
+
+def _section(top: _Section, name: str) -> _Section:
+    data = top.get(name, dict, {})
+    return _Section(data, name)
+
+
+def parse_config(
+    data: dict[str, Any], *, path: Path | None = None, env: dict[str, str] | None = None
+) -> Config:
+    """Validates the parsed TOML document; relative paths are taken from the file's folder."""
+    base = path.resolve().parent if path is not None else None
+    env = dict(os.environ) if env is None else env
+    top = _Section(data, "")
+    name = top.get("name", str, Config.name)
+    if not _NAME.match(name):
+        raise ConfigError("name", f"letters, digits, '.', '_' or '-' only; got {name!r}")
+
+    sec = _section(top, "ha")
+    mode = sec.choice("mode", HAConfig.mode, MODES)
+    ha = HAConfig(
+        mode=mode,
+        role=sec.choice("role", HAConfig.role, ROLES),
+        zookeeper=sec.get("zookeeper", str, HAConfig.zookeeper),
+        cluster=sec.get("cluster", str, HAConfig.cluster),
+        session_timeout_s=sec.number("session_timeout", HAConfig.session_timeout_s, minimum=0.5),
+        grace_s=sec.number("grace", HAConfig.grace_s, minimum=0.0),
+    )
+    for hp in ha.zookeeper.split(","):
+        _host_port("ha.zookeeper", hp.strip())
+    if not ha.cluster.startswith("/") or ha.cluster.endswith("/") or "//" in ha.cluster:
+        raise ConfigError("ha.cluster", f"must be an absolute ZooKeeper path; got {ha.cluster!r}")
+    sec.finish()
+
+    sec = _section(top, "broker")
+    broker = BrokerConfig(
+        hosts=tuple(
+            _host_port("broker.hosts", h) for h in sec.strings("hosts", BrokerConfig.hosts)
+        ),
+        queues=sec.strings("queues", BrokerConfig.queues),
+        user=sec.get("user", str, None),
+        password=_secret(sec, "password", env),
+        prefetch=sec.number("prefetch", BrokerConfig.prefetch, minimum=1, integer=True),
+        batch_records=sec.number(
+            "batch_records", BrokerConfig.batch_records, minimum=1, integer=True
+        ),
+        batch_wait_s=sec.number("batch_wait", BrokerConfig.batch_wait_s, minimum=0.0),
+        heartbeat_ms=sec.number("heartbeat_ms", BrokerConfig.heartbeat_ms, minimum=0, integer=True),
+        max_body_bytes=sec.number(
+            "max_body_bytes", BrokerConfig.max_body_bytes, minimum=64, integer=True
+        ),
+    )
+    for queue in broker.queues:
+        if queue.removeprefix("gvp.reporting.") not in KINDS or not queue.startswith(
+            "gvp.reporting."
+        ):
+            raise ConfigError(
+                "broker.queues",
+                f"unknown queue {queue!r}; expected gvp.reporting.<{'|'.join(KINDS)}>",
+            )
+    sec.finish()
+
+    sec = _section(top, "database")
+    url = sec.get("url", str, DatabaseConfig.url)
+    password = _secret(sec, "password", env)
+    if "://" not in url:
+        raise ConfigError(
+            "database.url",
+            "expected an SQLAlchemy URL such as postgresql+psycopg://user@host:5432/db",
+        )
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and base is not None:
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            url = "sqlite:///" + str((base / path).resolve())
+    if password is not None:
+        url = _with_password(url, password)
+    database = DatabaseConfig(
+        url=url,
+        batch_records=sec.number(
+            "batch_records", DatabaseConfig.batch_records, minimum=1, integer=True
+        ),
+    )
+    sec.finish()
+
+    sec = _section(top, "journal")
+    jdir = Path(sec.get("dir", str, str(JournalConfig.dir)))
+    if base is not None and not jdir.is_absolute():
+        jdir = base / jdir
+    journal = JournalConfig(
+        dir=jdir,
+        max_bytes=sec.number("max_bytes", JournalConfig.max_bytes, minimum=4096, integer=True),
+        segment_bytes=sec.number(
+            "segment_bytes", JournalConfig.segment_bytes, minimum=4096, integer=True
+        ),
+    )
+    sec.finish()
+
+    sec = _section(top, "http")
+    http = HttpConfig(listen=_host_port("http.listen", sec.get("listen", str, HttpConfig.listen)))
+    sec.finish()
+    top.finish()
+    return Config(
+        name=name, ha=ha, broker=broker, database=database, journal=journal, http=http, path=path
+    )
+
+
+def _with_password(url: str, password: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).set(password=password).render_as_string(hide_password=False)
+    except Exception as exc:  # sqlalchemy raises ArgumentError for a malformed URL
+        raise ConfigError("database.url", f"not a valid URL: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Reads and validates one instance's TOML file; paths in it are relative to the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {path} not found") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, path=path)

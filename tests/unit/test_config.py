@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from reporting.config import Config, ConfigError, load_config, parse_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rs.toml"
+    path.write_text(text)
+    return path
+
+
+def test_contract_example_loads(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+name = "rs-a"
+[ha]
+mode = "shared"
+role = "primary"
+zookeeper = "127.0.0.1:2181"
+cluster = "/gvp/reporting/pair1"
+session_timeout = 2.0
+[broker]
+hosts = ["127.0.0.1:61613"]
+queues = ["gvp.reporting.cdr", "gvp.reporting.or", "gvp.reporting.sq", "gvp.reporting.events"]
+[database]
+url = "sqlite:///reporting.db"
+[journal]
+dir = "journal"
+max_bytes = 1073741824
+[http]
+listen = "127.0.0.1:8080"
+""",
+    )
+    config = load_config(path)
+    assert config.name == "rs-a"
+    assert config.ha.mode == "shared"
+    assert config.ha.session_timeout_s == 2.0
+    assert config.broker.hosts == ("127.0.0.1:61613",)
+    assert config.journal.dir == tmp_path / "journal"
+    assert config.database.url == f"sqlite:///{tmp_path.resolve()}/reporting.db"
+    assert config.http.port == 8080
+    assert config.journal_key == "/gvp/reporting/pair1/shared"
+    assert config.fence_cluster == "/gvp/reporting/pair1"
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert config.ha.mode == "standalone"
+    assert config.broker.queues == Config().broker.queues
+    assert config.fence_cluster == config.name == config.journal_key
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("nmae = 'x'", "nmae"),
+        ("[ha]\nmode = 'active'", "ha.mode"),
+        ("[ha]\nsession_timeout = 'two'", "ha.session_timeout"),
+        ("[ha]\nsession_timeout = 0.1", "ha.session_timeout"),
+        ("[ha]\ncluster = 'pair1'", "ha.cluster"),
+        ("[broker]\nhosts = ['localhost']", "broker.hosts"),
+        ("[broker]\nhosts = []", "broker.hosts"),
+        ("[broker]\nqueues = ['gvp.reporting.xyz']", "broker.queues"),
+        ("[broker]\nprefetch = true", "broker.prefetch"),
+        ("[broker]\npassword = 'secret'", "broker.password"),
+        ("[database]\nurl = 'reporting.db'", "database.url"),
+        ("[journal]\nmax_bytes = 10", "journal.max_bytes"),
+        ("[journal]\nextra = 1", "journal.extra"),
+        ("[http]\nlisten = 'nowhere'", "http.listen"),
+        ("ha = 3", "ha"),
+    ],
+)
+def test_bad_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert err.value.key == key
+    assert str(err.value).startswith(key + ":")
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "name = "))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_secrets_from_env_and_file_never_print(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    data = {
+        "broker": {"user": "rs", "password_env": "RS_BROKER_PW"},
+        "database": {
+            "url": "postgresql+psycopg://rs@db:5432/r",
+            "password_file": str(tmp_path / "pw"),
+        },
+    }
+    config = parse_config(data, env={"RS_BROKER_PW": "hunter2"})
+    assert config.broker.password == "hunter2"
+    assert "s3cret" in config.database.url
+    assert "hunter2" not in repr(config)
+    assert "s3cret" not in repr(config)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"broker": {"password_env": "NOPE"}}, env={})
+    assert err.value.key == "broker.password_env"
