@@ -1,0 +1,153 @@
+"""PostgreSQL 15 from the machine's packages, one cluster per workdir."""
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reporting.errors import HarnessError
+from reporting.harness.ports import LOOPBACK, free_port
+from reporting.harness.service import Service
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+INSTALL_HINT = "apt-get install -y postgresql-15"
+# PostgreSQL refuses to run as root; the packages create this account.
+RUN_AS = "postgres"
+
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class Postgres(Service):
+    """A PostgreSQL cluster: trust auth on 127.0.0.1, fsync on, no Unix socket."""
+
+    name = "postgres"
+    # SIGINT is pg_ctl's "fast" shutdown: SIGTERM ("smart") waits for every client to leave.
+    graceful_signal = signal.SIGINT
+
+    def __init__(self, workdir: Path | str, *, port: int | None = None) -> None:
+        super().__init__(workdir)
+        self.port = port or free_port()
+        self.data_dir = self.workdir / "data"
+
+    @property
+    def url(self) -> str:
+        return self.url_for("postgres")
+
+    def url_for(self, database: str) -> str:
+        """SQLAlchemy URL of a database of this cluster."""
+        return f"postgresql+psycopg://postgres@{LOOPBACK}:{self.port}/{database}"
+
+    def ports(self) -> dict[str, int]:
+        return {"port": self.port}
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database and return its SQLAlchemy URL."""
+        if not _DATABASE_NAME.match(name):
+            raise HarnessError(f"postgres: not a plain database name: {name!r}")
+        with self.connect() as conn:
+            conn.autocommit = True
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url_for(name)
+
+    def connect(self, database: str = "postgres", timeout_s: float = 5) -> psycopg.Connection:
+        return psycopg.connect(
+            host=LOOPBACK,
+            port=self.port,
+            user="postgres",
+            dbname=database,
+            connect_timeout=max(1, int(timeout_s)),
+        )
+
+    # -- Service hooks ------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if not (PG_BIN / "postgres").exists():
+            raise HarnessError(f"postgres: {PG_BIN / 'postgres'} not found; run: {INSTALL_HINT}")
+        if os.geteuid() == 0:
+            _hand_to_postgres_user(self.workdir)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        if self.data_dir.exists():
+            # A half-done initdb (killed mid-way) would refuse to run again.
+            shutil.rmtree(self.data_dir)
+        command = [
+            str(PG_BIN / "initdb"),
+            "--pgdata", str(self.data_dir),
+            "--username", "postgres",
+            "--auth", "trust",
+            "--encoding", "UTF8",
+            "--locale", "C",
+            "--no-instructions",
+            # Only initdb's final flush; the server itself runs with fsync on.
+            "--no-sync",
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log_file:
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                **self._spawn_options(),
+            )
+        if done.returncode != 0:
+            raise HarnessError(
+                f"postgres: initdb failed; log {self.log_path}:\n{self.log_tail(30)}"
+            )
+
+    def _command(self) -> list[str]:
+        settings = {
+            "listen_addresses": LOOPBACK,
+            "port": str(self.port),
+            "unix_socket_directories": "",
+            # Durability is what the tests check; never trade it for speed here.
+            "fsync": "on",
+            "synchronous_commit": "on",
+            "full_page_writes": "on",
+            "shared_buffers": "16MB",
+            "max_connections": "100",
+            "log_min_messages": "warning",
+        }
+        command = [str(PG_BIN / "postgres"), "-D", str(self.data_dir)]
+        for key, value in settings.items():
+            command += ["-c", f"{key}={value}"]
+        return command
+
+    def _probe(self) -> bool:
+        try:
+            with self.connect(timeout_s=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def _spawn_options(self) -> dict[str, Any]:
+        if os.geteuid() != 0:
+            return {}
+        return {"user": RUN_AS, "group": RUN_AS, "extra_groups": []}
+
+
+def _hand_to_postgres_user(workdir: Path) -> None:
+    """Give the workdir to the postgres account and let it reach the workdir.
+
+    Temporary directories of a root session are mode 0700; PostgreSQL needs to traverse them, so
+    they get the search (x) bit for others, never the read bit.
+    """
+    try:
+        account = pwd.getpwnam(RUN_AS)
+    except KeyError:
+        raise HarnessError(f"postgres: no '{RUN_AS}' account; run: {INSTALL_HINT}") from None
+    # initdb creates the data directory inside, owned by the account.
+    os.chown(workdir, account.pw_uid, account.pw_gid)
+    for parent in workdir.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(parent, mode | stat.S_IXOTH)
