@@ -17,6 +17,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB
@@ -32,7 +33,7 @@ reports = Table(
     "reports",
     metadata,
     Column("id", RowId, primary_key=True, autoincrement=True),
-    Column("report_id", Text, nullable=False, unique=True),
+    Column("report_id", Text, nullable=False),
     Column("kind", Text, nullable=False),
     Column("queue", Text, nullable=False),
     Column("payload", Payload, nullable=False),
@@ -50,6 +51,7 @@ reports = Table(
     Column("peak", BigInteger),  # or
     Column("metric", Text),  # sq
     Column("value", Float),  # sq
+    UniqueConstraint("report_id", name="reports_report_id_key"),
     Index("ix_reports_call_id", "call_id"),
     Index("ix_reports_component_started_at", "component", "started_at"),
     Index("ix_reports_tenant_started_at", "tenant", "started_at"),
@@ -68,7 +70,8 @@ rejected_reports = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # sha256 of (report_id, queue, reason, raw): a replayed rejected record is stored once.
-    Column("digest", Text, nullable=False, unique=True),
+    Column("digest", Text, nullable=False),
+    UniqueConstraint("digest", name="rejected_reports_digest_key"),
     Index("ix_rejected_reports_report_id", "report_id"),
 )
 

@@ -1,0 +1,115 @@
+"""Engines for the two supported databases, and the translation of their errors.
+
+PostgreSQL goes through psycopg 3; SQLite is the embedded default, in WAL mode with one writer.
+Both are needed for `INSERT ... ON CONFLICT`, on which "no duplicates" rests.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.engine import make_url
+
+from storage.errors import DatabaseError, DatabaseUnavailable
+
+CONNECT_TIMEOUT_S = 5
+# A paused or partitioned writer must not keep the fence row locked: the server ends its
+# transaction, so the writer of a newer epoch is never blocked by it for long.
+IDLE_IN_TRANSACTION_TIMEOUT_S = 30
+# A database that accepts connections but does not answer is an outage, not a wait for ever.
+STATEMENT_TIMEOUT_S = 60
+SQLITE_BUSY_TIMEOUT_S = 5
+
+
+def dialect_of(url: str) -> str:
+    try:
+        backend = make_url(url).get_backend_name()
+    except exc.ArgumentError:
+        raise DatabaseError(f"not a database URL: {redacted(url)}") from None
+    if backend not in ("postgresql", "sqlite"):
+        raise DatabaseError(f"unsupported database {backend!r}: use postgresql or sqlite")
+    return backend
+
+
+def redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return "<unparsable URL>"
+
+
+def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
+    """An engine for `url`; `timeout_s` shortens the connect and statement timeouts (probes)."""
+    if dialect_of(url) == "sqlite":
+        return _sqlite_engine(url, timeout_s)
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_s = timeout_s or CONNECT_TIMEOUT_S
+    statement_ms = int((timeout_s or STATEMENT_TIMEOUT_S) * 1000)
+    options = (
+        f"-c statement_timeout={statement_ms}"
+        f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_S * 1000}"
+    )
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(1, int(connect_s)),
+        "options": options,
+        # Notice a peer that vanished without a FIN (a partition) within about half a minute.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    return create_engine(
+        parsed, connect_args=connect_args, pool_pre_ping=True, pool_size=2, max_overflow=2
+    )
+
+
+def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": timeout_s or SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Transactions are begun by hand below, so that SAVEPOINT works and a write transaction
+        # takes the lock at BEGIN rather than failing to upgrade half way through.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed batch survives power loss, since its journal segment may be deleted.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True if `error` says the database could not be reached or did not answer."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error,
+        exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError,
+    )
+
+
+@contextlib.contextmanager
+def translated(url: str) -> Iterator[None]:
+    """Turn SQLAlchemy's errors into storage errors at the boundary of the sink."""
+    try:
+        yield
+    except exc.SQLAlchemyError as error:
+        message = _first_line(error)
+        if is_unavailable(error):
+            raise DatabaseUnavailable(f"database {redacted(url)} unavailable: {message}") from error
+        raise DatabaseError(f"database {redacted(url)}: {message}") from error
+
+
+def _first_line(error: exc.SQLAlchemyError) -> str:
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"

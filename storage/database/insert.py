@@ -1,0 +1,74 @@
+"""Inserting report rows, skipping those already stored: the ways the sink can do it.
+
+Each function returns how many rows it stored. `copy_reports` is the PostgreSQL fast path (see
+bench/bench_sink.py for the measurement that chose it); `insert_many` works on both dialects and
+is, on PostgreSQL, psycopg's executemany in pipeline mode.
+"""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Table
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.database.rows import REPORT_COLUMNS
+from storage.database.schema import reports
+
+_STAGING = "reports_in"
+_STAGING_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
+    report_id text, kind text, queue text, payload jsonb, received_at timestamptz,
+    call_id text, component text, tenant text, started_at timestamptz, ended_at timestamptz,
+    interval_start timestamptz, arrivals bigint, peak bigint, metric text, value double precision
+) ON COMMIT DELETE ROWS
+"""
+_COLUMN_LIST = ", ".join(REPORT_COLUMNS)
+
+
+def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str) -> int:
+    if not rows:
+        return 0
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+    return conn.execute(statement, list(rows)).rowcount
+
+
+def copy_reports(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """COPY into a session-local staging table, then one INSERT ... SELECT ... ON CONFLICT."""
+    if not rows:
+        return 0
+    driver = conn.connection.driver_connection  # psycopg.Connection, in this transaction
+    assert driver is not None
+    try:
+        return _copy(driver, rows)
+    except psycopg.Error as error:
+        # Wrapped as SQLAlchemy would have, so that the sink classifies it the same way.
+        raise sa_exc.DBAPIError.instance(
+            "COPY reports", None, error, psycopg.Error, dialect=conn.dialect
+        ) from error
+
+
+def _copy(driver: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> int:
+    with driver.cursor() as cursor:
+        # Created if missing each time: a staging table made inside a savepoint that was rolled
+        # back is gone again.
+        cursor.execute(_STAGING_DDL)
+        with cursor.copy(f"COPY {_STAGING} ({_COLUMN_LIST}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(tuple(_copy_value(row[c]) for c in REPORT_COLUMNS))
+        cursor.execute(
+            f"INSERT INTO {reports.name} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGING}"
+            " ON CONFLICT (report_id) DO NOTHING"
+        )
+        stored = cursor.rowcount
+        # Emptied now, not at commit: the isolation of refused rows copies again in this
+        # transaction.
+        cursor.execute(f"DELETE FROM {_STAGING}")
+    return stored
+
+
+def _copy_value(value: Any) -> Any:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else value

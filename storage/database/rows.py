@@ -1,0 +1,125 @@
+"""Reports and rejected messages as table rows.
+
+The typed columns are copies of payload fields, taken tolerantly: a value that passed validation
+but does not parse (or has the wrong type) is stored as NULL; the payload keeps it as sent.
+"""
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from storage.reports import Rejected, Report, to_record
+
+# payload field -> reports column, per kind: (column, field, parser)
+_TIME_FIELDS = {
+    "cdr": (("started_at", "start"), ("ended_at", "end")),
+    "events": (("started_at", "at"),),
+    "or": (("interval_start", "interval_start"),),
+}
+_TEXT_FIELDS = ("call_id", "component", "tenant", "metric")
+_INT_FIELDS = ("arrivals", "peak")
+
+REPORT_COLUMNS = (
+    "report_id",
+    "kind",
+    "queue",
+    "payload",
+    "received_at",
+    "call_id",
+    "component",
+    "tenant",
+    "started_at",
+    "ended_at",
+    "interval_start",
+    "arrivals",
+    "peak",
+    "metric",
+    "value",
+)
+REJECTED_COLUMNS = ("report_id", "queue", "reason", "raw", "received_at", "digest")
+
+
+def utc(at: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return utc(datetime.fromisoformat(value))
+    except (ValueError, OverflowError):
+        return None
+
+
+def report_row(report: Report) -> dict[str, Any]:
+    payload = report.payload
+    row: dict[str, Any] = {
+        "report_id": report.report_id,
+        "kind": report.kind,
+        "queue": report.queue,
+        "payload": payload,
+        "received_at": utc(report.received_at),
+        "started_at": None,
+        "ended_at": None,
+        "interval_start": None,
+    }
+    for column in _TEXT_FIELDS:
+        value = payload.get(column)
+        row[column] = value if isinstance(value, str) else None
+    for column in _INT_FIELDS:
+        # Passed through unbounded: a value beyond bigint is a row the database refuses, and so
+        # lands in rejected_reports rather than being silently cut.
+        value = payload.get(column)
+        row[column] = value if isinstance(value, int) and not isinstance(value, bool) else None
+    row["value"] = _number(payload.get("value"))
+    for column, field in _TIME_FIELDS.get(report.kind, ()):
+        row[column] = parse_time(payload.get(field))
+    return row
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def rejected_row(rejected: Rejected) -> dict[str, Any]:
+    # Text scrubbed so that any rejected message can be stored; the digest is of the original,
+    # so a replay of the same record still matches.
+    return {
+        "report_id": scrub_text(rejected.report_id),
+        "queue": scrub_text(rejected.queue),
+        "reason": scrub_text(rejected.reason),
+        "raw": rejected.raw,
+        "received_at": utc(rejected.received_at),
+        "digest": digest(rejected.report_id, rejected.queue, rejected.reason, rejected.raw),
+    }
+
+
+def refused_row(report: Report, reason: str) -> dict[str, Any]:
+    """A report the database refused, kept as a rejected row with its whole journal record."""
+    try:
+        raw = to_record(report)
+    except ValueError:  # an integer too long to print; keep what can be printed
+        raw = repr(report).encode("utf-8", "backslashreplace")
+    return rejected_row(Rejected(report.report_id, report.queue, reason, raw, report.received_at))
+
+
+def digest(report_id: str, queue: str, reason: str, raw: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (report_id, queue, reason):
+        encoded = part.encode("utf-8", "surrogatepass")
+        h.update(len(encoded).to_bytes(8, "big"))
+        h.update(encoded)
+    h.update(raw)
+    return h.hexdigest()
+
+
+def scrub_text(value: str) -> str:
+    """Text the database can hold: NUL bytes (which PostgreSQL refuses) written as `\\x00`."""
+    return value.replace("\x00", "\\x00")

@@ -1,0 +1,272 @@
+"""The sink: where drained reports are stored, exactly once, by the writer that holds the fence.
+
+A batch is one transaction: fence check, report rows (`ON CONFLICT DO NOTHING`), rejected rows,
+journal positions. A crash anywhere leaves all of it or none of it, and replaying a batch whose
+commit was lost stores nothing twice.
+"""
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+from sqlalchemy import Connection, bindparam, delete, func, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.database import insert, migrate
+from storage.database.engine import make_engine, redacted, translated
+from storage.database.rows import refused_row, rejected_row, report_row
+from storage.database.schema import fence, journal_positions, rejected_reports, reports
+from storage.errors import DatabaseUnavailable, StaleEpoch
+from storage.reports import Rejected, Report
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 2
+RETRY_INITIAL_S = 0.1
+RETRY_MAX_S = 5.0
+_ID_CHUNK = 500
+
+# Errors that say "this row", not "this database": the row is isolated and kept as rejected.
+# OverflowError comes unwrapped from sqlite3 when an integer does not fit in 64 bits.
+_ROW_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, OverflowError)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a batch did; every item of the batch is counted in exactly one field.
+
+    stored: new rows in `reports`; rejected: new rows in `rejected_reports` (rejected messages
+    and reports the database refused); duplicates: items that were already stored.
+    """
+
+    stored: int
+    duplicates: int
+    rejected: int
+
+
+class Sink:
+    """The database of one drainer: `journal` keys its positions, `cluster` is its fence."""
+
+    def __init__(self, url: str, *, cluster: str, journal: str) -> None:
+        self.url = url
+        self.cluster = cluster
+        self.journal = journal
+        with translated(url):
+            self._engine = make_engine(url)
+            self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
+        self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+
+    def __repr__(self) -> str:
+        return f"Sink({redacted(self.url)!r}, cluster={self.cluster!r}, journal={self.journal!r})"
+
+    # -- schema and health --------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        with translated(self.url):
+            migrate.upgrade(self._engine)
+
+    def probe(self) -> bool:
+        """True if a new connection answers `SELECT 1` within a couple of seconds."""
+        try:
+            with self._probe_engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception as error:  # a probe reports, it never raises
+            log.debug("database %s: probe failed: %s", redacted(self.url), error)
+            return False
+        finally:
+            # A fresh connection each time: a pooled one would answer for a database that no
+            # longer accepts new ones.
+            self._probe_engine.dispose()
+
+    # -- the fence ----------------------------------------------------------------------------
+
+    def claim_epoch(self, epoch: int) -> None:
+        """Raise the fence to `epoch`; raises StaleEpoch if a newer epoch has claimed it."""
+        with translated(self.url), self._engine.begin() as conn:
+            self._check_fence(conn, epoch)
+
+    def fence_epoch(self) -> int | None:
+        with translated(self.url), self._engine.connect() as conn:
+            return conn.scalar(select(fence.c.epoch).where(fence.c.cluster == self.cluster))
+
+    def _check_fence(self, conn: Connection, epoch: int) -> None:
+        # An upsert rather than a bare UPDATE, so a first writer needs no separate claim. On
+        # PostgreSQL it locks the fence row until commit: a writer of an older epoch waits, then
+        # sees the newer epoch and matches nothing.
+        statement = self._dialect.insert(fence).values(cluster=self.cluster, epoch=epoch)
+        statement = statement.on_conflict_do_update(
+            index_elements=[fence.c.cluster],
+            set_={"epoch": statement.excluded.epoch},
+            where=fence.c.epoch <= statement.excluded.epoch,
+        )
+        if conn.execute(statement).rowcount == 0:
+            raise StaleEpoch(self.cluster, epoch)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write_batch(
+        self,
+        items: Sequence[Report | Rejected],
+        *,
+        positions: Mapping[str, int],
+        epoch: int,
+    ) -> WriteResult:
+        """Store `items` and the journal `positions` reached (segment -> byte) in one transaction.
+
+        Raises StaleEpoch (nothing stored) if a newer epoch holds the fence, DatabaseUnavailable
+        if the database cannot be reached (retry the same batch), DatabaseError otherwise.
+        """
+        report_items = [item for item in items if isinstance(item, Report)]
+        rejected_rows = [rejected_row(item) for item in items if isinstance(item, Rejected)]
+        with translated(self.url), self._engine.begin() as conn:
+            self._check_fence(conn, epoch)
+            stored, refused = self._insert_isolating(conn, report_items)
+            rejected_rows.extend(refused_row(report, reason) for report, reason in refused)
+            rejected = insert.insert_many(conn, rejected_reports, rejected_rows, "digest")
+            self._store_positions(conn, positions)
+        if refused:
+            log.warning(
+                "database %s: refused %d report(s), kept as rejected: %s",
+                redacted(self.url),
+                len(refused),
+                ", ".join(report.report_id for report, _ in refused[:5]),
+            )
+        return WriteResult(stored, len(items) - stored - rejected, rejected)
+
+    def write_batch_retrying(
+        self,
+        items: Sequence[Report | Rejected],
+        *,
+        positions: Mapping[str, int],
+        epoch: int,
+        stop: threading.Event,
+        on_retry: Callable[[int, DatabaseUnavailable], None] | None = None,
+    ) -> WriteResult:
+        """write_batch, retried while the database is unavailable until `stop` is set.
+
+        Backs off exponentially with jitter, 0.1 s up to 5 s. When `stop` is set the last
+        DatabaseUnavailable is raised. StaleEpoch and other errors are raised at once.
+        """
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "database %s: attempt %d failed, retrying: %s",
+                redacted(self.url),
+                state.attempt_number,
+                error,
+            )
+            if on_retry is not None and isinstance(error, DatabaseUnavailable):
+                on_retry(state.attempt_number, error)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(DatabaseUnavailable),
+            wait=tenacity.wait_exponential_jitter(initial=RETRY_INITIAL_S, max=RETRY_MAX_S),
+            stop=lambda _state: stop.is_set(),
+            sleep=stop.wait,  # wakes at once when stop is set
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(self.write_batch, items, positions=positions, epoch=epoch)
+
+    def _insert_isolating(
+        self, conn: Connection, items: list[Report]
+    ) -> tuple[int, list[tuple[Report, str]]]:
+        """Insert reports; those the database refuses are found by bisection and returned."""
+        if not items:
+            return 0, []
+        rows = [report_row(item) for item in items]
+        try:
+            with conn.begin_nested():
+                return self._insert_reports(conn, rows), []
+        except _ROW_ERRORS as error:
+            if len(items) == 1:
+                return 0, [(items[0], _refusal(error))]
+        middle = len(items) // 2
+        stored_a, refused_a = self._insert_isolating(conn, items[:middle])
+        stored_b, refused_b = self._insert_isolating(conn, items[middle:])
+        return stored_a + stored_b, refused_a + refused_b
+
+    def _insert_reports(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        if conn.dialect.name == "postgresql":
+            return insert.copy_reports(conn, rows)
+        return insert.insert_many(conn, reports, rows, "report_id")
+
+    def _store_positions(self, conn: Connection, positions: Mapping[str, int]) -> None:
+        if not positions:
+            return
+        statement = self._dialect.insert(journal_positions)
+        statement = statement.on_conflict_do_update(
+            index_elements=[journal_positions.c.journal, journal_positions.c.segment],
+            set_={"byte": statement.excluded.byte},
+        )
+        rows = [
+            {"journal": self.journal, "segment": segment, "byte": byte}
+            for segment, byte in sorted(positions.items())
+        ]
+        conn.execute(statement, rows)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def positions(self) -> dict[str, int]:
+        """This journal's stored positions: segment -> byte reached."""
+        query = select(journal_positions.c.segment, journal_positions.c.byte).where(
+            journal_positions.c.journal == self.journal
+        )
+        with translated(self.url), self._engine.connect() as conn:
+            return {segment: byte for segment, byte in conn.execute(query)}
+
+    def forget_positions(self, segments: Iterable[str]) -> None:
+        """Drop the positions of segments that have been released from disk."""
+        names = sorted(set(segments))
+        if not names:
+            return
+        statement = delete(journal_positions).where(
+            journal_positions.c.journal == self.journal,
+            journal_positions.c.segment.in_(bindparam("names", expanding=True)),
+        )
+        with translated(self.url), self._engine.begin() as conn:
+            for start in range(0, len(names), _ID_CHUNK):
+                conn.execute(statement, {"names": names[start : start + _ID_CHUNK]})
+
+    def count_reports(self) -> int:
+        return self._count(reports)
+
+    def count_rejected(self) -> int:
+        return self._count(rejected_reports)
+
+    def _count(self, table: Any) -> int:
+        with translated(self.url), self._engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(table)) or 0)
+
+    def report_id_counts(self, report_ids: Iterable[str]) -> dict[str, int]:
+        """How many rows each of `report_ids` has in `reports` (0 if missing) — for verify."""
+        ids = list(dict.fromkeys(report_ids))
+        counts = dict.fromkeys(ids, 0)
+        query = (
+            select(reports.c.report_id, func.count())
+            .where(reports.c.report_id.in_(bindparam("ids", expanding=True)))
+            .group_by(reports.c.report_id)
+        )
+        with translated(self.url), self._engine.connect() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                for report_id, count in conn.execute(
+                    query, {"ids": ids[start : start + _ID_CHUNK]}
+                ):
+                    counts[report_id] = int(count)
+        return counts
+
+    def close(self) -> None:
+        self._engine.dispose()
+        self._probe_engine.dispose()
+
+
+def _refusal(error: BaseException) -> str:
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"database refused: {type(cause).__name__}: {lines[0] if lines else ''}"
