@@ -43,6 +43,8 @@ class HAConfig:
     session_timeout_s: float = 2.0
     # Segregated backup: how long the primary's node must be gone before the backup activates.
     grace_s: float = 1.0
+    # HTTP addresses (host:port) of the other instance(s), for `reporting-server status`.
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,12 @@ class Config:
 
     @property
     def fence_cluster(self) -> str:
-        """The fencing domain: the pair's ZooKeeper path, or the instance in standalone."""
-        return self.name if self.ha.mode == "standalone" else self.ha.cluster
+        """The fencing domain: the pair's lock in shared mode, else this instance alone."""
+        if self.ha.mode == "shared":
+            return self.ha.cluster
+        if self.ha.mode == "segregated":
+            return f"{self.ha.cluster}/{self.name}"
+        return self.name
 
     @property
     def journal_key(self) -> str:
@@ -219,6 +225,7 @@ def parse_config(
         cluster=sec.get("cluster", str, HAConfig.cluster),
         session_timeout_s=sec.number("session_timeout", HAConfig.session_timeout_s, minimum=0.5),
         grace_s=sec.number("grace", HAConfig.grace_s, minimum=0.0),
+        peers=tuple(_host_port("ha.peers", p) for p in sec.get("peers", list, [])),
     )
     for hp in ha.zookeeper.split(","):
         _host_port("ha.zookeeper", hp.strip())

@@ -1,8 +1,47 @@
-"""`reporting-server run` (not yet built)."""
+"""`reporting-server run --config FILE`: one instance in the foreground until SIGTERM/SIGINT."""
 
 import argparse
+import logging
+import signal
+import threading
+
+from reporting.config import load_config
+from reporting.errors import ConfigError
+
+log = logging.getLogger("reporting.run")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("run", help="(not yet built)")
-    parser.set_defaults(func=lambda args: parser.error("not yet built"))
+    parser = sub.add_parser("run", help="run one instance in the foreground")
+    parser.add_argument("--config", required=True, help="the instance's TOML file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reporting.server import Server
+    from reporting.status.http import StatusServer
+
+    config = load_config(args.config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server = Server(config)
+    try:
+        http = StatusServer(
+            config.http.host,
+            config.http.port,
+            status=server.status,
+            registry=server.metrics.registry,
+        )
+    except OSError as exc:
+        raise ConfigError("http.listen", f"cannot listen on {config.http.listen}: {exc.strerror}")
+    http.start()
+    log.info(
+        "%s: %s mode, status on http://%s/status", config.name, config.ha.mode, config.http.listen
+    )
+    server.start()
+    stop.wait()
+    log.info("%s: signal received; stopping", config.name)
+    server.stop()
+    http.stop()
+    return 0

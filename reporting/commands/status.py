@@ -1,8 +1,60 @@
-"""`reporting-server status` (not yet built)."""
+"""`reporting-server status --config FILE [--json]`: role and health of the instance and its peers."""
 
 import argparse
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from reporting.config import load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("status", help="(not yet built)")
-    parser.set_defaults(func=lambda args: parser.error("not yet built"))
+    parser = sub.add_parser("status", help="role and health of the pair")
+    parser.add_argument("--config", required=True, help="an instance's TOML file")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=status)
+
+
+def fetch_status(listen: str, timeout_s: float = 2.0) -> dict[str, Any]:
+    """One instance's /status, or a stand-in saying why it could not be read."""
+    try:
+        with urllib.request.urlopen(f"http://{listen}/status", timeout=timeout_s) as reply:
+            return json.load(reply)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return {"name": "?", "http": listen, "role": "unreachable", "error": str(reason)}
+
+
+COLUMNS = (
+    ("name", lambda s: s.get("name")),
+    ("mode", lambda s: s.get("mode")),
+    ("role", lambda s: s.get("role")),
+    ("epoch", lambda s: s.get("epoch")),
+    ("holder", lambda s: s.get("holder")),
+    ("broker", lambda s: s.get("broker")),
+    ("database", lambda s: s.get("database")),
+    ("pending", lambda s: (s.get("journal") or {}).get("pending")),
+    ("stored", lambda s: s.get("stored")),
+    ("http", lambda s: s.get("http")),
+)
+
+
+def status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    addresses = (config.http.listen, *config.ha.peers)
+    rows = []
+    for address in addresses:
+        row = fetch_status(address)
+        row["http"] = address
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = [[name for name, _ in COLUMNS]]
+        table += [["-" if get(r) is None else str(get(r)) for _, get in COLUMNS] for r in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+        for line in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    actives = sum(1 for r in rows if r.get("role") == "active")
+    return 0 if actives == 1 and all(r.get("role") != "unreachable" for r in rows) else 1

@@ -1,0 +1,250 @@
+"""The data path inside one instance: broker batch -> journal (fsync) -> ack, and journal -> database.
+
+`Intake` is the consumer's batch handler: it validates each message into a report or a rejected
+message, appends the batch to the journal, and returns True (ack) only after the fsync. When the
+journal is full it holds the batch, unacked, until the drainer has made room: the broker keeps the
+rest (prefetch bounds what is in flight), which is the back-pressure.
+
+`Drainer` moves journal records into the database, one transaction per batch holding the rows,
+the journal positions reached and the fence check. The same loop serves normal operation, a
+database outage (it retries, the journal grows) and the replay after it.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from reporting.config import BrokerConfig
+from reporting.status.metrics import Metrics
+from reporting.wire.consumer import Message
+from reporting.wire.decode import decode
+from storage.database import Sink
+from storage.errors import DatabaseUnavailable, JournalFull, StaleEpoch
+from storage.journal import Journal
+from storage.reports import Rejected, Report, from_record, to_record
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    def __init__(
+        self,
+        journal: Callable[[], Journal],
+        broker: BrokerConfig,
+        *,
+        metrics: Metrics,
+        room: threading.Event,
+        appended: Callable[[], None],
+        may_continue: Callable[[], bool],
+    ) -> None:
+        self.journal = journal
+        self.queues = frozenset(broker.queues)
+        self.max_body_bytes = broker.max_body_bytes
+        self.metrics = metrics
+        self.room = room
+        self.appended = appended
+        self.may_continue = may_continue
+        self.paused = False
+
+    def __call__(self, batch: Sequence[Message]) -> bool:
+        now = datetime.now(UTC)
+        items = [
+            decode(
+                m.destination,
+                m.headers,
+                m.body,
+                queues=self.queues,
+                max_body_bytes=self.max_body_bytes,
+                now=now,
+            )
+            for m in batch
+        ]
+        records = [to_record(item) for item in items]
+        while True:
+            self.room.clear()
+            try:
+                with self.metrics.append_seconds.time():
+                    self.journal().append_batch(records)
+                break
+            except JournalFull as exc:
+                if not self.paused:
+                    self.paused = True
+                    self.metrics.journal_full.inc()
+                    log.warning("journal full (%s); consumption paused until it drains", exc)
+                # Held unacked: the broker keeps these and sends no more than the prefetch.
+                self.room.wait(0.5)
+                if not self.may_continue():
+                    return False
+        if self.paused:
+            self.paused = False
+            log.info("journal has room again; consumption resumed")
+        self.metrics.journalled.inc(len(records))
+        for item in items:
+            self.metrics.received.labels(item.queue.rsplit(".", 1)[-1]).inc()
+        self.appended()
+        return True
+
+
+def _decode_record(data: bytes) -> Report | Rejected:
+    try:
+        return from_record(data)
+    except (ValueError, KeyError, TypeError):
+        # A checksummed record that does not decode is a bug, not a reason to stop the drain.
+        digest = f"undecodable-{hash(data) & 0xFFFFFFFF:08x}-{len(data)}"
+        return Rejected(digest, "", "undecodable journal record", data, datetime.now(UTC))
+
+
+class Drainer:
+    """Drains one journal into the database in a thread of its own."""
+
+    def __init__(
+        self,
+        journal: Callable[[], Journal],
+        sink: Sink,
+        *,
+        batch_records: int,
+        epoch: Callable[[], int],
+        metrics: Metrics,
+        on_fenced: Callable[[StaleEpoch], None],
+        on_room: Callable[[], None],
+        name: str,
+    ) -> None:
+        self.journal = journal
+        self.sink = sink
+        self.batch_records = batch_records
+        self.epoch = epoch
+        self.metrics = metrics
+        self.on_fenced = on_fenced
+        self.on_room = on_room
+        self.name = name
+        self.database_up: bool | None = None
+        self._positions: dict[str, int] | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._caught_up = threading.Event()
+        self._catching_up = False
+        self.stored = 0
+        self.drained_records = 0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._caught_up.clear()
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-drainer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self._thread = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        """True once a pass found nothing left to drain; False on time-out or a database outage."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self._caught_up.wait(0.05):
+                return True
+            if self.database_up is False:
+                return False
+        return False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _mark(self, up: bool) -> None:
+        if up != self.database_up:
+            if up:
+                log.info("%s: database is up", self.name)
+            else:
+                log.warning("%s: database is down; buffering in the journal", self.name)
+                self._catching_up = True
+        self.database_up = up
+        self.metrics.database_up.set(1 if up else 0)
+
+    def _load_positions(self) -> dict[str, int] | None:
+        while not self._stop.is_set():
+            try:
+                # The schema may be missing when the server started while the database was down.
+                self.sink.upgrade()
+                positions = self.sink.positions()
+                self._mark(True)
+                return positions
+            except DatabaseUnavailable:
+                self._mark(False)
+                self._stop.wait(0.5)
+        return None
+
+    def _run(self) -> None:
+        positions = self._load_positions()
+        if positions is None:
+            return
+        while not self._stop.is_set():
+            entries = list(self.journal().read(positions, max_records=self.batch_records))
+            if not entries:
+                self._release(positions)
+                self._catching_up = False
+                self._caught_up.set()
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            if not self._write(entries, positions):
+                return
+            self._release(positions)
+
+    def _write(self, entries: list, positions: dict[str, int]) -> bool:
+        items = [_decode_record(entry.data) for entry in entries]
+        reached: dict[str, int] = {}
+        for entry in entries:
+            reached[entry.position.segment] = entry.position.byte
+        started = time.monotonic()
+        try:
+            result = self.sink.write_batch_retrying(
+                items,
+                positions=reached,
+                epoch=self.epoch(),
+                stop=self._stop,
+                on_retry=lambda attempt, exc: self._mark(False),
+            )
+        except StaleEpoch as exc:
+            self.metrics.fenced.inc()
+            log.warning("%s: write refused by the fence: %s", self.name, exc)
+            self.on_fenced(exc)
+            return False
+        except DatabaseUnavailable:
+            return False  # only raised once stop is set
+        self._mark(True)
+        self.metrics.drain_seconds.observe(time.monotonic() - started)
+        positions.update(reached)
+        self.stored += result.stored
+        self.drained_records += len(entries)
+        self.metrics.stored.inc(result.stored)
+        self.metrics.duplicates.inc(result.duplicates)
+        for item in items:
+            if isinstance(item, Rejected):
+                self.metrics.rejected.labels(item.reason.split(":", 1)[0][:40]).inc()
+        if self._catching_up:
+            self.metrics.replayed.inc(len(entries))
+        return True
+
+    def _release(self, positions: dict[str, int]) -> None:
+        released = self.journal().release(positions)
+        if released:
+            try:
+                self.sink.forget_positions(released)
+                for name in released:
+                    positions.pop(name, None)
+            except DatabaseUnavailable:
+                # Kept rows name segments that no longer exist; they are forgotten next time.
+                pass
+            self.on_room()
+        pending = self.journal().pending
+        self.metrics.pending_records.set(pending.records)
+        self.metrics.pending_bytes.set(pending.bytes)

@@ -1,0 +1,198 @@
+"""One Reporting Server instance: the election decides the role, the role decides what runs.
+
+- active: the consumer takes reports from the broker into the journal; the drainer stores them.
+- standby: no consumer. In segregated mode the drainer keeps draining this instance's own journal;
+  in shared mode only the active drains the shared journal.
+
+Role changes arrive from the election's own thread, one at a time, so this class needs no lock of
+its own around them.
+"""
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from reporting.config import Config
+from reporting.ha import Role, RoleChange, make_election
+from reporting.pipeline import Drainer, Intake
+from reporting.status.metrics import Metrics
+from reporting.wire.consumer import Consumer
+from storage.database import Sink
+from storage.errors import StaleEpoch
+from storage.journal import Journal
+
+log = logging.getLogger(__name__)
+
+# How long a new active lets the drainer catch up with the journal before it consumes.
+CATCH_UP_S = 30.0
+# Segregated backup standing down: the broker counts as drained after this long without a message.
+BROKER_IDLE_S = 1.0
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.started_at = time.time()
+        self._journal = self._open_journal(epoch=0)
+        self.sink = Sink(
+            config.database.url, cluster=config.fence_cluster, journal=config.journal_key
+        )
+        self._room = threading.Event()
+        self.drainer = Drainer(
+            lambda: self._journal,
+            self.sink,
+            batch_records=config.database.batch_records,
+            epoch=lambda: self.election.epoch,
+            metrics=self.metrics,
+            on_fenced=self._fenced,
+            on_room=self._room.set,
+            name=config.name,
+        )
+        self.intake = Intake(
+            lambda: self._journal,
+            config.broker,
+            metrics=self.metrics,
+            room=self._room,
+            appended=self.drainer.wake,
+            may_continue=lambda: self.consuming,
+        )
+        self.consumer = Consumer(config.broker, self.intake, name=config.name)
+        self.consuming = False
+        self.election = make_election(
+            mode=config.ha.mode,
+            name=config.name,
+            role=config.ha.role,
+            zookeeper=config.ha.zookeeper,
+            cluster=config.ha.cluster,
+            session_timeout_s=config.ha.session_timeout_s,
+            grace_s=config.ha.grace_s,
+            healthy=self._healthy,
+            on_change=self._on_role,
+        )
+        self._stopping = threading.Event()
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.config.ha.mode == "segregated":
+            # Every instance drains its own journal, whatever its role.
+            self.drainer.start()
+        self.election.start()
+
+    def stop(self) -> None:
+        """Stops consuming without acking anything unsaved, hands the role over, then exits."""
+        self._stopping.set()
+        self._stop_consuming("shutting down")
+        self.election.stop()
+        self.drainer.stop()
+        self._journal.close()
+        self.sink.close()
+        log.info("%s: stopped", self.config.name)
+
+    # -- roles --------------------------------------------------------------------------------
+
+    def _on_role(self, change: RoleChange) -> None:
+        if self._stopping.is_set():
+            return
+        self.metrics.epoch.set(change.epoch)
+        if change.role is Role.ACTIVE:
+            self.metrics.active.set(1)
+            self._activate(change.epoch)
+        elif change.drain_first:
+            self._drain_broker_then_stand_down()
+        else:
+            self.metrics.active.set(0)
+            self._stop_consuming(change.reason)
+            if self.config.ha.mode == "shared":
+                self.drainer.stop()
+
+    def _activate(self, epoch: int) -> None:
+        if self.config.ha.mode != "segregated":
+            self.drainer.stop()
+        # Our own segments carry the epoch under which they were written.
+        self._journal.close()
+        self._journal = self._open_journal(epoch=epoch)
+        if not self.drainer.running:
+            self.drainer.start()
+        # Reports journalled by an earlier holder go in first, unless the database is down: then
+        # the journal buffers both and the drainer catches up later.
+        self.drainer.wait_caught_up(CATCH_UP_S)
+        if self.election.role is Role.ACTIVE and not self._stopping.is_set():
+            self.consuming = True
+            self.consumer.start()
+
+    def _stop_consuming(self, reason: str) -> None:
+        if self.consuming:
+            self.consuming = False
+            self.consumer.stop()
+            log.info("%s: consumer stopped (%s)", self.config.name, reason)
+
+    def _drain_broker_then_stand_down(self) -> None:
+        # Segregated backup with the primary back: what producers sent here during the outage is
+        # still in this broker; take it all, then stop.
+        if self.consuming:
+            self.consumer.idle_for(BROKER_IDLE_S)
+        self.metrics.active.set(0)
+        self._stop_consuming("primary is back; own broker drained")
+        self.election.stood_down()
+
+    def _fenced(self, exc: StaleEpoch) -> None:
+        self._stop_consuming(f"fenced: {exc}")
+        self.election.lost_fence()
+
+    def _healthy(self) -> bool:
+        # The segregated primary holds its node only while it can do its job.
+        return self._broker_reachable() and os.access(self.config.journal.dir, os.W_OK)
+
+    def _broker_reachable(self) -> bool:
+        if self.consumer.connected:
+            return True
+        for host_port in self.config.broker.hosts:
+            host, port = host_port.rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+                return True
+            except OSError:
+                continue
+        return False
+
+    def _open_journal(self, *, epoch: int) -> Journal:
+        j = self.config.journal
+        return Journal(
+            j.dir,
+            writer=self.config.name,
+            epoch=epoch,
+            max_bytes=j.max_bytes,
+            segment_bytes=j.segment_bytes,
+            on_quarantine=lambda path, reason: self.metrics.quarantined.inc(),
+        )
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        pending = self._journal.pending
+        database_up = self.drainer.database_up
+        if database_up is None or not self.drainer.running:
+            database_up = self.sink.probe()
+        return {
+            "name": self.config.name,
+            "mode": self.config.ha.mode,
+            "role": str(self.election.role),
+            "epoch": self.election.epoch,
+            "holder": self.election.holder,
+            "journal": {
+                "pending": pending.records,
+                "pending_bytes": pending.bytes,
+                "dir": str(self.config.journal.dir),
+                "paused": self.intake.paused,
+            },
+            "database": "up" if database_up else "down",
+            "broker": "connected" if self.consumer.connected else "disconnected",
+            "broker_host": self.consumer.connected_host,
+            "stored": self.drainer.stored,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }

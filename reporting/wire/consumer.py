@@ -1,0 +1,253 @@
+"""The STOMP consumer: subscribe with `ack: client`, batch, hand each batch over, then ack.
+
+The consumer never acks a message before its batch handler has returned True, which the
+pipeline does only after the journal fsync. ActiveMQ's `client` ack is cumulative per
+subscription, so one ACK of the last message of each subscription in a batch settles it.
+
+A batch whose connection was lost before its ack is dropped: the broker redelivers those messages
+to the next consumer, and the database's unique `report_id` absorbs any that were journalled twice.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import stomp
+import stomp.exception
+
+from reporting.config import BrokerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One MESSAGE frame as received: where it came from, its headers and its raw body."""
+
+    destination: str
+    headers: dict[str, str]
+    body: bytes
+    generation: int
+
+
+# Returns True when the batch is durable and may be acked; False to abandon it unacked.
+BatchHandler = Callable[[Sequence[Message]], bool]
+
+
+class _Listener(stomp.ConnectionListener):
+    def __init__(self, consumer: "Consumer", generation: int) -> None:
+        self.consumer = consumer
+        self.generation = generation
+
+    def on_message(self, frame: stomp.utils.Frame) -> None:
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        headers = dict(frame.headers)
+        self.consumer._inbox.put(
+            Message(headers.get("destination", ""), headers, body, self.generation)
+        )
+
+    def on_error(self, frame: stomp.utils.Frame) -> None:
+        log.warning("broker error: %s", frame.headers.get("message", "(no message)"))
+
+    def on_disconnected(self) -> None:
+        self.consumer._on_disconnected(self.generation)
+
+    def on_heartbeat_timeout(self) -> None:
+        log.warning("broker heartbeat timed out")
+        self.consumer._on_disconnected(self.generation)
+
+
+class Consumer:
+    """Consumes the configured queues of one broker host list in a thread of its own."""
+
+    def __init__(self, config: BrokerConfig, handler: BatchHandler, *, name: str) -> None:
+        self.config = config
+        self.handler = handler
+        self.name = name
+        self._inbox: queue.Queue[Message] = queue.Queue()
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._generation = 0
+        self._conn: stomp.Connection12 | None = None
+        # Held while a batch is handed over and acked, and by stop(): once stop() has the lock,
+        # no further ack can leave this process.
+        self._ack_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self.connected_host: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.is_connected() and not self._lost.is_set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stops at once: no ack after this returns; unacked messages go back to the broker."""
+        self._stop.set()
+        with self._ack_lock:
+            self._drop_connection()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        self._thread = None
+
+    def idle_for(self, seconds: float) -> bool:
+        """True when connected and no message arrived for `seconds` (the broker is drained)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self.connected or not self._inbox.empty() or self._busy:
+                deadline = time.monotonic() + seconds
+                if self._stop.wait(0.05):
+                    return False
+                continue
+            self._stop.wait(0.05)
+        return self.connected
+
+    def _on_disconnected(self, generation: int) -> None:
+        if generation == self._generation:
+            self._lost.set()
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self._generation += 1
+        self.connected_host = None
+        if conn is None:
+            return
+        try:
+            # No DISCONNECT frame: it could wait on a dark path. Closing the socket is enough for
+            # the broker to hand every unacked message to the next consumer.
+            conn.transport.stop()
+            conn.transport.cleanup()
+        except Exception:  # the transport may already be gone; nothing to release then
+            log.debug("closing broker connection", exc_info=True)
+
+    def _connect(self) -> bool:
+        """Tries each broker host in order, with growing pauses; False when stopping."""
+        pause_s = 0.1
+        while not self._stop.is_set():
+            for host in self.config.hosts:
+                if self._stop.is_set():
+                    return False
+                if self._connect_to(host):
+                    return True
+            self._stop.wait(pause_s)
+            pause_s = min(pause_s * 2, 5.0)
+        return False
+
+    def _connect_to(self, host_port: str) -> bool:
+        host, port = host_port.rsplit(":", 1)
+        hb = self.config.heartbeat_ms
+        conn = stomp.Connection12(
+            [(host, int(port))],
+            heartbeats=(hb, hb),
+            reconnect_attempts_max=1,
+            timeout=5.0,
+            auto_decode=False,
+            heart_beat_receive_scale=2.0,
+        )
+        with self._ack_lock:
+            if self._stop.is_set():
+                return False
+            self._generation += 1
+            generation = self._generation
+        conn.set_listener("consumer", _Listener(self, generation))
+        try:
+            conn.connect(
+                self.config.user,
+                self.config.password,
+                wait=True,
+                headers={"client-id": f"{self.name}-{generation}"},
+            )
+            for index, queue_name in enumerate(self.config.queues):
+                conn.subscribe(
+                    f"/queue/{queue_name}",
+                    id=str(index),
+                    ack="client",
+                    headers={"activemq.prefetchSize": str(self.config.prefetch)},
+                )
+        except (stomp.exception.StompException, OSError) as exc:
+            log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
+            try:
+                conn.transport.stop()
+            except Exception:
+                log.debug("closing failed broker connection", exc_info=True)
+            return False
+        with self._ack_lock:
+            if self._stop.is_set() or generation != self._generation:
+                conn.transport.stop()
+                return False
+            self._conn = conn
+            self._lost.clear()
+            self.connected_host = host_port
+        log.info(
+            "%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host_port
+        )
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._connect():
+                return
+            self._consume()
+            with self._ack_lock:
+                self._drop_connection()
+            if not self._stop.is_set():
+                log.warning("%s: broker connection lost; reconnecting", self.name)
+
+    def _next_batch(self) -> list[Message]:
+        batch: list[Message] = []
+        try:
+            batch.append(self._inbox.get(timeout=0.1))
+        except queue.Empty:
+            return batch
+        deadline = time.monotonic() + self.config.batch_wait_s
+        while len(batch) < self.config.batch_records:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(
+                    self._inbox.get(timeout=max(remaining, 0))
+                    if remaining > 0
+                    else self._inbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return batch
+
+    def _consume(self) -> None:
+        while not self._stop.is_set() and not self._lost.is_set():
+            batch = self._next_batch()
+            # Messages of an earlier connection cannot be acked any more; the broker has them.
+            batch = [m for m in batch if m.generation == self._generation]
+            if not batch:
+                continue
+            self._busy = True
+            try:
+                if not self.handler(batch):
+                    return
+                with self._ack_lock:
+                    if self._stop.is_set() or batch[-1].generation != self._generation:
+                        return
+                    self._ack(batch)
+            finally:
+                self._busy = False
+
+    def _ack(self, batch: Sequence[Message]) -> None:
+        last: dict[str, str] = {}
+        for message in batch:
+            last[message.headers.get("subscription", "")] = message.headers["ack"]
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            for ack_id in last.values():
+                conn.ack(ack_id)
+        except (stomp.exception.StompException, OSError):
+            # The broker will redeliver what this ack did not reach; the journal has it already.
+            self._lost.set()
