@@ -1,4 +1,4 @@
-"""The data path inside one instance: broker batch -> journal (fsync) -> ack, and journal -> database.
+"""The data path in one instance: broker batch -> journal (fsync) -> ack; journal -> database.
 
 `Intake` is the consumer's batch handler: it validates each message into a report or a rejected
 message, appends the batch to the journal, and returns True (ack) only after the fsync. When the

@@ -30,7 +30,6 @@ def replay(args: argparse.Namespace) -> int:
     from reporting.pipeline import Drainer
     from reporting.status.metrics import Metrics
     from storage.database import Sink
-    from storage.errors import StaleEpoch
     from storage.journal import Journal
 
     config = load_config(args.config)

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
             registry=server.metrics.registry,
         )
     except OSError as exc:
-        raise ConfigError("http.listen", f"cannot listen on {config.http.listen}: {exc.strerror}")
+        reason = f"cannot listen on {config.http.listen}: {exc.strerror}"
+        raise ConfigError("http.listen", reason) from None
     http.start()
     log.info(
         "%s: %s mode, status on http://%s/status", config.name, config.ha.mode, config.http.listen

@@ -1,4 +1,4 @@
-"""`reporting-server status --config FILE [--json]`: role and health of the instance and its peers."""
+"""`reporting-server status --config FILE [--json]`: role and health of the pair."""
 
 import argparse
 import json
@@ -55,6 +55,10 @@ def status(args: argparse.Namespace) -> int:
         table += [["-" if get(r) is None else str(get(r)) for _, get in COLUMNS] for r in rows]
         widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
         for line in table:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+            print(
+                "  ".join(
+                    cell.ljust(width) for cell, width in zip(line, widths, strict=True)
+                ).rstrip()
+            )
     actives = sum(1 for r in rows if r.get("role") == "active")
     return 0 if actives == 1 and all(r.get("role") != "unreachable" for r in rows) else 1
