@@ -1,0 +1,263 @@
+"""One STOMP message in, a Report or a Rejected out: the validation of reports on the wire.
+
+`decode` is pure and never raises: whatever a producer sends becomes either a Report or a
+Rejected with a reason naming the problem, so that bad input can neither block nor kill the
+consumer. It is on the hot path, hence plain `json.loads` and hand-written checks.
+
+Beyond the contract's field rules, a report is also rejected when its payload could not be stored
+as it is: NaN/Infinity (not JSON, and PostgreSQL refuses them), NUL characters (PostgreSQL text and
+jsonb refuse them) and lone surrogates (not encodable as UTF-8). Letting those through would stall
+the drainer on a row the database can never take.
+"""
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+from storage.reports import Rejected, Report
+
+QUEUE_PREFIX = "gvp.reporting."
+DESTINATION_PREFIX = "/queue/"
+MAX_REPORT_ID_CHARS = 200
+# Rejected ids and queue names built from producer input are cut to this, to stay printable.
+_SHOWN_CHARS = 200
+# arrivals and peak must fit a 64-bit signed column.
+_MAX_COUNT = (1 << 63) - 1
+# Deeper payloads are refused: the journal encoder and the database have nesting limits too.
+MAX_DEPTH = 32
+
+
+def _is_text(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty string"
+    return None
+
+
+def _is_time(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be an ISO 8601 time string"
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return "is not an ISO 8601 time"
+    return None
+
+
+def _is_count(value: Any) -> str | None:
+    # bool is a subclass of int; true/false are not counts.
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+        return "must be an integer >= 0"
+    return None
+
+
+def _is_number(value: Any) -> str | None:
+    if type(value) not in (int, float):
+        return "must be a number"
+    return None
+
+
+_Check = Callable[[Any], str | None]
+
+# The contract's required fields per kind; more fields are allowed and kept.
+REQUIRED_FIELDS: dict[str, tuple[tuple[str, _Check], ...]] = {
+    "cdr": (
+        ("call_id", _is_text),
+        ("component", _is_text),
+        ("tenant", _is_text),
+        ("ivr_profile", _is_text),
+        ("start", _is_time),
+        ("end", _is_time),
+    ),
+    "or": (
+        ("component", _is_text),
+        ("interval_start", _is_time),
+        ("arrivals", _is_count),
+        ("peak", _is_count),
+    ),
+    "sq": (
+        ("call_id", _is_text),
+        ("component", _is_text),
+        ("metric", _is_text),
+        ("value", _is_number),
+    ),
+    "events": (
+        ("call_id", _is_text),
+        ("component", _is_text),
+        ("event", _is_text),
+        ("at", _is_time),
+    ),
+}
+KINDS = tuple(REQUIRED_FIELDS)
+
+
+class _BadPayload(ValueError):
+    """Raised inside JSON parsing for a value that cannot be stored."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _BadPayload(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    # json.loads turns 1e400 into inf, which no JSON encoder or database takes back.
+    if not math.isfinite(value):
+        raise _BadPayload(f"number {text[:40]} is out of range")
+    return value
+
+
+def _storable_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800-style escape
+        return False
+    return True
+
+
+def _check_strings(value: Any) -> str | None:
+    """The first unstorable string in a parsed JSON value, described; None if all are fine."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _storable_text(item):
+                return "contains a NUL character or a lone surrogate"
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if not _storable_text(key):
+                    return "contains a NUL character or a lone surrogate in a key"
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _printable(text: str) -> str:
+    """Producer text made safe to store and log: ASCII escapes, bounded length."""
+    shown = text if text.isascii() and text.isprintable() else ascii(text)[1:-1]
+    return shown[:_SHOWN_CHARS]
+
+
+def body_id(body: bytes) -> str:
+    """The id of a message that carries none: a hash of its body, stable across redeliveries."""
+    return "body-sha256:" + hashlib.sha256(body).hexdigest()[:32]
+
+
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_REPORT_ID_CHARS and value.isprintable() and value.strip() != ""
+
+
+def decode(
+    destination: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    queues: Collection[str],
+    max_body_bytes: int,
+    now: datetime,
+) -> Report | Rejected:
+    """The report carried by one message, or why it is rejected. Never raises."""
+    try:
+        return _decode(destination, headers, body, queues, max_body_bytes, now)
+    except Exception as exc:  # a bug here must not stop the stream: keep the message as rejected
+        raw = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else b""
+        return Rejected(
+            body_id(raw),
+            _printable(str(destination)),
+            f"undecodable: {type(exc).__name__}",
+            raw,
+            now,
+        )
+
+
+def _decode(
+    destination: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    queues: Collection[str],
+    max_body_bytes: int,
+    now: datetime,
+) -> Report | Rejected:
+    body = bytes(body)
+    queue = destination.removeprefix(DESTINATION_PREFIX)
+
+    # The id comes first, so that even a rejected message is keyed stably across redeliveries.
+    report_id = headers.get("report-id") or headers.get("message-id") or ""
+    id_problem = None
+    if not report_id:
+        id_problem = "no report-id or message-id header"
+    elif not _valid_id(report_id):
+        id_problem = f"report-id is not a printable string of 1..{MAX_REPORT_ID_CHARS} characters"
+    if id_problem is not None:
+        report_id = body_id(body)
+
+    def rejected(reason: str, shown_queue: str = queue) -> Rejected:
+        # A rejected message never carries more than the limit: resources stay bounded.
+        raw = body
+        if len(body) > max_body_bytes:
+            raw = body[:max_body_bytes]
+            reason += f"; raw body kept truncated to {max_body_bytes} bytes"
+        return Rejected(report_id, _printable(shown_queue), reason, raw, now)
+
+    kind = queue.removeprefix(QUEUE_PREFIX)
+    if (
+        not destination.startswith(DESTINATION_PREFIX)
+        or not queue.startswith(QUEUE_PREFIX)
+        or kind not in REQUIRED_FIELDS
+        or queue not in queues
+    ):
+        return rejected(f"unknown destination {_printable(destination)}", shown_queue=destination)
+    if id_problem is not None:
+        return rejected(id_problem)
+    if len(body) > max_body_bytes:
+        return rejected(f"body of {len(body)} bytes is over max_body_bytes {max_body_bytes}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return rejected(f"body is not UTF-8 (byte {exc.start})")
+    try:
+        payload = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _BadPayload as exc:
+        return rejected(f"body is not storable JSON: {exc}")
+    except RecursionError:
+        return rejected("body is not JSON: nested too deeply")
+    except ValueError as exc:  # JSONDecodeError, and int strings over the digit limit
+        return rejected(f"body is not JSON: {_printable(str(exc))}")
+    if not isinstance(payload, dict):
+        return rejected(f"body is JSON {type(payload).__name__}, not an object")
+    # The bracket count bounds the depth, so the walk runs only for unusual bodies.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(payload):
+        return rejected(f"body is nested deeper than {MAX_DEPTH} levels")
+    # Only escapes can produce NULs or surrogates: raw ones fail UTF-8 or JSON parsing above.
+    if "\\u" in text:
+        problem = _check_strings(payload)
+        if problem is not None:
+            return rejected(f"body {problem}")
+    for name, check in REQUIRED_FIELDS[kind]:
+        if name not in payload:
+            return rejected(f"field {name} is missing ({kind} report)")
+        problem = check(payload[name])
+        if problem is not None:
+            return rejected(f"field {name} {problem}")
+    return Report(report_id, kind, queue, payload, now)

@@ -1,0 +1,128 @@
+"""decode under hypothesis: never raises, and every valid report comes out unchanged."""
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reporting.config import DEFAULT_QUEUES
+from reporting.wire.decode import REQUIRED_FIELDS, decode
+from storage.reports import Rejected, Report, from_record, to_record
+
+NOW = datetime(2024, 5, 1, tzinfo=UTC)
+LIMIT = 2048
+
+# Text a producer can legitimately send: no lone surrogates, no NULs (see decode's docstring).
+clean_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"))
+non_blank = clean_text.filter(lambda s: s.strip() != "")
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 70), max_value=1 << 70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | clean_text
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(clean_text, inner, max_size=4),
+    max_leaves=12,
+)
+times = st.one_of(
+    st.datetimes(timezones=st.none() | st.timezones()).map(datetime.isoformat),
+    st.dates().map(lambda d: d.isoformat()),
+)
+counts = st.integers(min_value=0, max_value=(1 << 63) - 1)
+numbers = st.integers(min_value=-(1 << 60), max_value=1 << 60) | st.floats(
+    allow_nan=False, allow_infinity=False
+)
+FIELD_VALUES = {"start": times, "end": times, "interval_start": times, "at": times}
+FIELD_VALUES |= {"arrivals": counts, "peak": counts, "value": numbers}
+
+
+@st.composite
+def valid_reports(draw):
+    kind = draw(st.sampled_from(sorted(REQUIRED_FIELDS)))
+    payload = draw(st.dictionaries(clean_text, json_values, max_size=4))
+    for name, _ in REQUIRED_FIELDS[kind]:
+        payload[name] = draw(FIELD_VALUES.get(name, non_blank))
+    return kind, payload
+
+
+printable_ids = st.text(
+    st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")),
+    min_size=1,
+    max_size=200,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_reports(), printable_ids, st.booleans())
+def test_valid_reports_decode_to_their_payload(report, report_id, ascii_only):
+    kind, payload = report
+    body = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
+    item = decode(
+        f"/queue/gvp.reporting.{kind}",
+        {"report-id": report_id},
+        body,
+        queues=DEFAULT_QUEUES,
+        max_body_bytes=1 << 20,
+        now=NOW,
+    )
+    assert isinstance(item, Report), item
+    assert (item.report_id, item.kind, item.payload) == (report_id, kind, payload)
+    assert from_record(to_record(item)) == item
+
+
+@st.composite
+def mutated_reports(draw):
+    """A valid report with one required field dropped or replaced by any JSON value."""
+    kind, payload = draw(valid_reports())
+    name = draw(st.sampled_from([n for n, _ in REQUIRED_FIELDS[kind]]))
+    if draw(st.booleans()):
+        del payload[name]
+    else:
+        payload[name] = draw(json_values)
+    return kind, name, payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(mutated_reports())
+def test_a_broken_field_is_named_in_the_reason(mutated):
+    kind, name, payload = mutated
+    item = decode(
+        f"/queue/gvp.reporting.{kind}",
+        {"message-id": "ID:1"},
+        json.dumps(payload).encode(),
+        queues=DEFAULT_QUEUES,
+        max_body_bytes=1 << 20,
+        now=NOW,
+    )
+    # The replacement may happen to be valid (any string for a name field, say).
+    if isinstance(item, Rejected):
+        assert item.reason.startswith(f"field {name} "), item.reason
+    else:
+        assert item.payload == payload
+
+
+destinations = st.sampled_from([f"/queue/{q}" for q in DEFAULT_QUEUES]) | st.text()
+header_keys = st.sampled_from(["report-id", "message-id", "destination"]) | st.text()
+any_text = st.text()  # includes surrogates and NULs on purpose
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    destinations,
+    st.dictionaries(header_keys, any_text, max_size=4),
+    st.binary(max_size=LIMIT * 2)
+    | st.text().map(lambda s: s.encode("utf-8", "surrogatepass"))
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | mutated_reports().map(lambda m: json.dumps(m[2]).encode()),
+)
+def test_anything_decodes_without_raising_and_survives_the_journal(destination, headers, body):
+    item = decode(destination, headers, body, queues=DEFAULT_QUEUES, max_body_bytes=LIMIT, now=NOW)
+    assert isinstance(item, Report | Rejected)
+    assert from_record(to_record(item)) == item
+    if isinstance(item, Rejected):
+        assert item.reason and item.report_id and item.report_id.isprintable()
+        assert len(item.raw) <= LIMIT and body.startswith(item.raw)
