@@ -1,0 +1,78 @@
+"""A Reporting Server instance as a local process: `reporting-server run --config FILE`.
+
+The demo and the tests run the server as operators do, in a process of its own, so that kill -9,
+SIGSTOP and SIGTERM hit the real thing. The config file is written from a dict shaped like the
+TOML file (CONTRACT.md).
+"""
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from reporting.harness.ports import free_port
+from reporting.harness.service import Service
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    """The TOML text of a config dict: top-level scalars first, then one table per section."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for section, values in config.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Instance(Service):
+    """One server instance; `config` is the TOML document as a dict (http.listen is filled in)."""
+
+    def __init__(self, workdir: Path | str, config: dict[str, Any]) -> None:
+        self.name = f"reporting-{config.get('name', 'rs')}"
+        super().__init__(workdir)
+        config = {key: dict(v) if isinstance(v, dict) else v for key, v in config.items()}
+        http = config.setdefault("http", {})
+        if "listen" not in http:
+            http["listen"] = f"127.0.0.1:{free_port()}"
+        self.config = config
+        self.listen: str = http["listen"]
+        self.config_path = self.workdir / "config.toml"
+
+    def ports(self) -> dict[str, int]:
+        return {"http": int(self.listen.rsplit(":", 1)[1])}
+
+    def _prepare(self) -> None:
+        self.config_path.write_text(to_toml(self.config))
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "reporting.cli", "run", "--config", str(self.config_path)]
+
+    def _probe(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.listen}/healthz", timeout=1) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def status(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """The instance's /status; raises OSError when it does not answer."""
+        with urllib.request.urlopen(f"http://{self.listen}/status", timeout=timeout_s) as reply:
+            return json.load(reply)
+
+    def try_status(self, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        try:
+            return self.status(timeout_s)
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
