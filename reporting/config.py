@@ -252,12 +252,11 @@ def parse_config(
         ),
     )
     for queue in broker.queues:
-        if queue.removeprefix("gvp.reporting.") not in KINDS or not queue.startswith(
-            "gvp.reporting."
-        ):
+        # The last part of a queue's name is the kind of the reports it carries.
+        if queue.rpartition(".")[2] not in KINDS:
             raise ConfigError(
                 "broker.queues",
-                f"unknown queue {queue!r}; expected gvp.reporting.<{'|'.join(KINDS)}>",
+                f"unknown queue {queue!r}; expected a name ending in .<{'|'.join(KINDS)}>",
             )
     sec.finish()
 

@@ -220,10 +220,11 @@ def _decode(
             reason += f"; raw body kept truncated to {max_body_bytes} bytes"
         return Rejected(report_id, _printable(shown_queue), reason, raw, now)
 
-    kind = queue.removeprefix(QUEUE_PREFIX)
+    # The kind is the queue name's last part: gvp.reporting.cdr, or site1.gvp.reporting.cdr
+    # where a broker serves several pairs (the config lists the queues this pair consumes).
+    kind = queue.rpartition(".")[2]
     if (
         not destination.startswith(DESTINATION_PREFIX)
-        or not queue.startswith(QUEUE_PREFIX)
         or kind not in REQUIRED_FIELDS
         or queue not in queues
     ):
