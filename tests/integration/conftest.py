@@ -1,0 +1,156 @@
+"""Fixtures for tests that run server instances against the session's harness servers.
+
+Each test gets its own queue names (a prefix before `gvp.reporting.<kind>`), its own database and
+its own journal directory, so tests sharing one ActiveMQ and one PostgreSQL cannot see each
+other's reports.
+"""
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reporting.config import KINDS
+from reporting.harness.instance import Instance
+from storage.database import Sink
+
+
+@pytest.fixture
+def queue_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def queues(queue_prefix: str) -> list[str]:
+    return [f"{queue_prefix}gvp.reporting.{kind}" for kind in KINDS]
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def instances() -> Iterator[list[Instance]]:
+    """Instances a test started; each is stopped (killed if it hangs) after the test."""
+    started: list[Instance] = []
+    yield started
+    for instance in started:
+        instance.stop(timeout_s=15)
+
+
+@pytest.fixture
+def standalone(
+    tmp_path: Path, activemq: Any, pg_url: str, queues: list[str], instances: list[Instance]
+) -> Callable[..., Instance]:
+    """Builds (not starts) a standalone instance on the session's broker and a fresh database."""
+
+    def make(name: str = "rs-solo", **overrides: dict[str, Any]) -> Instance:
+        config = {
+            "name": name,
+            "ha": {"mode": "standalone"},
+            "broker": {"hosts": [activemq.host], "queues": queues, "heartbeat_ms": 1000},
+            "database": {"url": pg_url, "batch_records": 500},
+            "journal": {"dir": str(tmp_path / name / "journal")},
+        }
+        instance = Instance(tmp_path / name, merge(config, overrides))
+        instances.append(instance)
+        return instance
+
+    return make
+
+
+class Flow:
+    """Reports sent in a background thread at a steady rate, every receipted id in a ledger."""
+
+    def __init__(
+        self, hosts: list[str], ledger: Path, *, queue_prefix: str, count: int, rate: float
+    ) -> None:
+        from reporting.client import ReportClient
+
+        self.client = ReportClient(hosts, ledger=ledger, queue_prefix=queue_prefix)
+        self.ledger = ledger
+        self.count = count
+        self.rate = rate
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="flow", daemon=True)
+
+    def _run(self) -> None:
+        import random
+        import time
+
+        from reporting.client import sample_report
+
+        rng = random.Random(7)
+        started = time.monotonic()
+        try:
+            for i in range(self.count):
+                kind = KINDS[i % len(KINDS)]
+                self.client.send(kind, sample_report(kind, rng))
+                self.sent += 1
+                if self.rate:
+                    ahead = (i + 1) / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)  # pacing the producer, not synchronising the test
+            self.client.flush()
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def start(self) -> "Flow":
+        self._thread.start()
+        return self
+
+    def join(self, timeout_s: float = 300) -> None:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "producer did not finish"
+        self.client.close()
+        if self.error is not None:
+            raise self.error
+
+    def ids(self) -> set[str]:
+        return {line for line in self.ledger.read_text().splitlines() if line}
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1
+) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float = 120) -> None:
+    """Every receipted id ends up stored, once; polls until the drain has caught up."""
+    sink = Sink(db_url, cluster="verify", journal="verify")
+    try:
+
+        def all_stored() -> bool:
+            counts = sink.report_id_counts(ledger_ids)
+            return sum(1 for n in counts.values() if n >= 1) == len(ledger_ids)
+
+        try:
+            wait_for(all_stored, timeout_s, "every receipted report to be stored", every_s=0.5)
+        finally:
+            counts = sink.report_id_counts(ledger_ids)
+            missing = [i for i in ledger_ids if counts.get(i, 0) == 0]
+            doubled = [i for i, n in counts.items() if n > 1]
+            assert not missing, f"{len(missing)} receipted reports missing, e.g. {missing[:5]}"
+            assert not doubled, f"{len(doubled)} reports stored twice, e.g. {doubled[:5]}"
+    finally:
+        sink.close()

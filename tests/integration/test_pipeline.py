@@ -1,0 +1,195 @@
+"""The standalone pipeline against real ActiveMQ and PostgreSQL: broker -> journal -> database.
+
+Each test sends reports with receipts, keeps a ledger of the receipted ids, injects a fault and
+checks at the end that every receipted report is stored exactly once.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+import stomp
+from sqlalchemy import select
+
+from storage.database import Sink
+from storage.database.schema import rejected_reports
+from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_ten_thousand_reports_round_trip_exactly_once(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=10_000, rate=0
+    )
+    flow.start().join()
+    ids = flow.ids()
+    assert len(ids) == 10_000
+    assert_exactly_once(pg_url, ids)
+    status = server.status()
+    assert status["role"] == "active" and status["mode"] == "standalone"
+    assert status["database"] == "up" and status["broker"] == "connected"
+    wait_for(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
+
+
+def test_database_killed_for_twenty_seconds(
+    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=100
+    )
+    flow.start()
+    wait_for(lambda: server.status()["stored"] > 0, 30, "the first stored reports")
+    postgres.kill()
+    down_since = time.monotonic()
+    seen_down = False
+    pending_seen: list[int] = []
+    while time.monotonic() - down_since < 20:
+        status = server.status()
+        if status["database"] == "down":
+            seen_down = True
+            pending_seen.append(status["journal"]["pending"])
+        time.sleep(0.5)  # sampling /status while the outage lasts
+    assert seen_down, "/status never said database: down while PostgreSQL was dead"
+    assert len(pending_seen) >= 2 and pending_seen[-1] > pending_seen[0], (
+        f"journal.pending did not grow during the outage: {pending_seen}"
+    )
+    postgres.restart()
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+    wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
+
+
+def test_server_killed_mid_stream_and_restarted(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=4000, rate=400
+    )
+    flow.start()
+    wait_for(lambda: server.status()["stored"] > 200, 30, "reports flowing")
+    server.kill()
+    server.start()
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+
+
+def test_broker_killed_mid_stream_and_restarted(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
+    )
+    flow.start()
+    wait_for(lambda: server.status()["stored"] > 200, 30, "reports flowing")
+    activemq.kill()
+    activemq.restart()
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+    wait_for(lambda: server.status()["broker"] == "connected", 30, "the consumer to reconnect")
+
+
+MALFORMED = [
+    ("gvp.reporting.cdr", {"report-id": "bad-json"}, b"{not json"),
+    ("gvp.reporting.cdr", {"report-id": "bad-utf8"}, b'{"call_id": "\xff\xfe"}'),
+    ("gvp.reporting.or", {"report-id": "missing-field"}, b'{"component": "mcp1"}'),
+    ("gvp.reporting.sq", {"report-id": "not-object"}, b"[1, 2, 3]"),
+    ("gvp.reporting.events", {"report-id": "oversized"}, b'{"x": "' + b"a" * 70_000 + b'"}'),
+    (
+        "gvp.reporting.or",
+        {"report-id": "negative"},
+        json.dumps(
+            {
+                "component": "c",
+                "interval_start": "2026-01-01T00:00:00",
+                "arrivals": -1,
+                "peak": 0,
+            }
+        ).encode(),
+    ),
+]
+
+
+def test_malformed_reports_are_rejected_and_the_stream_goes_on(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone(broker={"max_body_bytes": 65536})
+    server.start()
+    before = Flow([activemq.host], tmp_path / "l1", queue_prefix=queue_prefix, count=200, rate=0)
+    before.start().join()
+    host, port = activemq.host.rsplit(":", 1)
+    conn = stomp.Connection12([(host, int(port))])
+    conn.connect(wait=True)
+    for queue, headers, body in MALFORMED:
+        conn.send(f"/queue/{queue_prefix}{queue}", body, headers={**headers, "persistent": "true"})
+    # A queue of the pair's broker that this pair does not consume is none of its business;
+    # a destination it does consume but with an unknown kind cannot be produced, so only the
+    # field-level faults above reach the server.
+    conn.disconnect()
+    after = Flow([activemq.host], tmp_path / "l2", queue_prefix=queue_prefix, count=200, rate=0)
+    after.start().join()
+    assert_exactly_once(pg_url, before.ids() | after.ids())
+    sink = Sink(pg_url, cluster="verify", journal="verify")
+    try:
+        wait_for(lambda: sink.count_rejected() >= len(MALFORMED), 30, "rejected rows")
+        assert sink.count_rejected() == len(MALFORMED)
+    finally:
+        sink.close()
+    engine = sqlalchemy.create_engine(pg_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(rejected_reports.c.report_id, rejected_reports.c.reason))
+        reasons = dict(rows.all())
+    engine.dispose()
+    for _, headers, _ in MALFORMED:
+        assert headers["report-id"] in reasons, f"{headers['report-id']} not in rejected_reports"
+    assert "oversized" in reasons and "max_body_bytes" in reasons["oversized"]
+    assert server.is_running() and server.status()["broker"] == "connected"
+
+
+def test_full_journal_pauses_consumption_and_loses_nothing(
+    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone(
+        journal={"max_bytes": 64 * 1024, "segment_bytes": 16 * 1024},
+        broker={"prefetch": 50, "batch_records": 50},
+    )
+    server.start()
+    wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
+    postgres.kill()
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=1500, rate=0)
+    flow.start()
+    wait_for(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
+    assert server.status()["journal"]["pending_bytes"] <= 64 * 1024
+    postgres.restart()
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+    wait_for(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[ha]\nmode = "active-active"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "reporting.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "ha.mode" in lines[0] and "Traceback" not in result.stderr
