@@ -38,3 +38,21 @@ class StaleEpoch(DatabaseError):
         super().__init__(f"epoch {epoch} of {cluster} is fenced off by a newer writer")
         self.cluster = cluster
         self.epoch = epoch
+
+
+class DiskFull(JournalFull):
+    """Raised when the disk has no room for an append; the journal is left as it was."""
+
+    def __init__(self, dir: str, pending_bytes: int, max_bytes: int) -> None:
+        super().__init__(pending_bytes, max_bytes)
+        self.args = (f"journal {dir}: disk full with {pending_bytes} bytes pending",)
+        self.dir = dir
+
+
+class BadPosition(JournalError):
+    """Raised when a position does not fall just after a record of its segment."""
+
+    def __init__(self, segment: str, byte: int) -> None:
+        super().__init__(f"byte {byte} of segment {segment} is not the end of a record")
+        self.segment = segment
+        self.byte = byte
