@@ -9,7 +9,7 @@ from reporting.errors import ConfigError, ReportingError
 from storage.errors import StorageError
 
 # Each module defines register(subparsers), which adds its parser(s) with set_defaults(func=...).
-COMMAND_MODULES = ("run", "status", "replay", "db", "produce", "verify", "stack", "journal")
+COMMAND_MODULES = ("run", "status", "replay", "db", "produce", "verify", "stack", "journal", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

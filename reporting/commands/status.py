@@ -40,6 +40,16 @@ COLUMNS = (
 )
 
 
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The instances side by side, one line each."""
+    table = [[name for name, _ in COLUMNS]]
+    table += [["-" if get(r) is None else str(get(r)) for _, get in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
 def status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     addresses = (config.http.listen, *config.ha.peers)
@@ -51,14 +61,6 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        table = [[name for name, _ in COLUMNS]]
-        table += [["-" if get(r) is None else str(get(r)) for _, get in COLUMNS] for r in rows]
-        widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-        for line in table:
-            print(
-                "  ".join(
-                    cell.ljust(width) for cell, width in zip(line, widths, strict=True)
-                ).rstrip()
-            )
+        print_table(rows)
     actives = sum(1 for r in rows if r.get("role") == "active")
     return 0 if actives == 1 and all(r.get("role") != "unreachable" for r in rows) else 1
