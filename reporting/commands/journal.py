@@ -1,8 +1,59 @@
-"""`reporting-server journal` (not yet built)."""
+"""`reporting-server journal inspect DIR [--json]`: what a journal directory holds.
+
+Opens the journal read-only, so it is safe to run beside a live server: nothing is truncated,
+moved or deleted. Pending counts every record on disk, since the drained positions live in the
+database.
+"""
 
 import argparse
+import json
+from pathlib import Path
+
+from storage.journal import Journal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("journal", help="(not yet built)")
-    parser.set_defaults(func=lambda args: parser.error("not yet built"))
+    parser = sub.add_parser("journal", help="look into a journal directory")
+    nested = parser.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
+    inspect = nested.add_parser("inspect", help="segments, records, pending, quarantined")
+    inspect.add_argument("dir", type=Path, help="the journal directory")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(func=inspect_journal)
+
+
+def inspect_journal(args: argparse.Namespace) -> int:
+    journal = Journal.open_readonly(args.dir)
+    try:
+        segments = journal.segments()
+        pending = journal.pending
+        quarantined = journal.quarantined
+    finally:
+        journal.close()
+    if args.json:
+        doc = {
+            "dir": str(args.dir),
+            "segments": [info._asdict() for info in segments],
+            "pending": pending._asdict(),
+            "quarantined": [str(path) for path in quarantined],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"journal {args.dir}")
+    if segments:
+        print(f"{'segment':<40} {'writer':<12} {'epoch':>7} {'records':>10} {'bytes':>12}  note")
+    for info in segments:
+        note = ""
+        if info.damaged:
+            note = f"damaged: reading stops at byte {info.end}"
+        elif info.size > info.end:
+            note = f"{info.size - info.end} bytes after the last record (torn or being written)"
+        print(
+            f"{info.name:<40} {info.writer:<12} {info.epoch:>7} {info.records:>10} "
+            f"{info.size:>12}  {note}".rstrip()
+        )
+    print(f"segments: {len(segments)}")
+    print(f"pending: {pending.records} records, {pending.bytes} bytes")
+    print(f"quarantined: {len(quarantined)}")
+    for path in quarantined:
+        print(f"  {path}")
+    return 0
