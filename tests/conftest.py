@@ -10,12 +10,12 @@ if any harness process is still alive.
 import os
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from reporting.harness import Postgres, Service, processes
+from reporting.harness import ActiveMQ, Postgres, Service, TcpProxy, ZooKeeper, processes
 
 # Servers started in this session, in start order.
 _servers: list[Service] = []
@@ -46,6 +46,31 @@ def postgres(harness_dir: Path) -> Iterator[Postgres]:
 def pg_url(postgres: Postgres) -> str:
     """SQLAlchemy URL of a fresh, empty database for this test."""
     return postgres.create_database(f"t_{uuid.uuid4().hex}")
+
+
+@pytest.fixture(scope="session")
+def activemq(harness_dir: Path) -> Iterator[ActiveMQ]:
+    yield from _serve(ActiveMQ(harness_dir / "activemq"))
+
+
+@pytest.fixture(scope="session")
+def zookeeper(harness_dir: Path) -> Iterator[ZooKeeper]:
+    yield from _serve(ZooKeeper(harness_dir / "zookeeper"))
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
+    """Factory: tcp_proxy(host, port) -> a started TcpProxy, stopped when the test ends."""
+    proxies: list[TcpProxy] = []
+
+    def start(target_host: str, target_port: int) -> TcpProxy:
+        proxy = TcpProxy(target_host, target_port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -4,7 +4,10 @@ Each server runs from the machine's packages on free 127.0.0.1 ports in its own 
 stopped, killed with SIGKILL, paused with SIGSTOP and restarted on the same ports and data.
 """
 
+from reporting.harness.activemq import ActiveMQ
 from reporting.harness.postgres import Postgres
+from reporting.harness.proxy import TcpProxy
 from reporting.harness.service import Service
+from reporting.harness.zookeeper import ZooKeeper
 
-__all__ = ["Postgres", "Service"]
+__all__ = ["ActiveMQ", "Postgres", "Service", "TcpProxy", "ZooKeeper"]

@@ -4,12 +4,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Callable
 
 import psycopg
 import pytest
+import stomp
+from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
 
-from reporting.harness import Postgres, processes
+from reporting.harness import ActiveMQ, Postgres, TcpProxy, ZooKeeper, probes, processes
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +75,163 @@ def test_servers_left_running_are_stopped_when_the_interpreter_exits(tmp_path) -
     while processes.group_members(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes.group_members(pid) == []
+
+
+class _Inbox(stomp.ConnectionListener):
+    def __init__(self) -> None:
+        self.messages: list[stomp.utils.Frame] = []
+        self.arrived = threading.Event()
+
+    def on_message(self, frame: stomp.utils.Frame) -> None:
+        self.messages.append(frame)
+        self.arrived.set()
+
+
+def _stomp_connection(broker: ActiveMQ) -> stomp.Connection:
+    conn = stomp.Connection([("127.0.0.1", broker.stomp_port)], reconnect_attempts_max=1)
+    conn.connect(wait=True)
+    return conn
+
+
+def test_persistent_message_with_receipt_survives_broker_kill(activemq: ActiveMQ) -> None:
+    queue = f"/queue/harness.{uuid.uuid4().hex}"
+    producer = _stomp_connection(activemq)
+    receipt = f"r-{uuid.uuid4().hex}"
+    receipted = threading.Event()
+    producer.set_listener("", _ReceiptListener(receipt, receipted))
+    producer.send(queue, body='{"n": 1}', headers={"persistent": "true", "receipt": receipt})
+    assert receipted.wait(10), "no RECEIPT for the persistent SEND"
+    producer.disconnect()
+
+    activemq.kill()
+    activemq.restart()
+
+    consumer = _stomp_connection(activemq)
+    inbox = _Inbox()
+    consumer.set_listener("", inbox)
+    consumer.subscribe(queue, id="1", ack="client-individual")
+    assert inbox.arrived.wait(15), "message lost across kill -9 and restart"
+    frame = inbox.messages[0]
+    assert frame.body == '{"n": 1}'
+    consumer.ack(frame.headers["message-id"], "1")
+    consumer.disconnect()
+
+
+class _ReceiptListener(stomp.ConnectionListener):
+    def __init__(self, receipt: str, event: threading.Event) -> None:
+        self.receipt = receipt
+        self.event = event
+
+    def on_receipt(self, frame: stomp.utils.Frame) -> None:
+        if frame.headers.get("receipt-id") == self.receipt:
+            self.event.set()
+
+
+def test_queue_depth_counts_unacknowledged_messages(activemq: ActiveMQ) -> None:
+    name = f"harness.depth.{uuid.uuid4().hex}"
+    assert activemq.queue_depth(name) == 0
+    conn = _stomp_connection(activemq)
+    for n in range(3):
+        conn.send(f"/queue/{name}", body=str(n), headers={"persistent": "true"})
+    _wait_for(lambda: activemq.queue_depth(name) == 3)
+    inbox = _Inbox()
+    conn.set_listener("", inbox)
+    conn.subscribe(
+        f"/queue/{name}", id="1", ack="client-individual", headers={"activemq.prefetchSize": "1"}
+    )
+    assert inbox.arrived.wait(10)
+    # Delivered but not acknowledged: still on the queue.
+    assert activemq.queue_depth(name) == 3
+    conn.ack(inbox.messages[0].headers["message-id"], "1")
+    _wait_for(lambda: activemq.queue_depth(name) == 2)
+    conn.disconnect()
+
+
+def test_activemq_pause_and_resume(activemq: ActiveMQ) -> None:
+    activemq.pause()
+    try:
+        assert not probes.stomp_ready(activemq.stomp_port)
+    finally:
+        activemq.resume()
+    assert probes.stomp_ready(activemq.stomp_port)
+
+
+def test_ephemeral_node_disappears_when_the_session_is_lost(
+    zookeeper: ZooKeeper, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    proxy = tcp_proxy("127.0.0.1", zookeeper.port)
+    path = f"/harness-{uuid.uuid4().hex}/holder"
+    holder = KazooClient(hosts=proxy.host, timeout=1.0)
+    observer = KazooClient(hosts=zookeeper.hosts, timeout=5.0)
+    holder.start(timeout=10)
+    observer.start(timeout=10)
+    states: list[KazooState] = []
+    holder.add_listener(states.append)
+    try:
+        holder.create(path, b"me", ephemeral=True, makepath=True)
+        assert observer.exists(path) is not None
+
+        proxy.blackhole()
+        _wait_for(lambda: observer.exists(path) is None, timeout_s=15)
+        assert KazooState.SUSPENDED in states
+        proxy.heal()
+        _wait_for(lambda: KazooState.LOST in states, timeout_s=15)
+    finally:
+        proxy.heal()
+        holder.stop()
+        holder.close()
+        observer.stop()
+        observer.close()
+
+
+def test_zookeeper_pause_and_resume(zookeeper: ZooKeeper) -> None:
+    zookeeper.pause()
+    try:
+        with pytest.raises(OSError):
+            probes.zookeeper_command(zookeeper.port, "ruok", timeout_s=1)
+    finally:
+        zookeeper.resume()
+    assert zookeeper.command("ruok") == "imok"
+
+
+def test_proxy_blackhole_times_a_client_out_and_heal_restores_it(
+    zookeeper: ZooKeeper, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    proxy = tcp_proxy("127.0.0.1", zookeeper.port)
+    assert probes.zookeeper_command(proxy.port, "ruok") == "imok"
+    proxy.blackhole()
+    with pytest.raises(TimeoutError):
+        probes.zookeeper_command(proxy.port, "ruok", timeout_s=1)
+    proxy.heal()
+    assert probes.zookeeper_command(proxy.port, "ruok") == "imok"
+
+
+def test_proxy_delay_adds_latency(
+    zookeeper: ZooKeeper, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    proxy = tcp_proxy("127.0.0.1", zookeeper.port)
+    proxy.delay(0.5)
+    started = time.monotonic()
+    assert probes.zookeeper_command(proxy.port, "ruok", timeout_s=5) == "imok"
+    # Once on the way in, once on the way out.
+    assert time.monotonic() - started >= 1.0
+
+
+def test_proxy_reset_drops_current_connections(
+    activemq: ActiveMQ, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    proxy = tcp_proxy("127.0.0.1", activemq.stomp_port)
+    session = probes.StompSession("127.0.0.1", proxy.port, timeout_s=5)
+    proxy.reset()
+    with pytest.raises((ConnectionError, OSError)):
+        session.send_frame("SEND", {"destination": "/queue/harness.reset"}, b"x")
+        session.read_frame()
+    session.close()
+    assert probes.stomp_ready(proxy.port)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout_s} s"
+        time.sleep(0.05)

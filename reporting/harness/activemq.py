@@ -1,0 +1,91 @@
+"""ActiveMQ Classic from Debian's `activemq` package, one broker per workdir.
+
+The broker listens for STOMP only, keeps its KahaDB store in the workdir (messages survive
+kill -9) and logs to <workdir>/activemq.log.
+"""
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from reporting.errors import HarnessError
+from reporting.harness import probes
+from reporting.harness.ports import LOOPBACK, free_port
+from reporting.harness.service import Service
+
+ACTIVEMQ_HOME = Path("/usr/share/activemq")
+INSTALL_HINT = "apt-get install -y activemq zookeeper"
+# Needed by the broker's jms-map-json rendering of statistics; the activemq package pulls them in.
+_STATISTICS_JARS = ("xstream.jar", "jettison.jar")
+_SYSTEM_JARS = Path("/usr/share/java")
+
+
+class ActiveMQ(Service):
+    """An ActiveMQ Classic broker with a STOMP connector on 127.0.0.1."""
+
+    name = "activemq"
+
+    def __init__(self, workdir: Path | str, *, stomp_port: int | None = None) -> None:
+        super().__init__(workdir)
+        self.stomp_port = stomp_port or free_port()
+
+    @property
+    def host(self) -> str:
+        """host:port for a STOMP client."""
+        return f"{LOOPBACK}:{self.stomp_port}"
+
+    def ports(self) -> dict[str, int]:
+        return {"stomp_port": self.stomp_port}
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages on the queue not yet acknowledged by a consumer (0 for an unknown queue)."""
+        try:
+            return probes.activemq_queue_depth(self.stomp_port, queue)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise HarnessError(f"activemq: queue depth of {queue}: {exc}") from None
+
+    def _prepare(self) -> None:
+        jar = ACTIVEMQ_HOME / "bin" / "activemq.jar"
+        if not jar.exists() or shutil.which("java") is None:
+            raise HarnessError(f"activemq: {jar} or java not found; run: {INSTALL_HINT}")
+        conf = self.workdir / "conf"
+        conf.mkdir(exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+        templates = resources.files("reporting.harness") / "templates"
+        xml = (templates / "activemq.xml").read_text()
+        (conf / "activemq.xml").write_text(
+            xml.replace("${harness.stomp.port}", str(self.stomp_port))
+        )
+        (conf / "log4j.properties").write_text(
+            (templates / "activemq-log4j.properties").read_text()
+        )
+        # The broker adds <activemq.base>/lib to its class path.
+        lib = self.workdir / "lib"
+        lib.mkdir(exist_ok=True)
+        for name in _STATISTICS_JARS:
+            if (_SYSTEM_JARS / name).exists() and not (lib / name).exists():
+                (lib / name).symlink_to(_SYSTEM_JARS / name)
+
+    def _command(self) -> list[str]:
+        base = self.workdir
+        return [
+            "java",
+            "-Xms64m",
+            "-Xmx256m",
+            # Quicker start and fewer threads on small shared machines.
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dactivemq.home={ACTIVEMQ_HOME}",
+            f"-Dactivemq.base={base}",
+            f"-Dactivemq.conf={base / 'conf'}",
+            f"-Dactivemq.data={base / 'data'}",
+            f"-Dlog4j.configuration=file:{base / 'conf' / 'log4j.properties'}",
+            "-jar",
+            str(ACTIVEMQ_HOME / "bin" / "activemq.jar"),
+            "start",
+            f"xbean:file:{base / 'conf' / 'activemq.xml'}",
+        ]
+
+    def _probe(self) -> bool:
+        return probes.stomp_ready(self.stomp_port)
