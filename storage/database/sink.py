@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 2
 RETRY_INITIAL_S = 0.1
 RETRY_MAX_S = 5.0
+RETRY_JITTER_S = 0.25  # spreads the retries of two instances apart
 _ID_CHUNK = 500
 
 # Errors that say "this row", not "this database": the row is isolated and kept as rejected.
@@ -104,7 +105,8 @@ class Sink:
             set_={"epoch": statement.excluded.epoch},
             where=fence.c.epoch <= statement.excluded.epoch,
         )
-        if conn.execute(statement).rowcount == 0:
+        # RETURNING rather than rowcount, which SQLAlchemy does not pass on for every INSERT.
+        if conn.execute(statement.returning(fence.c.epoch)).first() is None:
             raise StaleEpoch(self.cluster, epoch)
 
     # -- writing ------------------------------------------------------------------------------
@@ -166,13 +168,27 @@ class Sink:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(DatabaseUnavailable),
-            wait=tenacity.wait_exponential_jitter(initial=RETRY_INITIAL_S, max=RETRY_MAX_S),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_JITTER_S
+            ),
             stop=lambda _state: stop.is_set(),
             sleep=stop.wait,  # wakes at once when stop is set
             before_sleep=before_sleep,
             reraise=True,
         )
-        return retrying(self.write_batch, items, positions=positions, epoch=epoch)
+        last: list[DatabaseUnavailable] = []
+
+        def attempt() -> WriteResult:
+            # `stop` may be set while waiting to retry: give up then, not one attempt later.
+            if stop.is_set() and last:
+                raise last[-1]
+            try:
+                return self.write_batch(items, positions=positions, epoch=epoch)
+            except DatabaseUnavailable as error:
+                last[:] = [error]  # only the latest: an outage may last long
+                raise
+
+        return retrying(attempt)
 
     def _insert_isolating(
         self, conn: Connection, items: list[Report]
@@ -194,7 +210,7 @@ class Sink:
 
     def _insert_reports(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
         if conn.dialect.name == "postgresql":
-            return insert.copy_reports(conn, rows)
+            return insert.executemany_reports(conn, rows)
         return insert.insert_many(conn, reports, rows, "report_id")
 
     def _store_positions(self, conn: Connection, positions: Mapping[str, int]) -> None:

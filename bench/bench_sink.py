@@ -1,0 +1,158 @@
+"""Rows per second into PostgreSQL for batches of 1000 reports, beside a plain COPY of them.
+
+Starts its own PostgreSQL (reporting.harness) in a temporary directory; each method writes the
+same reports into a fresh database. The sink's methods each write a whole batch transaction
+(fence, reports, journal position); "plain COPY" is the same rows COPYed straight into `reports`,
+one transaction per batch, with no conflict handling: the database's own limit.
+
+    .venv/bin/python bench/bench_sink.py [--batches 30] [--batch-records 1000]
+
+Writes bench/results/sink.json.
+"""
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from reporting.harness import Postgres
+from storage.database import Sink, insert
+from storage.database.rows import REPORT_COLUMNS, report_row
+from storage.reports import Report
+
+RESULTS = Path(__file__).parent / "results" / "sink.json"
+
+
+def make_reports(count: int) -> list[Report]:
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    reports = []
+    for i in range(count):
+        at = start + timedelta(seconds=i)
+        payload = {
+            "call_id": f"call-{i:09d}",
+            "component": f"mcp-{i % 8}",
+            "tenant": f"tenant-{i % 50}",
+            "ivr_profile": "default",
+            "start": at.isoformat(),
+            "end": (at + timedelta(seconds=90)).isoformat(),
+            "dnis": "18005550100",
+            "ani": f"1555{i % 10_000_000:07d}",
+        }
+        reports.append(Report(f"bench-{i:09d}", "cdr", "gvp.reporting.cdr", payload, at))
+    return reports
+
+
+class MethodSink(Sink):
+    """The sink with its report insert swapped for the method under measurement."""
+
+    def __init__(self, url: str, method: Callable[[Connection, list[dict[str, Any]]], int]):
+        super().__init__(url, cluster="bench", journal="bench")
+        self._method = method
+
+    def _insert_reports(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        return self._method(conn, rows)
+
+
+def time_sink(url: str, method: Callable, batches: list[list[Report]]) -> dict[str, float]:
+    sink = MethodSink(url, method)
+    sink.upgrade()
+    sink.claim_epoch(1)
+    started = time.perf_counter()
+    stored = 0
+    for number, batch in enumerate(batches):
+        result = sink.write_batch(batch, positions={"00000001": number + 1}, epoch=1)
+        stored += result.stored
+    seconds = time.perf_counter() - started
+    # The same batches again: what a replay after a lost commit costs (all duplicates).
+    started = time.perf_counter()
+    for number, batch in enumerate(batches):
+        sink.write_batch(batch, positions={"00000001": number + 1}, epoch=1)
+    replay_s = time.perf_counter() - started
+    assert stored == sum(len(b) for b in batches) == sink.count_reports()
+    sink.close()
+    rows = sum(len(b) for b in batches)
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "replay_rows_per_s": rows / replay_s,
+    }
+
+
+def time_plain_copy(pg: Postgres, database: str, batches: list[list[Report]]) -> dict[str, float]:
+    columns = ", ".join(REPORT_COLUMNS)
+    rows_by_batch = [[report_row(r) for r in batch] for batch in batches]
+    with pg.connect(database) as conn:
+        started = time.perf_counter()
+        for rows in rows_by_batch:
+            with conn.cursor() as cursor:
+                with cursor.copy(f"COPY reports ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(
+                            tuple(
+                                json.dumps(row[c]) if c == "payload" else row[c]
+                                for c in REPORT_COLUMNS
+                            )
+                        )
+            conn.commit()
+        seconds = time.perf_counter() - started
+    rows = sum(len(b) for b in batches)
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch-records", type=int, default=1000)
+    args = parser.parse_args()
+
+    reports = make_reports(args.batches * args.batch_records)
+    batches = [
+        reports[i : i + args.batch_records] for i in range(0, len(reports), args.batch_records)
+    ]
+    methods: dict[str, Callable] = {
+        "copy + INSERT SELECT ON CONFLICT": insert.copy_reports,
+        "executemany (pipeline)": insert.executemany_reports,
+        "multi-row VALUES RETURNING": lambda conn, rows: insert.insert_many(
+            conn, insert.reports, rows, "report_id"
+        ),
+    }
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-sink-") as workdir:
+        pg = Postgres(workdir)
+        print(f"starting PostgreSQL in {workdir}", flush=True)
+        pg.start()
+        try:
+            for number, (name, method) in enumerate(methods.items()):
+                print(
+                    f"{name}: {len(reports)} reports in batches of {args.batch_records}", flush=True
+                )
+                results[name] = time_sink(pg.create_database(f"bench_{number}"), method, batches)
+                print(f"  {results[name]['rows_per_s']:,.0f} rows/s", flush=True)
+            print("plain COPY of the same rows", flush=True)
+            url = pg.create_database("bench_copy")
+            Sink(url, cluster="bench", journal="bench").upgrade()
+            results["plain COPY"] = time_plain_copy(pg, "bench_copy", batches)
+            print(f"  {results['plain COPY']['rows_per_s']:,.0f} rows/s", flush=True)
+        finally:
+            pg.stop()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "batch_records": args.batch_records,
+        "batches": args.batches,
+        "machine": platform.platform(),
+        "results": results,
+    }
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

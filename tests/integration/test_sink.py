@@ -1,0 +1,325 @@
+"""The database sink against real PostgreSQL (harness) and SQLite: exactly once, fenced, no loss."""
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from reporting.harness import Postgres
+from storage.database import Sink
+from storage.database.schema import rejected_reports, reports
+from storage.errors import DatabaseUnavailable, StaleEpoch
+from storage.reports import Rejected, Report, from_record
+
+AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def cdr(report_id: str, **fields: object) -> Report:
+    payload = {
+        "call_id": f"call-{report_id}",
+        "component": "mcp-1",
+        "tenant": "t1",
+        "ivr_profile": "default",
+        "start": "2024-05-01T12:00:00+02:00",
+        "end": "2024-05-01T12:01:30+02:00",
+        **fields,
+    }
+    return Report(report_id, "cdr", "gvp.reporting.cdr", payload, AT)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)],
+)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'reports.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def sink(url: str) -> Iterator[Sink]:
+    sink = Sink(url, cluster="/test/pair", journal="rs-a")
+    sink.upgrade()
+    yield sink
+    sink.close()
+
+
+def test_migrations_run_from_empty_and_twice(url: str) -> None:
+    sink = Sink(url, cluster="c", journal="j")
+    try:
+        sink.upgrade()
+        sink.upgrade()
+        assert sink.count_reports() == 0
+        assert sink.count_rejected() == 0
+        assert sink.positions() == {}
+        assert sink.fence_epoch() is None
+    finally:
+        sink.close()
+
+
+def test_same_batch_twice_is_stored_once(sink: Sink) -> None:
+    batch = [cdr(f"r{i}") for i in range(50)] + [
+        Rejected("bad-1", "gvp.reporting.cdr", "not JSON", b"{oops", AT)
+    ]
+    first = sink.write_batch(batch, positions={"00000001": 4096}, epoch=1)
+    again = sink.write_batch(batch, positions={"00000001": 4096}, epoch=1)
+
+    assert (first.stored, first.duplicates, first.rejected) == (50, 0, 1)
+    assert (again.stored, again.duplicates, again.rejected) == (0, 51, 0)
+    assert sink.count_reports() == 50
+    assert sink.count_rejected() == 1
+    assert sink.positions() == {"00000001": 4096}
+    assert sink.report_id_counts(["r0", "r49", "missing"]) == {"r0": 1, "r49": 1, "missing": 0}
+
+
+def test_duplicate_report_id_within_one_batch_is_stored_once(sink: Sink) -> None:
+    result = sink.write_batch([cdr("same"), cdr("same")], positions={}, epoch=1)
+    assert (result.stored, result.duplicates) == (1, 1)
+    assert sink.count_reports() == 1
+
+
+def test_typed_columns_are_parsed_tolerantly(sink: Sink) -> None:
+    good = cdr("good")
+    odd = cdr("odd", start="yesterday", call_id=42)
+    sink.write_batch([good, odd], positions={}, epoch=1)
+    with sink._engine.connect() as conn:
+        rows = {
+            row.report_id: row
+            for row in conn.execute(
+                select(reports.c.report_id, reports.c.call_id, reports.c.started_at)
+            )
+        }
+    assert rows["good"].call_id == "call-good"
+    assert rows["good"].started_at.replace(tzinfo=UTC) == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+    assert rows["odd"].call_id is None
+    assert rows["odd"].started_at is None
+
+
+def test_stale_epoch_is_refused_and_stores_nothing(sink: Sink) -> None:
+    sink.claim_epoch(5)
+    sink.write_batch([cdr("new")], positions={"00000002": 10}, epoch=5)
+
+    with pytest.raises(StaleEpoch) as raised:
+        sink.write_batch([cdr("old-1"), cdr("old-2")], positions={"00000002": 99}, epoch=4)
+
+    assert raised.value.epoch == 4
+    assert sink.count_reports() == 1
+    assert sink.report_id_counts(["old-1", "old-2"]) == {"old-1": 0, "old-2": 0}
+    assert sink.positions() == {"00000002": 10}
+    assert sink.fence_epoch() == 5
+
+
+def test_claim_epoch_moves_forward_only(sink: Sink) -> None:
+    sink.claim_epoch(3)
+    sink.claim_epoch(3)
+    sink.claim_epoch(7)
+    with pytest.raises(StaleEpoch):
+        sink.claim_epoch(6)
+    assert sink.fence_epoch() == 7
+
+
+def test_fence_is_per_cluster(url: str, sink: Sink) -> None:
+    other = Sink(url, cluster="/test/other-pair", journal="rs-c")
+    try:
+        sink.claim_epoch(9)
+        other.write_batch([cdr("other")], positions={}, epoch=1)
+        assert other.fence_epoch() == 1
+    finally:
+        other.close()
+
+
+def test_positions_are_per_journal_and_can_be_forgotten(url: str, sink: Sink) -> None:
+    other = Sink(url, cluster="/test/pair", journal="rs-b")
+    try:
+        sink.write_batch([cdr("a")], positions={"00000001": 100, "00000002": 7}, epoch=1)
+        other.write_batch([cdr("b")], positions={"00000001": 55}, epoch=1)
+        sink.write_batch([cdr("c")], positions={"00000002": 80}, epoch=1)
+        assert sink.positions() == {"00000001": 100, "00000002": 80}
+        sink.forget_positions(["00000001"])
+        assert sink.positions() == {"00000002": 80}
+        assert other.positions() == {"00000001": 55}
+    finally:
+        other.close()
+
+
+def test_rows_the_database_refuses_are_kept_as_rejected(url: str, sink: Sink) -> None:
+    bad = {
+        "huge": cdr("huge", arrivals=2**70),  # beyond bigint
+        "nan": cdr("nan", ivr_profile=float("nan")),  # not JSON (PostgreSQL refuses)
+        "nul-json": cdr("nul-json", ivr_profile="a\x00b"),  # \u0000 in jsonb
+        "nul-text": cdr("nul-text", call_id="x\x00y"),  # NUL in a text column
+    }
+    good = [cdr(f"ok-{i}") for i in range(20)]
+    batch = good[:10] + list(bad.values()) + good[10:]
+
+    result = sink.write_batch(batch, positions={"00000003": 512}, epoch=1)
+    refused = set(_rejected(sink))
+    # SQLite stores NaN and NUL as they are; only the integer beyond 64 bits is refused there.
+    expected = set(bad) if url.startswith("postgresql") else {"huge"}
+
+    assert refused == expected
+    assert result.stored == len(batch) - len(expected)
+    assert result.rejected == len(expected)
+    assert sink.report_id_counts(r.report_id for r in good) == {r.report_id: 1 for r in good}
+    assert sink.positions() == {"00000003": 512}
+    # The raw record is the journal record, so the report can be recovered from it.
+    for report_id, (reason, raw) in _rejected(sink).items():
+        assert reason.startswith("database refused:")
+        assert from_record(raw).report_id == report_id
+
+    again = sink.write_batch(batch, positions={"00000003": 512}, epoch=1)
+    assert (again.stored, again.rejected, again.duplicates) == (0, 0, len(batch))
+    assert sink.count_rejected() == len(expected)
+
+
+def test_rejected_with_nul_in_its_id_is_stored_once(sink: Sink) -> None:
+    item = Rejected("id\x00x", "gvp.reporting.sq", "missing field", b"\x00\xff", AT)
+    assert sink.write_batch([item], positions={}, epoch=1).rejected == 1
+    assert sink.write_batch([item], positions={}, epoch=1).duplicates == 1
+    assert _rejected(sink) == {"id\\x00x": ("missing field", b"\x00\xff")}
+
+
+def test_probe(sink: Sink, tmp_path: Path) -> None:
+    assert sink.probe() is True
+    down = Sink("postgresql+psycopg://nobody@127.0.0.1:1/none", cluster="c", journal="j")
+    assert down.probe() is False
+    with pytest.raises(DatabaseUnavailable):
+        down.write_batch([cdr("x")], positions={}, epoch=1)
+    down.close()
+
+
+def _rejected(sink: Sink) -> dict[str, tuple[str, bytes]]:
+    query = select(rejected_reports.c.report_id, rejected_reports.c.reason, rejected_reports.c.raw)
+    with sink._engine.connect() as conn:
+        return {row.report_id: (row.reason, bytes(row.raw)) for row in conn.execute(query)}
+
+
+# -- PostgreSQL only ----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_upgrade_from_two_processes_at_once(pg_url: str) -> None:
+    sinks = [Sink(pg_url, cluster="c", journal=f"j{i}") for i in range(2)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def upgrade(sink: Sink) -> None:
+        barrier.wait()
+        try:
+            sink.upgrade()
+        except BaseException as error:  # collected for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=upgrade, args=(s,)) for s in sinks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sinks[0].count_reports() == 0
+    for sink in sinks:
+        sink.close()
+
+
+@pytest.mark.integration
+def test_stale_writer_waits_for_the_fence_then_is_refused(pg_url: str) -> None:
+    new, old = (Sink(pg_url, cluster="/pair", journal=n) for n in ("rs-b", "rs-a"))
+    new.upgrade()
+    old.claim_epoch(1)
+    try:
+        # The newer writer holds the fence row in an open transaction; the old one must wait
+        # for it and then see the newer epoch, not slip in beside it.
+        with new._engine.begin() as conn:
+            new._check_fence(conn, 2)
+            outcome: list[BaseException | None] = []
+            writer = threading.Thread(
+                target=lambda: outcome.append(_try_write(old, [cdr("late")], epoch=1))
+            )
+            writer.start()
+            writer.join(timeout=0.5)
+            assert writer.is_alive(), "the stale writer did not wait for the fence row"
+        writer.join()
+        assert isinstance(outcome[0], StaleEpoch)
+        assert old.report_id_counts(["late"]) == {"late": 0}
+    finally:
+        new.close()
+        old.close()
+
+
+def _try_write(sink: Sink, items: list[Report], *, epoch: int) -> BaseException | None:
+    try:
+        sink.write_batch(items, positions={}, epoch=epoch)
+    except BaseException as error:  # returned to the test thread
+        return error
+    return None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_postgres_killed_during_a_stream_of_batches(tmp_path: Path) -> None:
+    # Its own cluster, so killing it cannot disturb other tests.
+    pg = Postgres(tmp_path / "pg")
+    pg.start()
+    sink = Sink(pg.create_database("kill"), cluster="/pair", journal="rs-a")
+    try:
+        sink.upgrade()
+        stop = threading.Event()
+        retries: list[int] = []
+        batches = 40
+        batch_records = 200
+        killed = threading.Event()
+        done_batches: list[int] = []
+
+        def write_stream() -> None:
+            for number in range(batches):
+                batch = [cdr(f"b{number:03d}-{i:04d}") for i in range(batch_records)]
+                sink.write_batch_retrying(
+                    batch,
+                    positions={"00000001": (number + 1) * 1000},
+                    epoch=1,
+                    stop=stop,
+                    on_retry=lambda attempt, _error: retries.append(attempt),
+                )
+                done_batches.append(number)
+                if number == batches // 3:
+                    killed.wait(timeout=60)
+
+        writer = threading.Thread(target=write_stream)
+        writer.start()
+        # Kill it while the writer is mid-stream, twice: once at a batch boundary the writer
+        # is waiting on, once while batches are flowing.
+        _wait_for(lambda: len(done_batches) > batches // 3)
+        pg.kill()
+        killed.set()
+        _wait_for(lambda: len(retries) >= 1)
+        pg.restart()
+        _wait_for(lambda: len(done_batches) > batches // 2)
+        pg.kill()
+        pg.restart()
+        writer.join(timeout=180)
+        stop.set()
+        assert not writer.is_alive()
+
+        assert len(done_batches) == batches
+        assert retries, "the writer never saw the database go away"
+        assert sink.probe()
+        assert sink.count_reports() == batches * batch_records
+        ids = [f"b{n:03d}-{i:04d}" for n in range(batches) for i in range(batch_records)]
+        assert set(sink.report_id_counts(ids).values()) == {1}
+        assert sink.positions() == {"00000001": batches * 1000}
+    finally:
+        sink.close()
+        pg.stop()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    # Polls state the writer thread publishes: the wait is for that state, not for time to pass.
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        threading.Event().wait(0.01)

@@ -1,0 +1,89 @@
+"""write_batch_retrying: retries while the database is unavailable, never past `stop`."""
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from storage.database import Sink, WriteResult
+from storage.errors import DatabaseUnavailable, StaleEpoch
+from storage.reports import Rejected, Report
+
+
+class FlakySink(Sink):
+    """A SQLite sink whose first writes fail as given."""
+
+    def __init__(self, path: Path, failures: list[Exception]) -> None:
+        super().__init__(f"sqlite:///{path}", cluster="c", journal="j")
+        self.failures = failures
+        self.calls = 0
+
+    def write_batch(
+        self,
+        items: Sequence[Report | Rejected],
+        *,
+        positions: Mapping[str, int],
+        epoch: int,
+    ) -> WriteResult:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return super().write_batch(items, positions=positions, epoch=epoch)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.database.sink as sink_module
+
+    monkeypatch.setattr(sink_module, "RETRY_INITIAL_S", 0.001)
+    monkeypatch.setattr(sink_module, "RETRY_MAX_S", 0.001)
+    monkeypatch.setattr(sink_module, "RETRY_JITTER_S", 0.0)
+
+
+def test_retries_until_the_database_answers(tmp_path: Path, no_backoff: None) -> None:
+    sink = FlakySink(tmp_path / "r.db", [DatabaseUnavailable("down")] * 3)
+    sink.upgrade()
+    seen: list[int] = []
+    result = sink.write_batch_retrying(
+        [],
+        positions={"00000001": 10},
+        epoch=1,
+        stop=threading.Event(),
+        on_retry=lambda attempt, error: seen.append(attempt),
+    )
+    assert result == WriteResult(0, 0, 0)
+    assert seen == [1, 2, 3]
+    assert sink.calls == 4
+    assert sink.positions() == {"00000001": 10}
+    sink.close()
+
+
+def test_stale_epoch_is_not_retried(tmp_path: Path, no_backoff: None) -> None:
+    sink = FlakySink(tmp_path / "r.db", [StaleEpoch("c", 1)])
+    with pytest.raises(StaleEpoch):
+        sink.write_batch_retrying([], positions={}, epoch=1, stop=threading.Event())
+    assert sink.calls == 1
+    sink.close()
+
+
+def test_stop_ends_the_retries_with_the_last_error(tmp_path: Path) -> None:
+    stop = threading.Event()
+    sink = FlakySink(tmp_path / "r.db", [DatabaseUnavailable(f"down {i}") for i in range(100)])
+
+    def on_retry(attempt: int, error: DatabaseUnavailable) -> None:
+        if attempt == 2:
+            stop.set()
+
+    with pytest.raises(DatabaseUnavailable, match="down 1"):
+        sink.write_batch_retrying([], positions={}, epoch=1, stop=stop, on_retry=on_retry)
+    assert sink.calls == 2
+    sink.close()
+
+
+def test_unreachable_sqlite_file_is_unavailable(tmp_path: Path) -> None:
+    sink = Sink(f"sqlite:///{tmp_path / 'missing-dir' / 'r.db'}", cluster="c", journal="j")
+    assert sink.probe() is False
+    with pytest.raises(DatabaseUnavailable):
+        sink.write_batch([], positions={}, epoch=1)
+    sink.close()
