@@ -8,6 +8,7 @@ from reporting.harness.activemq import ActiveMQ
 from reporting.harness.postgres import Postgres
 from reporting.harness.proxy import TcpProxy
 from reporting.harness.service import Service
+from reporting.harness.stack import Stack
 from reporting.harness.zookeeper import ZooKeeper
 
-__all__ = ["ActiveMQ", "Postgres", "Service", "TcpProxy", "ZooKeeper"]
+__all__ = ["ActiveMQ", "Postgres", "Service", "Stack", "TcpProxy", "ZooKeeper"]

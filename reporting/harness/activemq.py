@@ -20,6 +20,14 @@ _STATISTICS_JARS = ("xstream.jar", "jettison.jar")
 _SYSTEM_JARS = Path("/usr/share/java")
 
 
+def broker_xml(stomp_host: str, stomp_port: int) -> str:
+    """The harness broker configuration with its STOMP listener on stomp_host:stomp_port."""
+    xml = (resources.files("reporting.harness") / "templates" / "activemq.xml").read_text()
+    return xml.replace("${harness.stomp.host}", stomp_host).replace(
+        "${harness.stomp.port}", str(stomp_port)
+    )
+
+
 class ActiveMQ(Service):
     """An ActiveMQ Classic broker with a STOMP connector on 127.0.0.1."""
 
@@ -52,10 +60,7 @@ class ActiveMQ(Service):
         conf.mkdir(exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
         templates = resources.files("reporting.harness") / "templates"
-        xml = (templates / "activemq.xml").read_text()
-        (conf / "activemq.xml").write_text(
-            xml.replace("${harness.stomp.port}", str(self.stomp_port))
-        )
+        (conf / "activemq.xml").write_text(broker_xml(LOOPBACK, self.stomp_port))
         (conf / "log4j.properties").write_text(
             (templates / "activemq-log4j.properties").read_text()
         )

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from reporting.errors import HarnessError
+from reporting.harness import probes
 from reporting.harness.ports import LOOPBACK, free_port
 from reporting.harness.service import Service
 
@@ -25,28 +26,19 @@ RUN_AS = "postgres"
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-class Postgres(Service):
-    """A PostgreSQL cluster: trust auth on 127.0.0.1, fsync on, no Unix socket."""
+class PostgresAccess:
+    """Connections and databases of a PostgreSQL server at host:port (trust auth, user postgres)."""
 
-    name = "postgres"
-    # SIGINT is pg_ctl's "fast" shutdown: SIGTERM ("smart") waits for every client to leave.
-    graceful_signal = signal.SIGINT
-
-    def __init__(self, workdir: Path | str, *, port: int | None = None) -> None:
-        super().__init__(workdir)
-        self.port = port or free_port()
-        self.data_dir = self.workdir / "data"
+    port: int
+    address: str = LOOPBACK
 
     @property
     def url(self) -> str:
         return self.url_for("postgres")
 
     def url_for(self, database: str) -> str:
-        """SQLAlchemy URL of a database of this cluster."""
-        return f"postgresql+psycopg://postgres@{LOOPBACK}:{self.port}/{database}"
-
-    def ports(self) -> dict[str, int]:
-        return {"port": self.port}
+        """SQLAlchemy URL of a database of this server."""
+        return f"postgresql+psycopg://postgres@{self.address}:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         """Create an empty database and return its SQLAlchemy URL."""
@@ -59,12 +51,28 @@ class Postgres(Service):
 
     def connect(self, database: str = "postgres", timeout_s: float = 5) -> psycopg.Connection:
         return psycopg.connect(
-            host=LOOPBACK,
+            host=self.address,
             port=self.port,
             user="postgres",
             dbname=database,
             connect_timeout=max(1, int(timeout_s)),
         )
+
+
+class Postgres(PostgresAccess, Service):
+    """A PostgreSQL cluster: trust auth on 127.0.0.1, fsync on, no Unix socket."""
+
+    name = "postgres"
+    # SIGINT is pg_ctl's "fast" shutdown: SIGTERM ("smart") waits for every client to leave.
+    graceful_signal = signal.SIGINT
+
+    def __init__(self, workdir: Path | str, *, port: int | None = None) -> None:
+        super().__init__(workdir)
+        self.port = port or free_port()
+        self.data_dir = self.workdir / "data"
+
+    def ports(self) -> dict[str, int]:
+        return {"port": self.port}
 
     # -- Service hooks ------------------------------------------------------------------------
 
@@ -122,12 +130,7 @@ class Postgres(Service):
         return command
 
     def _probe(self) -> bool:
-        try:
-            with self.connect(timeout_s=2) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except psycopg.OperationalError:
-            return False
+        return probes.postgres_ready(self.port)
 
     def _spawn_options(self) -> dict[str, Any]:
         if os.geteuid() != 0:

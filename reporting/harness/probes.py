@@ -9,6 +9,8 @@ import socket
 import time
 import uuid
 
+import psycopg
+
 from reporting.harness.ports import LOOPBACK
 
 
@@ -142,8 +144,6 @@ def zookeeper_ready(port: int, host: str = LOOPBACK) -> bool:
 
 def postgres_ready(port: int, host: str = LOOPBACK) -> bool:
     """True when PostgreSQL accepts a connection and runs a query."""
-    import psycopg
-
     try:
         with psycopg.connect(
             host=host, port=port, user="postgres", dbname="postgres", connect_timeout=2
