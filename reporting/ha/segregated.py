@@ -9,6 +9,7 @@ every activation, because each writes only its own reports and journal positions
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
@@ -27,7 +28,7 @@ class PrimaryElection(ZooKeeperElection):
     session took the node with it, and it is created again once reconnected.
     """
 
-    def __init__(self, *, healthy: Callable[[], bool], **kwargs) -> None:
+    def __init__(self, *, healthy: Callable[[], bool], **kwargs: Any) -> None:
         super().__init__(policy=Policy.SEGREGATED, **kwargs)
         self.primary_path = f"{self.cluster}/primary"
         self.epoch_path = f"{self.cluster}/epoch-{self.name}"
@@ -110,7 +111,7 @@ class BackupElection(ZooKeeperElection):
     While ZooKeeper cannot be reached, the role stays as it is and the grace period starts over.
     """
 
-    def __init__(self, *, grace_s: float, **kwargs) -> None:
+    def __init__(self, *, grace_s: float, **kwargs: Any) -> None:
         super().__init__(policy=Policy.SEGREGATED, **kwargs)
         self.primary_path = f"{self.cluster}/primary"
         self.epoch_path = f"{self.cluster}/epoch-{self.name}"

@@ -38,6 +38,13 @@ POLL_S = 0.5
 STOP_DELIVERY_S = 10.0
 
 
+_STATES = {
+    KazooState.SUSPENDED: "connection suspended",
+    KazooState.LOST: "session lost",
+    KazooState.CONNECTED: "connected",
+}
+
+
 class ZooKeeperElection:
     def __init__(
         self,
@@ -96,6 +103,9 @@ class ZooKeeperElection:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self._thread.ident is None:  # never started
+            self.client.close()
+            return
         self._interrupt()
         self._wake.set()
         self._apply(Stopping())
@@ -155,11 +165,14 @@ class ZooKeeperElection:
     def _on_state(self, state: KazooState) -> None:
         # kazoo's connection thread: record and wake, never block.
         if state == KazooState.SUSPENDED:
-            self._apply(Suspended())
+            change = self._apply(Suspended())
         elif state == KazooState.LOST:
-            self._apply(SessionLost())
+            change = self._apply(SessionLost())
         else:
-            self._apply(Connected())
+            change = self._apply(Connected())
+        if change is None and not self._stopping.is_set():
+            level = logging.INFO if state == KazooState.CONNECTED else logging.WARNING
+            log.log(level, "%s: zookeeper %s; role %s kept", self.name, _STATES[state], self.role)
         self._wake.set()
 
     def _run(self) -> None:

@@ -8,6 +8,7 @@ suspended after two thirds of it without an answer.
 
 import logging
 import threading
+from typing import Any
 
 from kazoo.exceptions import CancelledError, KazooException, LockTimeout, NoNodeError
 from kazoo.recipe.lock import Lock
@@ -29,7 +30,7 @@ def _sequence(node: str) -> str:
 
 
 class SharedElection(ZooKeeperElection):
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(policy=Policy.SHARED, **kwargs)
         self.lock_path = f"{self.cluster}/lock"
         self.epoch_path = f"{self.cluster}/epoch"
