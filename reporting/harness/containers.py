@@ -202,10 +202,11 @@ class ContainerService:
             raise HarnessError(f"{self.name}: container not started")
         return self._container.get_wrapped_container()
 
-    def _build(self) -> Any:
-        from testcontainers.core.container import DockerContainer
-
-        container = DockerContainer(self.spec.image).with_bind_ports(self.spec.port, self.port)
+    def _build(self, factory: Any = None) -> Any:
+        """The testcontainers DockerContainer (or what factory makes) for this spec."""
+        if factory is None:
+            from testcontainers.core.container import DockerContainer as factory
+        container = factory(self.spec.image).with_bind_ports(self.spec.port, self.port)
         for key, value in self.spec.env.items():
             container = container.with_env(key, value)
         if self.spec.command:

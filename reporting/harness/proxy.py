@@ -83,9 +83,12 @@ class _Connection:
         for sock in (self.client, self.upstream):
             try:
                 if reset:
-                    # Linger 0: close() sends RST instead of FIN.
+                    # Linger 0: close() sends RST instead of FIN. SHUT_RD only wakes our own
+                    # blocked reader; SHUT_WR would send a FIN first.
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-                sock.shutdown(socket.SHUT_RDWR)
+                    sock.shutdown(socket.SHUT_RD)
+                else:
+                    sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
