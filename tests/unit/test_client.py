@@ -321,3 +321,42 @@ def test_ledger_skips_a_torn_last_line_and_counts_repeats(tmp_path):
         fh.write("tor")
     contents = read_ledger(path)
     assert contents.ids == {"a", "b"} and contents.lines == 3 and contents.repeated_lines == 1
+
+
+def test_produce_command_writes_ledger_and_rejected_ids(brokers, tmp_path, capsys):
+    from reporting.cli import main
+    from reporting.commands.produce import malformed_messages
+
+    broker = brokers()
+    ledger = tmp_path / "ledger"
+    argv = ["produce", "--broker", f"{dead_host()},{broker.host}", "--count", "40"]
+    argv += ["--malformed", "8", "--ledger", str(ledger), "--seed", "7", "--max-body-bytes", "256"]
+    assert main(argv) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("produced 40 reports (cdr 10 or 10 sq 10 events 10)")
+    assert "malformed 8 (1 to an unconsumed queue)" in summary and "seed 7" in summary
+    good = read_ledger(ledger)
+    assert good.lines == 40 and len(good.ids) == 40
+    rejected = read_ledger(f"{ledger}.rejected")
+    assert rejected.lines == 7 and all(i.startswith("malformed-") for i in rejected.ids)
+    assert len(broker.sends) == 48
+    # Each bad message would be rejected by the server's decode, for the reason it was built for.
+    by_id = {f.headers["report-id"]: f for f in broker.sends}
+    for message in malformed_messages(256):
+        (frame,) = [f for i, f in by_id.items() if i.startswith(f"malformed-{message.name}-")]
+        item = decode(
+            frame.headers["destination"],
+            frame.headers,
+            frame.body,
+            queues=DEFAULT_QUEUES,
+            max_body_bytes=256,
+            now=datetime.now(UTC),
+        )
+        assert not isinstance(item, Report), message.name
+
+
+def test_produce_rejects_an_unknown_kind(capsys):
+    from reporting.cli import main
+
+    assert main(["produce", "--broker", "127.0.0.1:1", "--kinds", "cdr,xyz"]) == 2
+    assert "--kinds" in capsys.readouterr().err
