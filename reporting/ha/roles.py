@@ -44,6 +44,13 @@ class Policy(Enum):
 
 
 @dataclass(frozen=True)
+class Started:
+    """The election has started: the server hears its first role, standby."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Connected:
     """The client is connected; a held lock still needs `Confirmed` before going active."""
 
@@ -116,7 +123,8 @@ class Stopping:
 
 
 Event = (
-    Connected
+    Started
+    | Connected
     | Suspended
     | SessionLost
     | Acquired
@@ -154,6 +162,8 @@ class Roles:
         if self.stopped:
             return None
         match event:
+            case Started(reason=reason):
+                return RoleChange(Role.STANDBY, self.epoch, None, reason)
             case Connected():
                 self.connected = True
                 return None

@@ -37,6 +37,9 @@ class PrimaryElection(ZooKeeperElection):
         self._node_session: int | None = None
         self._waiting_logged = False
 
+    def _waiting_for(self) -> str:
+        return f"primary, to hold {self.primary_path} while healthy"
+
     def _is_healthy(self) -> bool:
         try:
             return bool(self._healthy())
@@ -118,6 +121,9 @@ class BackupElection(ZooKeeperElection):
         self.grace_s = grace_s
         # Since when (monotonic) the node has been seen missing without a break.
         self._absent_since: float | None = None
+
+    def _waiting_for(self) -> str:
+        return f"backup, active once {self.primary_path} is gone for {self.grace_s:g} s"
 
     def stood_down(self) -> None:
         self._apply(StoodDown())

@@ -25,6 +25,7 @@ from reporting.ha.roles import (
     RoleChange,
     Roles,
     SessionLost,
+    Started,
     Stopping,
     Suspended,
     describe,
@@ -89,6 +90,7 @@ class ZooKeeperElection:
 
     def start(self) -> None:
         self._delivery.start()
+        self._apply(Started(self._waiting_for()))
         # Asynchronous: a ZooKeeper that is down at start is waited for, not an error.
         self.client.start_async()
         self._thread.start()
@@ -112,7 +114,6 @@ class ZooKeeperElection:
         self._delivery.wait_delivered(STOP_DELIVERY_S)
         # The contest thread may sit in a ZooKeeper call that waits for a reconnect; closing the
         # client fails that call, so join it only afterwards.
-        self._thread.join(POLL_S * 4)
         self.client.stop()
         self.client.close()
         self._thread.join(POLL_S * 4)
@@ -135,6 +136,10 @@ class ZooKeeperElection:
         """Only the segregated backup drains before standing down; elsewhere nothing to do."""
 
     # For the subclasses.
+
+    def _waiting_for(self) -> str:
+        """What a standby instance of this kind waits for, for the first log line."""
+        raise NotImplementedError
 
     def _contest(self) -> None:
         """One round of the contest, run again and again on the contest thread."""

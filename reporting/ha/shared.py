@@ -43,13 +43,18 @@ class SharedElection(ZooKeeperElection):
         self._release_requested = threading.Event()
         self._watching = False
 
+    def _waiting_for(self) -> str:
+        return f"contending for {self.lock_path}"
+
     def _contest(self) -> None:
         if not self.client.connected:
             self._wait()
             return
         session = self._session()
-        if self._lock is None or self._lock_session != session:
-            # A lock object outlives nothing: after a lost session make a fresh one.
+        if self._lock is not None and self._lock_session != session and not self._drop_lock():
+            return
+        if self._lock is None:
+            # A fresh lock object for each session: its node lives and dies with one session.
             self._lock = Lock(self.client, self.lock_path, identifier=self.name)
             self._lock_session = session
             self._holding = False
@@ -77,6 +82,8 @@ class SharedElection(ZooKeeperElection):
         self._take_epoch(session)
 
     def _take_epoch(self, session: int) -> None:
+        if self._session() != session:
+            return  # the lock went with that session; the next round starts over
         try:
             epoch = bump_epoch(self.client, self.epoch_path)
         except KazooException as exc:
@@ -101,11 +108,11 @@ class SharedElection(ZooKeeperElection):
         if unconfirmed:
             # Back from a suspension within the session: the node should still be there and
             # first, but look before consuming again.
-            if self._still_first():
-                self._apply(Confirmed(session))
-            else:
+            if not self._still_first():
                 self._apply(Released("the lock is no longer ours"))
-                self._lock = None
+                self._drop_lock()
+            elif self._apply(Confirmed(session)) is None:
+                self._wait()  # the listener has not yet seen the reconnect
             return
         self._wait()
 
@@ -120,17 +127,27 @@ class SharedElection(ZooKeeperElection):
         return node is not None and bool(contenders) and contenders[0] == node
 
     def _release(self) -> None:
+        if self._drop_lock():
+            self._release_requested.clear()
+            self._apply(Released("released the lock"))
+
+    def _drop_lock(self) -> bool:
+        """Give the lock object up, deleting its node if it has one; False if that failed."""
         assert self._lock is not None
-        try:
-            self._lock.release()
-        except KazooException as exc:
-            # The node stays ours until released: keep the lock object and try again.
-            log.debug("%s: release failed: %r", self.name, exc)
-            self._wait()
-            return
+        # An acquire still running when the session was lost may have joined the line again in
+        # the new session: that node must go too, or it would block everyone, us included.
+        if self._lock.is_acquired:
+            try:
+                self._lock.release()
+            except KazooException as exc:
+                # The node stays ours until deleted: keep the lock object and try again.
+                log.debug("%s: release failed: %r", self.name, exc)
+                self._wait()
+                return False
+        self._lock = None
         self._holding = False
-        self._release_requested.clear()
-        self._apply(Released("released the lock"))
+        self._epoch_pending = False
+        return True
 
     def _watch_holder(self) -> None:
         if self._watching:

@@ -108,6 +108,7 @@ def elect(cluster: str) -> Iterator[Callable[..., tuple[Election, Recorder]]]:
         mode: str = "shared",
         role: str = "",
         healthy: Callable[[], bool] = lambda: True,
+        session_timeout_s: float = SESSION_S,
     ) -> tuple[Election, Recorder]:
         recorder = Recorder()
         election = make_election(
@@ -116,7 +117,7 @@ def elect(cluster: str) -> Iterator[Callable[..., tuple[Election, Recorder]]]:
             role=role,
             zookeeper=hosts,
             cluster=cluster,
-            session_timeout_s=SESSION_S,
+            session_timeout_s=session_timeout_s,
             grace_s=GRACE_S,
             healthy=healthy,
             on_change=recorder,
@@ -135,13 +136,15 @@ def lock_contenders(observer: KazooClient, cluster: str) -> list[str]:
 
 
 def test_one_active_and_epochs_rise_across_failovers(
-    zookeeper: ZooKeeper, elect: Callable[..., tuple[Election, Recorder]]
+    zookeeper: ZooKeeper, elect: Callable[..., tuple[Election, Recorder]], cluster: str
 ) -> None:
     a, rec_a = elect("rs-a", zookeeper.hosts)
     wait_until(lambda: a.role is Role.ACTIVE, 30, "rs-a active")
     b, rec_b = elect("rs-b", zookeeper.hosts)
     wait_until(lambda: b.holder == "rs-a", 10, "rs-b to see rs-a as holder")
     assert (a.role, b.role) == (Role.ACTIVE, Role.STANDBY)
+    # Each instance first hears it is standby, with what it waits for.
+    assert rec_b.since(0)[0] == RoleChange(Role.STANDBY, 0, None, f"contending for {cluster}/lock")
     epochs = [a.epoch]
 
     # Clean hand-over: stop() of the active, the standby takes the lock.
@@ -216,8 +219,34 @@ def test_suspended_holder_stands_by_before_the_other_takes_over(
     a.stop()
     stop_s = time.monotonic() - stopping_at
     print(f"shared: stop() while cut off from zookeeper took {stop_s * 1000:.0f} ms")
-    assert stop_s < 3.0
+    assert stop_s < 1.0
     assert b.role is Role.ACTIVE
+
+
+def test_holder_back_within_its_session_keeps_the_lock_and_the_epoch(
+    zookeeper: ZooKeeper,
+    tcp_proxy: Callable[[str, int], TcpProxy],
+    elect: Callable[..., tuple[Election, Recorder]],
+) -> None:
+    # A longer session, so that healing the path as soon as rs-a has stood by saves it.
+    session_s = 6.0
+    proxy_a = tcp_proxy("127.0.0.1", zookeeper.port)
+    a, rec_a = elect("rs-a", proxy_a.host, session_timeout_s=session_s)
+    wait_until(lambda: a.role is Role.ACTIVE, 30, "rs-a active")
+    b, rec_b = elect("rs-b", zookeeper.hosts, session_timeout_s=session_s)
+    wait_until(lambda: b.holder == "rs-a", 10, "rs-b to see rs-a as holder")
+    epoch = a.epoch
+
+    cut_at = time.monotonic()
+    proxy_a.blackhole()
+    wait_until(lambda: a.role is Role.STANDBY, session_s, "rs-a standby")
+    proxy_a.heal()
+    wait_until(lambda: a.role is Role.ACTIVE, session_s, "rs-a active again")
+    assert time.monotonic() - cut_at < session_s, "the session should have survived"
+    back = rec_a.since(cut_at)
+    assert [(c.role, c.epoch) for c in back] == [(Role.STANDBY, epoch), (Role.ACTIVE, epoch)]
+    assert back[1].reason == "zookeeper connection restored, still holding the lock"
+    assert b.role is Role.STANDBY and not any(is_active(c) for c in rec_b.since(0))
 
 
 def test_zookeeper_killed_and_restarted_never_two_active(
@@ -270,7 +299,7 @@ def test_lost_fence_stands_by_and_contends_again(
     wait_until(lambda: b.role is Role.ACTIVE, 5, "rs-b active")
     assert b.epoch > fenced_epoch
     wait_until(lambda: a.holder == "rs-b", 5, "rs-a to see rs-b as holder")
-    assert [c.reason for c in rec_a.since(0)] == ["acquired the lock", "fenced"]
+    assert [c.reason for c in rec_a.since(0)][1:] == ["acquired the lock", "fenced"]
 
 
 def test_segregated_backup_covers_for_the_primary_and_drains_when_it_returns(
@@ -351,10 +380,10 @@ def test_segregated_primary_keeps_its_role_while_cut_off(
     # The session expires, the node with it; the backup helps out with its own broker.
     wait_until(lambda: backup.role is Role.ACTIVE, SESSION_S + GRACE_S + 5, "backup active")
     assert primary.role is Role.ACTIVE
-    assert len(rec_p.since(0)) == 1
+    assert len(rec_p.since(0)) == 2  # standby at start, then active
 
     healed_at = time.monotonic()
     proxy.heal()
     wait_until(lambda: observer.exists(f"{cluster}/primary") is not None, 15, "node created again")
     wait_until(lambda: rec_b.first(lambda c: c.drain_first, healed_at), 5, "backup told to drain")
-    assert primary.role is Role.ACTIVE and len(rec_p.since(0)) == 1
+    assert primary.role is Role.ACTIVE and len(rec_p.since(0)) == 2

@@ -13,6 +13,7 @@ from reporting.ha.roles import (
     RoleChange,
     Roles,
     SessionLost,
+    Started,
     StoodDown,
     Stopping,
     Suspended,
@@ -40,6 +41,12 @@ def backup_active(epoch: int = 2) -> Roles:
 def test_starts_standby_with_epoch_zero() -> None:
     roles = Roles("rs-a", policy=Policy.SHARED)
     assert (roles.role, roles.epoch, roles.holder) == (Role.STANDBY, 0, None)
+
+
+def test_start_tells_standby_with_what_it_waits_for() -> None:
+    roles = Roles("rs-b", policy=Policy.SHARED)
+    change = roles.apply(Started("contending for /c/lock"))
+    assert change == RoleChange(Role.STANDBY, 0, None, "contending for /c/lock")
 
 
 def test_shared_suspension_stands_by_at_once_and_keeps_the_epoch() -> None:
