@@ -11,6 +11,12 @@ import random
 import time
 from pathlib import Path
 
+MALFORMED = (
+    ("gvp.reporting.cdr", b"{not json", "demo-bad-json"),
+    ("gvp.reporting.or", b'{"component": "mcp1"}', "demo-missing-fields"),
+    ("gvp.reporting.sq", b"\xff\xfe", "demo-bad-utf8"),
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="run a demo pair on local servers and show it working")
@@ -84,9 +90,8 @@ def demo(args: argparse.Namespace) -> int:
             kind = KINDS[i % len(KINDS)]
             client.send(kind, sample_report(kind, rng))
         client.flush()
-        client.send_raw("gvp.reporting.cdr", b"{not json", report_id="demo-bad-json")
-        client.send_raw("gvp.reporting.or", b'{"component": "mcp1"}', report_id="demo-missing")
-        client.send_raw("gvp.reporting.sq", b"\xff\xfe", report_id="demo-bad-utf8")
+        for queue, body, report_id in MALFORMED:
+            client.send_raw(f"/queue/{queue}", body, report_id=report_id, ledger=False)
         client.flush()
 
         sink = Sink(db_url, cluster="demo-verify", journal="demo-verify")

@@ -5,6 +5,7 @@ its own journal directory, so tests sharing one ActiveMQ and one PostgreSQL cann
 other's reports.
 """
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -76,7 +77,8 @@ class Flow:
     ) -> None:
         from reporting.client import ReportClient
 
-        self.client = ReportClient(hosts, ledger=ledger, queue_prefix=queue_prefix)
+        self.client = ReportClient(hosts, ledger=ledger, in_flight=50)
+        self.queue_prefix = queue_prefix
         self.ledger = ledger
         self.count = count
         self.rate = rate
@@ -95,7 +97,9 @@ class Flow:
         try:
             for i in range(self.count):
                 kind = KINDS[i % len(KINDS)]
-                self.client.send(kind, sample_report(kind, rng))
+                body = json.dumps(sample_report(kind, rng)).encode()
+                destination = f"/queue/{self.queue_prefix}gvp.reporting.{kind}"
+                self.client.send_raw(destination, body, report_id=f"{kind}-{uuid.uuid4().hex}")
                 self.sent += 1
                 if self.rate:
                     ahead = (i + 1) / self.rate - (time.monotonic() - started)
