@@ -7,6 +7,7 @@ record as rejected go to `<ledger>.rejected`, not into the ledger.
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
@@ -86,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ledger", type=Path, help="append confirmed report ids to this file")
     parser.add_argument("--seed", type=int, help="seed for the report contents (printed)")
     parser.add_argument(
+        "--id-prefix", default="", help="put in front of every report-id, to tag a run"
+    )
+    parser.add_argument(
         "--malformed", type=int, default=0, help="also send N hand-picked bad messages"
     )
     parser.add_argument(
@@ -152,6 +156,10 @@ def produce(args: argparse.Namespace) -> int:
     if args.count < 0 or args.malformed < 0 or args.rate < 0:
         raise ConfigError("--count", "--count, --malformed and --rate must be >= 0")
     hosts, login, kinds, max_body_bytes = _client_options(args)
+    # The client logs each failover in one line; stomp.py's own retries and tracebacks are noise.
+    stomp_log = logging.getLogger("stomp.py")
+    if not stomp_log.isEnabledFor(logging.DEBUG):
+        stomp_log.setLevel(logging.CRITICAL)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     rng = random.Random(seed)
     print(
@@ -176,7 +184,7 @@ def produce(args: argparse.Namespace) -> int:
         for index in range(args.count + 1):
             if index in slots:
                 message = bad[slots[index] % len(bad)]
-                report_id = f"malformed-{message.name}-{uuid.uuid4().hex[:12]}"
+                report_id = f"{args.id_prefix}malformed-{message.name}-{uuid.uuid4().hex[:12]}"
                 client.send_raw(
                     message.destination, message.body, report_id=report_id, ledger=False
                 )
@@ -188,7 +196,11 @@ def produce(args: argparse.Namespace) -> int:
                 due = started + index / args.rate
                 time.sleep(max(0.0, due - time.monotonic()))
             kind = kinds[index % len(kinds)]
-            client.send(kind, sample_report(kind, rng))
+            client.send(
+                kind,
+                sample_report(kind, rng),
+                report_id=f"{args.id_prefix}{kind}-{uuid.uuid4().hex}",
+            )
             sent_kinds[kind] += 1
             now = time.monotonic()
             if now - last_progress >= PROGRESS_EVERY_S:
