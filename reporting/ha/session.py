@@ -126,9 +126,10 @@ class ZooKeeperElection:
         changes nothing.
         """
         with self._mutex:
+            # Checked and applied under one hold: a newer activation cannot slip in between.
             if epoch is not None and epoch < self._roles.epoch:
                 return
-        self._apply(Fenced())
+            self._transition(Fenced())
         self._fenced()
         self._wake.set()
 
@@ -153,11 +154,14 @@ class ZooKeeperElection:
 
     def _apply(self, event: Event) -> RoleChange | None:
         with self._mutex:
-            change = self._roles.apply(event)
-            if change is not None:
-                log.info("%s", describe(self.name, change))
-                # Put under the mutex: the order of delivery is the order of the transitions.
-                self._delivery.put(change)
+            return self._transition(event)
+
+    def _transition(self, event: Event) -> RoleChange | None:
+        # Called with the mutex held, so that the order of delivery is that of the transitions.
+        change = self._roles.apply(event)
+        if change is not None:
+            log.info("%s", describe(self.name, change))
+            self._delivery.put(change)
         return change
 
     def _session(self) -> int:

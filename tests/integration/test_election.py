@@ -387,3 +387,24 @@ def test_segregated_primary_keeps_its_role_while_cut_off(
     wait_until(lambda: observer.exists(f"{cluster}/primary") is not None, 15, "node created again")
     wait_until(lambda: rec_b.first(lambda c: c.drain_first, healed_at), 5, "backup told to drain")
     assert primary.role is Role.ACTIVE and len(rec_p.since(0)) == 2
+
+
+def test_segregated_backup_keeps_its_role_while_cut_off(
+    zookeeper: ZooKeeper,
+    tcp_proxy: Callable[[str, int], TcpProxy],
+    elect: Callable[..., tuple[Election, Recorder]],
+) -> None:
+    proxy = tcp_proxy("127.0.0.1", zookeeper.port)
+    backup, rec_b = elect("rs-b", proxy.host, mode="segregated", role="backup")
+    # No primary at all: the backup covers once the grace period is over.
+    wait_until(lambda: backup.role is Role.ACTIVE, GRACE_S + 10, "backup active")
+
+    proxy.blackhole()
+    wait_until(lambda: not backup.client.connected, SESSION_S + 3, "backup cut off")
+    healed_at = time.monotonic()
+    proxy.heal()
+    wait_until(lambda: backup.client.connected, 15, "backup connected again")
+    # It could not know whether the primary came back, and in segregated mode it need not.
+    assert backup.role is Role.ACTIVE and rec_b.since(healed_at) == []
+    primary, _ = elect("rs-a", zookeeper.hosts, mode="segregated", role="primary")
+    wait_until(lambda: rec_b.first(lambda c: c.drain_first, healed_at), 10, "drain_first")
