@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,10 +34,23 @@ log = logging.getLogger(__name__)
 
 KINDS = ("cdr", "or", "sq", "events")
 QUEUE_PREFIX = "gvp.reporting."
+DEFAULT_QUEUES = tuple(f"{QUEUE_PREFIX}{kind}" for kind in KINDS)
 
 
 def destination_for(kind: str) -> str:
+    """The contract's destination for a kind of report."""
     return f"/queue/{QUEUE_PREFIX}{kind}"
+
+
+def queues_by_kind(queues: Iterable[str]) -> dict[str, str]:
+    """Kind -> queue name, the kind being a name's last part (as in site1.gvp.reporting.cdr)."""
+    routes: dict[str, str] = {}
+    for queue in queues:
+        kind = queue.rpartition(".")[2]
+        if kind not in KINDS:
+            raise BrokerError(f"queue {queue!r} does not end in .<{'|'.join(KINDS)}>")
+        routes.setdefault(kind, queue)
+    return routes
 
 
 def parse_host(host: str) -> tuple[str, int]:
@@ -94,6 +107,7 @@ class _Listener(stomp.ConnectionListener):
 class ReportClient:
     """Sends reports with receipts through a priority-ordered list of STOMP brokers.
 
+    `queues` names the queue of each kind (by its last part; the contract's names by default).
     `in_flight` is how many reports may still be unconfirmed when `send` returns: 0 makes every
     send wait for its own receipt; more lets sends overlap their receipts (much faster), and
     `flush` or `close` waits for the rest. Not thread-safe: one thread sends.
@@ -108,6 +122,7 @@ class ReportClient:
         receipt_timeout_s: float = 5.0,
         ledger: Path | str | None = None,
         in_flight: int = 0,
+        queues: Iterable[str] = DEFAULT_QUEUES,
         heartbeat_ms: int = 2000,
         connect_timeout_s: float = 5.0,
         reconnect_timeout_s: float = 60.0,
@@ -116,6 +131,7 @@ class ReportClient:
         if not hosts:
             raise BrokerError("no broker hosts given")
         self.hosts = [parse_host(h) for h in hosts]
+        self.queues = queues_by_kind(queues)
         self.user = user
         self._password = password
         self.receipt_timeout_s = receipt_timeout_s
@@ -155,9 +171,11 @@ class ReportClient:
 
     def send(self, kind: str, report: dict[str, Any], *, report_id: str | None = None) -> str:
         """Sends one report to its kind's queue; returns its report-id."""
+        if kind not in self.queues:
+            raise ValueError(f"no queue for reports of kind {kind!r}: {sorted(self.queues)}")
         body = json.dumps(report, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         report_id = report_id or f"{kind}-{uuid.uuid4().hex}"
-        return self.send_raw(destination_for(kind), body, report_id=report_id)
+        return self.send_raw(f"/queue/{self.queues[kind]}", body, report_id=report_id)
 
     def send_raw(
         self,

@@ -17,7 +17,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from reporting.client import KINDS, QUEUE_PREFIX, ReportClient, destination_for, sample_report
+from reporting.client import (
+    DEFAULT_QUEUES,
+    KINDS,
+    QUEUE_PREFIX,
+    ReportClient,
+    queues_by_kind,
+    sample_report,
+)
 from reporting.errors import ConfigError
 from reporting.ledger import Ledger
 
@@ -34,12 +41,20 @@ class Malformed:
     reaches_server: bool = True
 
 
-def malformed_messages(max_body_bytes: int) -> list[Malformed]:
+def malformed_messages(
+    max_body_bytes: int, queues: dict[str, str] | None = None
+) -> list[Malformed]:
     """The hand-picked bad messages, one of each kind of mistake, in the order they are sent."""
+    queues = queues or queues_by_kind(DEFAULT_QUEUES)
     cdr = sample_report("cdr", random.Random(0))
     missing = {k: v for k, v in cdr.items() if k != "end"}
     oversized = dict(cdr, padding="x" * max_body_bytes)
-    dest = destination_for
+    # A queue of the same family that no server consumes.
+    unknown = queues.get("cdr", next(iter(queues.values()))).rpartition(".")[0] + ".unknown"
+
+    def dest(kind: str) -> str:
+        return f"/queue/{queues.get(kind) or next(iter(queues.values()))}"
+
     return [
         Malformed("not-json", dest("cdr"), b"this is not JSON"),
         Malformed("bad-utf8", dest("events"), b'{"call_id": "\xff\xfe"}'),
@@ -57,7 +72,7 @@ def malformed_messages(max_body_bytes: int) -> list[Malformed]:
             dest("sq"),
             b'{"call_id": "c", "component": "m", "metric": "mos", "value": NaN}',
         ),
-        Malformed("unknown-queue", f"/queue/{QUEUE_PREFIX}unknown", b"{}", reaches_server=False),
+        Malformed("unknown-queue", f"/queue/{unknown}", b"{}", reaches_server=False),
     ]
 
 
@@ -74,6 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a STOMP broker; repeat (or separate with commas) for failover, primary first",
     )
     parser.add_argument("--user", help="broker login (with --broker)")
+    parser.add_argument(
+        "--queue-prefix",
+        default="",
+        help="with --broker: send to <prefix>gvp.reporting.<kind> (a site's queues)",
+    )
     parser.add_argument(
         "--password-env", metavar="NAME", help="environment variable holding the broker password"
     )
@@ -116,10 +136,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=produce)
 
 
-def _client_options(
-    args: argparse.Namespace,
-) -> tuple[list[str], dict[str, str | None], list[str], int]:
-    """Broker hosts, login options, allowed kinds and the body limit, from --config or flags."""
+@dataclass(frozen=True)
+class _Target:
+    hosts: list[str]
+    user: str | None
+    password: str | None
+    queues: dict[str, str]  # kind -> queue name, for the kinds to send
+    max_body_bytes: int
+
+
+def _target(args: argparse.Namespace) -> _Target:
+    """Where and what to send, from --config or from the flags."""
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     for kind in kinds:
         if kind not in KINDS:
@@ -130,21 +157,27 @@ def _client_options(
         from reporting.config import load_config
 
         broker = load_config(args.config).broker
-        configured = {q.removeprefix(QUEUE_PREFIX) for q in broker.queues}
+        configured = queues_by_kind(broker.queues)
         missing = [k for k in kinds if k not in configured]
         if missing and args.kinds != ",".join(KINDS):
             raise ConfigError("--kinds", f"not in broker.queues of the config: {missing}")
-        kinds = [k for k in kinds if k in configured]
-        login = {"user": broker.user, "password": broker.password}
-        return list(broker.hosts), login, kinds, args.max_body_bytes or broker.max_body_bytes
+        return _Target(
+            list(broker.hosts),
+            broker.user,
+            broker.password,
+            {k: configured[k] for k in kinds if k in configured},
+            args.max_body_bytes or broker.max_body_bytes,
+        )
     hosts = [h.strip() for item in args.broker for h in item.split(",") if h.strip()]
     password = None
     if args.password_env:
         if args.password_env not in os.environ:
             raise ConfigError("--password-env", f"environment variable {args.password_env} unset")
         password = os.environ[args.password_env]
-    login = {"user": args.user, "password": password}
-    return hosts, login, kinds, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES
+    queues = {k: f"{args.queue_prefix}{QUEUE_PREFIX}{k}" for k in kinds}
+    return _Target(
+        hosts, args.user, password, queues, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES
+    )
 
 
 def _malformed_slots(count: int, malformed: int) -> dict[int, int]:
@@ -155,7 +188,8 @@ def _malformed_slots(count: int, malformed: int) -> dict[int, int]:
 def produce(args: argparse.Namespace) -> int:
     if args.count < 0 or args.malformed < 0 or args.rate < 0:
         raise ConfigError("--count", "--count, --malformed and --rate must be >= 0")
-    hosts, login, kinds, max_body_bytes = _client_options(args)
+    target = _target(args)
+    kinds = list(target.queues)
     # The client logs each failover in one line; stomp.py's own retries and tracebacks are noise.
     stomp_log = logging.getLogger("stomp.py")
     if not stomp_log.isEnabledFor(logging.DEBUG):
@@ -163,17 +197,19 @@ def produce(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     rng = random.Random(seed)
     print(
-        f"produce: seed {seed}, {args.count} reports of {','.join(kinds)} to {hosts[0]}",
+        f"produce: seed {seed}, {args.count} reports of {','.join(kinds)} to {target.hosts[0]}",
         file=sys.stderr,
     )
-    bad = malformed_messages(max_body_bytes)
+    bad = malformed_messages(target.max_body_bytes, target.queues)
     slots = _malformed_slots(args.count, args.malformed)
     sent_kinds: Counter[str] = Counter()
     bad_sent: list[tuple[str, Malformed]] = []
     started = last_progress = time.monotonic()
     client = ReportClient(
-        hosts,
-        **login,
+        target.hosts,
+        user=target.user,
+        password=target.password,
+        queues=target.queues.values(),
         ledger=args.ledger,
         in_flight=args.in_flight,
         receipt_timeout_s=args.receipt_timeout,

@@ -19,7 +19,6 @@ from typing import Any
 
 from storage.reports import Rejected, Report
 
-QUEUE_PREFIX = "gvp.reporting."
 DESTINATION_PREFIX = "/queue/"
 MAX_REPORT_ID_CHARS = 200
 # Rejected ids and queue names built from producer input are cut to this, to stay printable.

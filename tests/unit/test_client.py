@@ -285,6 +285,18 @@ def test_no_broker_at_all_raises_after_the_reconnect_timeout():
     client.close()
 
 
+def test_reports_go_to_the_configured_queue_of_their_kind(brokers):
+    broker = brokers()
+    queues = ["site1.gvp.reporting.cdr", "site1.gvp.reporting.sq"]
+    with ReportClient([broker.host], queues=queues) as client:
+        client.send("sq", sample_report("sq", random.Random(12)), report_id="s-1")
+        with pytest.raises(ValueError, match="no queue for reports of kind 'or'"):
+            client.send("or", sample_report("or", random.Random(12)))
+    assert broker.sends[0].headers["destination"] == "/queue/site1.gvp.reporting.sq"
+    with pytest.raises(BrokerError, match="does not end in"):
+        ReportClient([broker.host], queues=["gvp.reporting.nope"])
+
+
 def test_bad_host_is_a_clear_error():
     with pytest.raises(BrokerError, match="host:port"):
         ReportClient(["localhost"])
@@ -331,6 +343,7 @@ def test_produce_command_writes_ledger_and_rejected_ids(brokers, tmp_path, capsy
     ledger = tmp_path / "ledger"
     argv = ["produce", "--broker", f"{dead_host()},{broker.host}", "--count", "40"]
     argv += ["--malformed", "8", "--ledger", str(ledger), "--seed", "7", "--max-body-bytes", "256"]
+    argv += ["--queue-prefix", "site9."]
     assert main(argv) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("produced 40 reports (cdr 10 or 10 sq 10 events 10)")
@@ -342,13 +355,17 @@ def test_produce_command_writes_ledger_and_rejected_ids(brokers, tmp_path, capsy
     assert len(broker.sends) == 48
     # Each bad message would be rejected by the server's decode, for the reason it was built for.
     by_id = {f.headers["report-id"]: f for f in broker.sends}
-    for message in malformed_messages(256):
+    queues = tuple(f"site9.gvp.reporting.{kind}" for kind in KINDS)
+    assert {f.headers["destination"] for f in broker.sends} == {f"/queue/{q}" for q in queues} | {
+        "/queue/site9.gvp.reporting.unknown"
+    }
+    for message in malformed_messages(256, dict(zip(KINDS, queues, strict=True))):
         (frame,) = [f for i, f in by_id.items() if i.startswith(f"malformed-{message.name}-")]
         item = decode(
             frame.headers["destination"],
             frame.headers,
             frame.body,
-            queues=DEFAULT_QUEUES,
+            queues=queues,
             max_body_bytes=256,
             now=datetime.now(UTC),
         )

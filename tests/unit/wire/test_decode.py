@@ -104,6 +104,13 @@ def test_unknown_destination(destination):
     assert item.queue.isprintable()
 
 
+def test_site_prefixed_queue_takes_its_kind_from_the_last_part():
+    queues = ("site1.gvp.reporting.sq", "site1.gvp.reporting.cdr")
+    item = run("sq", destination="/queue/site1.gvp.reporting.sq", queues=queues)
+    assert isinstance(item, Report) and (item.kind, item.queue) == ("sq", queues[0])
+    assert run("sq", queues=queues).reason.startswith("unknown destination")
+
+
 def test_queue_not_configured_is_unknown():
     item = rejected(queues=("gvp.reporting.or",))
     assert item.reason.startswith("unknown destination")
