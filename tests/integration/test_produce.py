@@ -4,6 +4,7 @@ Each test tags its report-ids with a fresh prefix and reads back only those, wit
 stomp.py consumer, so leftovers of other tests on the shared queues do not matter.
 """
 
+import json
 import random
 import socket
 import subprocess
@@ -188,3 +189,35 @@ def test_produce_command_against_the_broker(activemq, tmp_path):
     # The bad ones are on the queues too, under their own ids, for the server to reject.
     expected = contents.ids | rejected.ids
     assert sorted(read_back(activemq.host, prefix, expected)) == sorted(expected)
+
+
+def cli(*argv: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reporting.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_produce_then_verify_through_a_running_server(standalone, tmp_path):
+    instance = standalone("rs-produce")
+    instance.start()
+    config = str(instance.config_path)
+    ledger = tmp_path / "ledger"
+    produced = cli(
+        "produce", "--config", config, "--count", "400", "--malformed", "6",
+        "--ledger", str(ledger), "--seed", "3",
+    )  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    verified = cli("verify", "--config", config, "--ledger", str(ledger), "--wait", "60", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    doc = json.loads(verified.stdout)
+    assert (doc["sent"], doc["stored"], doc["missing"], doc["duplicated"]) == (400, 400, 0, 0)
+    assert doc["rejected_expected"] == doc["rejected_found"] == 6
+    # An id the broker never confirmed is missing, and verify says so with exit code 1.
+    with ledger.open("a") as fh:
+        fh.write("never-sent\n")
+    verified = cli("verify", "--config", config, "--ledger", str(ledger))
+    assert verified.returncode == 1
+    assert verified.stdout.startswith("sent 401, stored 400, missing 1, duplicated 0")
