@@ -142,7 +142,7 @@ class Server:
 
     def _fenced(self, exc: StaleEpoch) -> None:
         self._stop_consuming(f"fenced: {exc}")
-        self.election.lost_fence()
+        self.election.lost_fence(exc.epoch)
 
     def _healthy(self) -> bool:
         # The segregated primary holds its node only while it can do its job.

@@ -158,3 +158,60 @@ def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float =
             assert not doubled, f"{len(doubled)} reports stored twice, e.g. {doubled[:5]}"
     finally:
         sink.close()
+
+
+@pytest.fixture
+def cluster_path() -> str:
+    return f"/rstest/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def shared_pair(
+    tmp_path: Path,
+    activemq: Any,
+    zookeeper: Any,
+    pg_url: str,
+    queues: list[str],
+    cluster_path: str,
+    instances: list[Instance],
+) -> Callable[..., list[Instance]]:
+    """Builds (not starts) two shared-storage instances: one broker, one journal directory."""
+
+    def make(**overrides: dict[str, Any]) -> list[Instance]:
+        pair = []
+        for name in ("rs-a", "rs-b"):
+            config = {
+                "name": name,
+                "ha": {
+                    "mode": "shared",
+                    "zookeeper": zookeeper.hosts,
+                    "cluster": cluster_path,
+                    "session_timeout": 2.0,
+                },
+                "broker": {"hosts": [activemq.host], "queues": queues, "heartbeat_ms": 1000},
+                "database": {"url": pg_url, "batch_records": 500},
+                "journal": {"dir": str(tmp_path / "shared-journal")},
+            }
+            instance = Instance(tmp_path / name, merge(config, overrides.get(name, {})))
+            instances.append(instance)
+            pair.append(instance)
+        pair[0].config["ha"]["peers"] = [pair[1].listen]
+        pair[1].config["ha"]["peers"] = [pair[0].listen]
+        return pair
+
+    return make
+
+
+def roles(pair: list[Instance]) -> dict[str, str]:
+    """Each instance's role as its /status says, or "unreachable"."""
+    out = {}
+    for instance in pair:
+        status = instance.try_status(timeout_s=0.5)
+        out[instance.name] = status["role"] if status else "unreachable"
+    return out
+
+
+def active_of(pair: list[Instance]) -> Instance | None:
+    actives = [i for i in pair if (i.try_status(timeout_s=0.5) or {}).get("role") == "active"]
+    assert len(actives) <= 1, f"two active instances: {roles(pair)}"
+    return actives[0] if actives else None
