@@ -10,6 +10,10 @@ appended to the ledger only after their receipt.
 The host list is in priority order (the primary's broker first). After a failover the client
 returns to the first host once it answers again (`failback_s`), so that nothing keeps flowing into
 a backup broker that is about to stand down.
+
+This module runs past 400 lines because connecting, failing over, failing back and resending all
+work on one table of unconfirmed reports under one lock; split up, that state would be shared
+across files. The sample reports at the end are what `produce` and the demo send.
 """
 
 import json
