@@ -16,7 +16,7 @@ from storage.errors import DatabaseError, DatabaseUnavailable
 CONNECT_TIMEOUT_S = 5
 # A paused or partitioned writer must not keep the fence row locked: the server ends its
 # transaction, so the writer of a newer epoch is never blocked by it for long.
-IDLE_IN_TRANSACTION_TIMEOUT_S = 30
+IDLE_IN_TRANSACTION_TIMEOUT_S = 5
 # A database that accepts connections but does not answer is an outage, not a wait for ever.
 STATEMENT_TIMEOUT_S = 60
 SQLITE_BUSY_TIMEOUT_S = 5
