@@ -276,6 +276,7 @@ class Journal:
             return
         with self._lock:
             segments = self._refresh(opening=False)
+        new = tuple.__new__
         for seg in segments:
             begin = max(start.get(seg.name, 0), HEADER_SIZE)
             limit = seg.end  # for our own open segment: the last acknowledged record
@@ -285,10 +286,12 @@ class Journal:
                 fd = os.open(self.dir / seg.name, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue  # released or quarantined meanwhile
+            name = seg.name
             try:
                 reader = RecordReader(fd, begin, limit)
                 for end, data in reader:
-                    yield Entry(Position(seg.name, end), data)
+                    # tuple.__new__ skips the NamedTuple constructors: a third of the read time.
+                    yield new(Entry, (new(Position, (name, end)), data))
                     budget -= 1
                     if budget == 0:
                         return

@@ -75,25 +75,31 @@ class RecordReader:
         pos = self.start
         buf = b""
         base = pos  # file byte of buf[0]
-        while pos < limit:
-            i = pos - base
-            if i + FRAME_SIZE > len(buf):
-                buf, base, i = self._fill(pos, FRAME_SIZE), pos, 0
-                if len(buf) < FRAME_SIZE:
+        size = 0  # len(buf)
+        try:
+            while pos < limit:
+                i = pos - base
+                if i + FRAME_SIZE > size:
+                    buf, base, i = self._fill(pos, FRAME_SIZE), pos, 0
+                    size = len(buf)
+                    if size < FRAME_SIZE:
+                        break
+                n, crc = unpack(buf, i)
+                end = pos + FRAME_SIZE + n
+                if end > limit:
                     break
-            n, crc = unpack(buf, i)
-            end = pos + FRAME_SIZE + n
-            if end > limit:
-                break
-            if i + FRAME_SIZE + n > len(buf):
-                buf, base, i = self._fill(pos, FRAME_SIZE + n), pos, 0
-                if len(buf) < FRAME_SIZE + n:
+                if i + FRAME_SIZE + n > size:
+                    buf, base, i = self._fill(pos, FRAME_SIZE + n), pos, 0
+                    size = len(buf)
+                    if size < FRAME_SIZE + n:
+                        break
+                data = buf[i + FRAME_SIZE : i + FRAME_SIZE + n]
+                if crc32(data, n ^ CRC_SEED) != crc:
                     break
-            data = buf[i + FRAME_SIZE : i + FRAME_SIZE + n]
-            if crc32(data, n ^ CRC_SEED) != crc:
-                break
-            pos = self.end = end
-            yield end, data
+                pos = end
+                yield end, data
+        finally:
+            self.end = pos
         if pos >= limit:
             self.stop = Stop.END
         elif has_valid_record(fd, pos + 1, limit):
