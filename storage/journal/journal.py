@@ -1,5 +1,10 @@
 """The disk journal: where every acknowledged report lives until it is in the database.
 
+One class over ~600 lines, on purpose: appending, reading, releasing and recovery all change one
+table of segments under one lock, and its invariants (`end` is checked from the header on, our
+open segment is never scanned, truncated or deleted) are easier to keep in one place. The byte
+format is in record.py, naming and file operations in segment.py.
+
 Durability policy
 -----------------
 - `append_batch` frames the whole batch into one buffer, writes it with one `pwrite` at the end
@@ -534,20 +539,25 @@ class Journal:
 
     def _quarantine(self, seg: _Segment, reason: str) -> None:
         quarantine = self.dir / QUARANTINE
-        if not quarantine.is_dir():
-            quarantine.mkdir(exist_ok=True)
-            fsync_dir(self.dir)
         target = quarantine / seg.name
         suffix = 1
         while target.exists():
             target = quarantine / f"{seg.name}.{suffix}"
             suffix += 1
         try:
+            if not quarantine.is_dir():
+                quarantine.mkdir(exist_ok=True)
+                fsync_dir(self.dir)
             os.rename(self.dir / seg.name, target)
+            fsync_dir(quarantine)
+            fsync_dir(self.dir)
         except FileNotFoundError:
             return  # another writer moved or released it first
-        fsync_dir(quarantine)
-        fsync_dir(self.dir)
+        except OSError as exc:
+            # A full or read-only disk must not stop the other segments from being drained.
+            log.error("journal %s: cannot quarantine %s: %s", self.dir, seg.name, exc)
+            seg.damaged = True
+            return
         self._segments.pop(seg.name, None)
         self._drained.pop(seg.name, None)
         seg.damaged = seg.quarantined = True

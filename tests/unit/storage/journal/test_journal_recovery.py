@@ -231,3 +231,24 @@ def test_read_only_open_changes_nothing(journal_dir: Path) -> None:
     assert infos["00000002-e0000000-rs-a.seg"].damaged
     journal.close()
     assert snapshot() == before
+
+
+def test_a_segment_that_cannot_be_moved_is_skipped_not_fatal(
+    open_journal: Open, journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = write_segment(journal_dir, "00000001-e0000000-rs-a.seg", RECORDS + [b"more"])
+    write_segment(journal_dir, "00000002-e0000000-rs-a.seg", [b"other"])
+    data = bytearray(bad.read_bytes())
+    data[HEADER_SIZE + FRAME_SIZE + 1] ^= 0x01
+    bad.write_bytes(bytes(data))
+
+    def read_only_fs(src: object, dst: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "rename", read_only_fs)
+    journal = open_journal()
+    assert datas(journal) == [b"other"]
+    assert bad.exists() and journal.quarantined == []
+    monkeypatch.undo()
+    assert datas(journal) == [b"other"]  # moved on the next look
+    assert journal.quarantined == [journal_dir / "quarantine" / bad.name]
