@@ -5,7 +5,7 @@ same reports into a fresh database. The sink's methods each write a whole batch 
 (fence, reports, journal position); "plain COPY" is the same rows COPYed straight into `reports`,
 one transaction per batch, with no conflict handling: the database's own limit.
 
-    .venv/bin/python bench/bench_sink.py [--batches 30] [--batch-records 1000]
+    .venv/bin/python bench/bench_sink.py [--batches 30] [--batch-records 1000] [--rounds 3]
 
 Writes bench/results/sink.json.
 """
@@ -111,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--batch-records", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     reports = make_reports(args.batches * args.batch_records)
@@ -130,23 +131,39 @@ def main() -> None:
         print(f"starting PostgreSQL in {workdir}", flush=True)
         pg.start()
         try:
-            for number, (name, method) in enumerate(methods.items()):
-                print(
-                    f"{name}: {len(reports)} reports in batches of {args.batch_records}", flush=True
-                )
-                results[name] = time_sink(pg.create_database(f"bench_{number}"), method, batches)
-                print(f"  {results[name]['rows_per_s']:,.0f} rows/s", flush=True)
-            print("plain COPY of the same rows", flush=True)
-            url = pg.create_database("bench_copy")
-            Sink(url, cluster="bench", journal="bench").upgrade()
-            results["plain COPY"] = time_plain_copy(pg, "bench_copy", batches)
-            print(f"  {results['plain COPY']['rows_per_s']:,.0f} rows/s", flush=True)
+            # Rounds in rotated order, median kept: the machine is shared and noisy.
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in methods}
+            runs["plain COPY"] = []
+            names = list(runs)
+            for round_number in range(args.rounds):
+                order = names[round_number % len(names) :] + names[: round_number % len(names)]
+                for name in order:
+                    database = f"bench_{round_number}_{names.index(name)}"
+                    url = pg.create_database(database)
+                    if name == "plain COPY":
+                        Sink(url, cluster="bench", journal="bench").upgrade()
+                        run = time_plain_copy(pg, database, batches)
+                    else:
+                        run = time_sink(url, methods[name], batches)
+                    runs[name].append(run)
+                    print(
+                        f"round {round_number + 1}/{args.rounds} {name}: "
+                        f"{run['rows_per_s']:,.0f} rows/s",
+                        flush=True,
+                    )
+            for name, name_runs in runs.items():
+                name_runs.sort(key=lambda run: run["rows_per_s"])
+                results[name] = name_runs[len(name_runs) // 2] | {
+                    "rounds_rows_per_s": [round(run["rows_per_s"]) for run in name_runs]
+                }
+                print(f"median {name}: {results[name]['rows_per_s']:,.0f} rows/s", flush=True)
         finally:
             pg.stop()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "batch_records": args.batch_records,
         "batches": args.batches,
+        "rounds": args.rounds,
         "machine": platform.platform(),
         "results": results,
     }

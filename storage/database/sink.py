@@ -210,7 +210,7 @@ class Sink:
 
     def _insert_reports(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
         if conn.dialect.name == "postgresql":
-            return insert.executemany_reports(conn, rows)
+            return insert.copy_reports(conn, rows)
         return insert.insert_many(conn, reports, rows, "report_id")
 
     def _store_positions(self, conn: Connection, positions: Mapping[str, int]) -> None:

@@ -265,9 +265,9 @@ def test_postgres_killed_during_a_stream_of_batches(tmp_path: Path) -> None:
     pg = Postgres(tmp_path / "pg")
     pg.start()
     sink = Sink(pg.create_database("kill"), cluster="/pair", journal="rs-a")
+    stop = threading.Event()
     try:
         sink.upgrade()
-        stop = threading.Event()
         retries: list[int] = []
         batches = 40
         batch_records = 200
@@ -312,6 +312,7 @@ def test_postgres_killed_during_a_stream_of_batches(tmp_path: Path) -> None:
         assert set(sink.report_id_counts(ids).values()) == {1}
         assert sink.positions() == {"00000001": batches * 1000}
     finally:
+        stop.set()  # a failed assertion must not leave the writer retrying for ever
         sink.close()
         pg.stop()
 
