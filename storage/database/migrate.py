@@ -1,12 +1,15 @@
 """Schema migrations: Alembic, configured in code so that it runs from any directory."""
 
 from importlib import resources
+from typing import Any
 
-from alembic import command
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
+
+from storage.database.schema import metadata
 
 # Any constant will do, as long as every instance uses the same one.
 ADVISORY_LOCK_KEY = 0x5265706F7274  # "Report"
@@ -26,8 +29,17 @@ def upgrade(engine: Engine) -> None:
             # Held to the end of the transaction; PostgreSQL's DDL is transactional, so the
             # second instance sees either no schema or all of it.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        script = ScriptDirectory.from_config(config)
+
+        def upgrade_steps(revision: Any, _context: Any) -> Any:
+            return script._upgrade_revs("head", revision)
+
+        # Run here rather than through env.py, which the package data of a wheel leaves out
+        # (env.py stays for developers running `alembic revision`).
+        with EnvironmentContext(config, script, fn=upgrade_steps, destination_rev="head") as env:
+            env.configure(connection=conn, target_metadata=metadata)
+            with env.begin_transaction():
+                env.run_migrations()
 
 
 def current(conn: Connection) -> str | None:
