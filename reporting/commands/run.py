@@ -1,6 +1,7 @@
 """`reporting-server run --config FILE`: one instance in the foreground until SIGTERM/SIGINT."""
 
 import argparse
+import faulthandler
 import logging
 import signal
 import threading
@@ -25,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     server = Server(config)
     try:
         http = StatusServer(

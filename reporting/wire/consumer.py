@@ -123,8 +123,8 @@ class Consumer:
         try:
             # No DISCONNECT frame: it could wait on a dark path. Closing the socket is enough for
             # the broker to hand every unacked message to the next consumer.
-            conn.transport.stop()
-            conn.transport.cleanup()
+            # transport.stop() only waits for the receiver thread; disconnect_socket() ends it.
+            conn.transport.disconnect_socket()
         except Exception:  # the transport may already be gone; nothing to release then
             log.debug("closing broker connection", exc_info=True)
 
@@ -175,13 +175,13 @@ class Consumer:
         except (stomp.exception.StompException, OSError) as exc:
             log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
             try:
-                conn.transport.stop()
+                conn.transport.disconnect_socket()
             except Exception:
                 log.debug("closing failed broker connection", exc_info=True)
             return False
         with self._ack_lock:
             if self._stop.is_set() or generation != self._generation:
-                conn.transport.stop()
+                conn.transport.disconnect_socket()
                 return False
             self._conn = conn
             self._lost.clear()
