@@ -48,11 +48,14 @@ class StatusServer:
 
     @staticmethod
     def _reply(handler: BaseHTTPRequestHandler, code: int, ctype: str, body: bytes) -> None:
-        handler.send_response(code)
-        handler.send_header("Content-Type", ctype)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        try:
+            handler.send_response(code)
+            handler.send_header("Content-Type", ctype)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting; nothing to tell it
 
     def start(self) -> None:
         self._thread.start()
