@@ -42,7 +42,7 @@ class HAConfig:
     cluster: str = "/gvp/reporting/pair1"
     session_timeout_s: float = 2.0
     # Segregated backup: how long the primary's node must be gone before the backup activates.
-    grace_s: float = 1.0
+    grace_s: float = 0.5
     # HTTP addresses (host:port) of the other instance(s), for `reporting-server status`.
     peers: tuple[str, ...] = ()
 

@@ -215,3 +215,56 @@ def active_of(pair: list[Instance]) -> Instance | None:
     actives = [i for i in pair if (i.try_status(timeout_s=0.5) or {}).get("role") == "active"]
     assert len(actives) <= 1, f"two active instances: {roles(pair)}"
     return actives[0] if actives else None
+
+
+@pytest.fixture
+def backup_broker(tmp_path: Path) -> Iterator[Any]:
+    """A second ActiveMQ, the segregated backup's own store."""
+    from reporting.harness import ActiveMQ
+
+    broker = ActiveMQ(tmp_path / "backup-activemq")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def segregated_pair(
+    tmp_path: Path,
+    activemq: Any,
+    backup_broker: Any,
+    zookeeper: Any,
+    pg_url: str,
+    queues: list[str],
+    cluster_path: str,
+    instances: list[Instance],
+) -> Callable[..., list[Instance]]:
+    """Builds (not starts) a segregated primary (the session's broker) and backup (its own)."""
+
+    def make(**overrides: dict[str, Any]) -> list[Instance]:
+        pair = []
+        for name, role, broker in (
+            ("rs-p", "primary", activemq),
+            ("rs-b", "backup", backup_broker),
+        ):
+            config = {
+                "name": name,
+                "ha": {
+                    "mode": "segregated",
+                    "role": role,
+                    "zookeeper": zookeeper.hosts,
+                    "cluster": cluster_path,
+                    "session_timeout": 2.0,
+                },
+                "broker": {"hosts": [broker.host], "queues": queues, "heartbeat_ms": 1000},
+                "database": {"url": pg_url, "batch_records": 500},
+                "journal": {"dir": str(tmp_path / name / "journal")},
+            }
+            instance = Instance(tmp_path / name, merge(config, overrides.get(name, {})))
+            instances.append(instance)
+            pair.append(instance)
+        pair[0].config["ha"]["peers"] = [pair[1].listen]
+        pair[1].config["ha"]["peers"] = [pair[0].listen]
+        return pair
+
+    return make
