@@ -1,0 +1,224 @@
+"""The faults of a chaos run, each injected into a settled pair and undone again.
+
+A fault picks its target when it runs (the active instance is whichever holds the role then),
+draws its durations from the run's random generator, marks what it does on the timeline, and
+measures the failovers it causes against the limit the guarantees set. The runner waits for the
+pair to settle again after each one. `modes` says which pairs a fault applies to.
+"""
+
+import random
+import time
+import urllib.request
+from typing import Protocol
+
+from reporting.harness.instance import Instance
+from tests.chaos.pair import Pair, short_name
+
+
+class Stage(Protocol):
+    """What a fault may do to the run (implemented by the runner)."""
+
+    rng: random.Random
+    pair: Pair
+
+    def active(self) -> Instance:
+        """The active instance of the settled pair."""
+
+    def mark(self, label: str, *, recovery: bool = False) -> None:
+        """A marker on the timeline: the fault itself, or (recovery) its undoing."""
+
+    def hold(self, low_s: float, high_s: float) -> float:
+        """Let a random time in [low_s, high_s] pass: the fault's duration."""
+
+    def failover(self, fault: str, old: Instance, since: float, limit_s: float) -> None:
+        """Wait for another instance to become active and record how long it took from `since`
+        (a time.monotonic() taken just before the fault)."""
+
+    def wait_role(self, instance: Instance, role: str, timeout_s: float) -> bool:
+        """Wait until the sampler sees `instance` in `role`."""
+
+    def freeze(self, instance: Instance) -> None:
+        """SIGSTOP the instance, telling the sampler first."""
+
+    def thaw(self, instance: Instance) -> None:
+        """SIGCONT the instance, then tell the sampler."""
+
+    def start_instance(self, instance: Instance) -> None:
+        """Start a killed or stopped instance again and mark it."""
+
+    def note(self, **details: object) -> None:
+        """Facts about this fault for the result (fenced writes seen, choices made)."""
+
+
+# Whole-process and dark-path failovers wait for the session to expire on the server; one more
+# second to elect and report.
+FAILOVER_SLACK_S = 1.0
+# A clean stop hands the role over at once.
+HANDOVER_LIMIT_S = 1.0
+
+
+class Fault:
+    name = "fault"
+    modes: frozenset[str] = frozenset({"shared", "segregated"})
+
+    def apply(self, stage: Stage) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class KillActive(Fault):
+    """kill -9 of the active: the standby takes over within session_timeout + 1 s."""
+
+    name = "kill-active"
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        stage.mark(f"kill -9 {short_name(active)}")
+        since = time.monotonic()
+        active.kill()
+        stage.failover(self.name, active, since, stage.pair.session_timeout_s + FAILOVER_SLACK_S)
+        stage.hold(0.5, 4.0)
+        stage.start_instance(active)
+
+
+class TermActive(Fault):
+    """SIGTERM of the active: it hands the role over cleanly within a second."""
+
+    name = "term-active"
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        stage.mark(f"SIGTERM {short_name(active)}")
+        since = time.monotonic()
+        active.stop()
+        stage.failover(self.name, active, since, HANDOVER_LIMIT_S)
+        stage.hold(0.5, 4.0)
+        stage.start_instance(active)
+
+
+class PauseActive(Fault):
+    """SIGSTOP of the active for longer than its session, then SIGCONT: the other takes over and
+    the resumed one steps down; any write it still attempts is refused by the fence."""
+
+    name = "pause-active"
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        session_s = stage.pair.session_timeout_s
+        fenced_before = fenced_writes(active)
+        stage.mark(f"SIGSTOP {short_name(active)}")
+        since = time.monotonic()
+        stage.freeze(active)
+        stage.failover(self.name, active, since, session_s + FAILOVER_SLACK_S)
+        # Longer than the session in all, and some of it with the other instance writing.
+        stage.hold(max(0.0, 1.5 * session_s - (time.monotonic() - since)), 2.0 * session_s)
+        stage.mark(f"SIGCONT {short_name(active)}", recovery=True)
+        stage.thaw(active)
+        stepped_down = stage.wait_role(active, "standby", 30)
+        stage.note(stepped_down=stepped_down, fenced_writes=fenced_writes(active) - fenced_before)
+
+
+class ZooKeeperRestart(Fault):
+    """ZooKeeper killed -9 and restarted: both stand by while it is gone, one comes back."""
+
+    name = "zookeeper-restart"
+
+    def apply(self, stage: Stage) -> None:
+        zookeeper = stage.pair.zookeeper
+        stage.mark("kill -9 zookeeper")
+        zookeeper.kill()
+        stage.hold(0.5, 2.0 * stage.pair.session_timeout_s)
+        stage.mark("restart zookeeper", recovery=True)
+        zookeeper.restart()
+
+
+class PostgresOutage(Fault):
+    """PostgreSQL killed -9 and restarted later; in some runs the active is killed meanwhile, so
+    the new active starts with a backlog it can only replay once the database is back."""
+
+    name = "postgres-outage"
+
+    def apply(self, stage: Stage) -> None:
+        postgres = stage.pair.postgres
+        with_failover = stage.rng.random() < 0.5
+        stage.note(with_failover=with_failover)
+        active = stage.active()
+        stage.mark("kill -9 postgres")
+        postgres.kill()
+        stage.hold(0.5, 3.0)
+        if with_failover:
+            stage.mark(f"kill -9 {short_name(active)}")
+            since = time.monotonic()
+            active.kill()
+            limit_s = stage.pair.session_timeout_s + FAILOVER_SLACK_S
+            stage.failover(self.name, active, since, limit_s)
+            stage.hold(0.5, 3.0)
+        stage.mark("restart postgres", recovery=True)
+        postgres.restart()
+        if with_failover:
+            stage.hold(0.0, 2.0)
+            stage.start_instance(active)
+
+
+class BrokerRestart(Fault):
+    """The active's broker killed -9 and restarted: consumer and producer reconnect; what the
+    broker confirmed survives in its store."""
+
+    name = "broker-restart"
+
+    def apply(self, stage: Stage) -> None:
+        broker = stage.pair.brokers[short_name(stage.active())]
+        stage.mark("kill -9 broker")
+        broker.kill()
+        stage.hold(0.5, 3.0)
+        stage.mark("restart broker", recovery=True)
+        broker.restart()
+
+
+class ZooKeeperPathDark(Fault):
+    """The active's network path to ZooKeeper goes dark (nothing either way) and heals: the
+    active stands by before its session can expire, the other takes over."""
+
+    name = "zookeeper-path-dark"
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        path = stage.pair.zookeeper_paths[short_name(active)]
+        session_s = stage.pair.session_timeout_s
+        stage.mark(f"ZooKeeper path of {short_name(active)} dark")
+        since = time.monotonic()
+        path.blackhole()
+        stage.failover(self.name, active, since, session_s + FAILOVER_SLACK_S)
+        stage.hold(max(0.0, 1.5 * session_s - (time.monotonic() - since)), 3.0 * session_s)
+        stage.mark(f"ZooKeeper path of {short_name(active)} healed", recovery=True)
+        path.heal()
+
+
+SHARED_FAULTS: tuple[Fault, ...] = (
+    KillActive(),
+    TermActive(),
+    PauseActive(),
+    ZooKeeperRestart(),
+    PostgresOutage(),
+    BrokerRestart(),
+    ZooKeeperPathDark(),
+)
+
+
+def faults_for(mode: str, faults: tuple[Fault, ...] = SHARED_FAULTS) -> tuple[Fault, ...]:
+    return tuple(f for f in faults if mode in f.modes)
+
+
+def fenced_writes(instance: Instance) -> float:
+    """reporting_fenced_writes_total of the instance (0 when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://{instance.listen}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("reporting_fenced_writes_total "):
+            return float(line.split()[1])
+    return 0.0

@@ -1,0 +1,418 @@
+"""ChaosRun: a pair with reports flowing, faults in a seeded random order, then the ledger check.
+
+One run: start the pair and a producer; then, round after round, wait a random while, draw the
+next fault (from a shuffled deck, so every kind comes up before any repeats), apply it, and wait
+for the pair to settle (one active, the rest standby, reports being stored again). At the end
+everything is healed, the producer flushed, the drain awaited, and the ledger compared with the
+database. A sampler polls both instances' /status every 50 ms throughout and flags any moment
+with two actives. The seed fixes the faults, their order and their durations; the interleaving
+with the servers' own timing is what each run explores.
+
+The runner knows nothing of pytest: it returns a `ChaosResult` for the caller to judge.
+"""
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reporting.harness.instance import Instance
+from reporting.ledger import read_ledger
+from storage.database import Sink
+from tests.chaos import timeline
+from tests.chaos.faults import Fault, faults_for
+from tests.chaos.pair import Pair, short_name
+from tests.chaos.producer import Producer
+from tests.chaos.sampler import Sample, Sampler
+
+# How long the pair may take to come back to one active and reports being stored after a fault.
+SETTLE_TIMEOUT_S = 90.0
+# How long a failover may take before it counts as never having happened.
+FAILOVER_TIMEOUT_S = 60.0
+# How long the drain may take once everything is healed and the producer has stopped.
+DRAIN_TIMEOUT_S = 180.0
+POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class Marker:
+    t: float
+    label: str
+    recovery: bool
+
+
+@dataclass
+class FaultRecord:
+    name: str
+    t_start: float
+    t_end: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Failover:
+    fault: str
+    old: str
+    new: str | None  # None: no other instance became active within FAILOVER_TIMEOUT_S
+    seconds: float | None
+    limit_s: float
+    t: float
+
+    @property
+    def late(self) -> bool:
+        return self.seconds is None or self.seconds > self.limit_s
+
+
+@dataclass
+class ChaosResult:
+    seed: int
+    mode: str
+    rounds: int
+    duration_s: float = 0.0
+    faults: list[FaultRecord] = field(default_factory=list)
+    failovers: list[Failover] = field(default_factory=list)
+    markers: list[Marker] = field(default_factory=list)
+    sent: int = 0  # distinct receipted ids in the ledger
+    stored: int = 0  # of those, how many the database holds
+    missing: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    two_active_samples: list[tuple[Sample, ...]] = field(default_factory=list)
+    ticks: int = 0
+    unsettled: list[str] = field(default_factory=list)  # what the pair did not recover from
+    errors: list[str] = field(default_factory=list)  # faults or producer that raised
+    fenced_writes: float = 0.0
+    timeline_json: Path | None = None
+    timeline_png: Path | None = None
+
+    @property
+    def late_failovers(self) -> list[Failover]:
+        return [f for f in self.failovers if f.late]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing doubled, never two actives, and the pair always recovered."""
+        return not (
+            self.missing
+            or self.duplicated
+            or self.two_active_samples
+            or self.unsettled
+            or self.errors
+            or self.sent == 0
+        )
+
+    def summary(self) -> str:
+        lines = [
+            f"chaos seed {self.seed} ({self.mode}): {len(self.faults)} faults in "
+            f"{self.duration_s:.0f} s; {self.sent} reports receipted, {self.stored} stored, "
+            f"{len(self.missing)} missing, {len(self.duplicated)} duplicated; "
+            f"{self.ticks} status ticks, {len(self.two_active_samples)} with two actives",
+        ]
+        for record in self.faults:
+            extra = f" {record.details}" if record.details else ""
+            error = f" ERROR {record.error}" if record.error else ""
+            lines.append(
+                f"  {record.t_start:7.1f}-{record.t_end:7.1f} s  {record.name}{extra}{error}"
+            )
+        for f in self.failovers:
+            took = f"{f.seconds:.2f} s" if f.seconds is not None else "never"
+            flag = "  LATE" if f.late else ""
+            lines.append(f"  failover ({f.fault}): {f.old} -> {f.new} in {took}{flag}")
+        lines += [f"  did not settle: {u}" for u in self.unsettled]
+        lines += [f"  error: {e}" for e in self.errors]
+        if self.missing:
+            lines.append(f"  missing e.g. {self.missing[:5]}")
+        if self.duplicated:
+            lines.append(f"  duplicated e.g. {self.duplicated[:5]}")
+        for tick in self.two_active_samples[:5]:
+            lines.append(
+                "  two actives: "
+                + ", ".join(
+                    f"{s.name}@{s.t:.2f}s epoch {s.epoch}" for s in tick if s.role == "active"
+                )
+            )
+        if self.timeline_png:
+            lines.append(f"  timeline: {self.timeline_png}")
+        return "\n".join(lines)
+
+
+class ChaosRun:
+    """One seeded run against `pair` (built, not started; the caller closes it).
+
+    `rounds` faults are applied, or as many as fit in `duration_s` when that is given. Between
+    faults the pair runs undisturbed for a random time in `gap_s`. The ledger, the timeline JSON
+    and (with `plot`) the PNG are written to `workdir`.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        *,
+        pair: Pair,
+        workdir: Path,
+        faults: Sequence[Fault] | None = None,
+        rounds: int = 4,
+        duration_s: float | None = None,
+        rate_per_s: float = 150.0,
+        gap_s: tuple[float, float] = (1.0, 4.0),
+        plot: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.pair = pair
+        self.workdir = Path(workdir)
+        self.faults = tuple(faults) if faults is not None else faults_for(pair.mode)
+        unfit = [f.name for f in self.faults if pair.mode not in f.modes]
+        if unfit or not self.faults:
+            raise ValueError(f"faults not for a {pair.mode} pair: {unfit or 'none given'}")
+        self.rounds = rounds
+        self.duration_s = duration_s
+        self.rate_per_s = rate_per_s
+        self.gap_s = gap_s
+        self.plot = plot
+        self.log = log
+        self.result = ChaosResult(seed=seed, mode=pair.mode, rounds=0)
+        self._t0 = time.monotonic()
+        self.sampler = Sampler(pair.instances, clock=self.clock, receipted=self._receipted)
+        self.producer: Producer | None = None
+        self._deck: list[Fault] = []
+        self._current: FaultRecord | None = None
+        self._frozen: set[str] = set()
+
+    def clock(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self._t0
+
+    def _receipted(self) -> int:
+        return self.producer.confirmed if self.producer is not None else 0
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> ChaosResult:
+        self.log(
+            f"chaos: seed {self.seed}, {self.pair.mode} pair, "
+            + (f"{self.duration_s:.0f} s" if self.duration_s else f"{self.rounds} rounds")
+            + f", faults {', '.join(f.name for f in self.faults)}"
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.monotonic()
+        self.sampler.start()
+        try:
+            self._run_faults()
+        finally:
+            self._heal_all()
+            self._finish()
+        return self.result
+
+    def _run_faults(self) -> None:
+        for instance in self.pair.instances:
+            instance.start()
+        self.producer = Producer(
+            self.pair.producer_hosts,
+            self.pair.queues,
+            self.workdir / "ledger",
+            rate_per_s=self.rate_per_s,
+            run_tag=f"s{self.seed}",
+            rng=random.Random(self.seed),
+        ).start()
+        if not self._settle("start-up"):
+            return
+        deadline = self._t0 + self.duration_s if self.duration_s else None
+        while True:
+            if deadline is None and self.result.rounds >= self.rounds:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            self.hold(*self.gap_s)
+            fault = self._draw()
+            self.result.rounds += 1
+            self.log(f"chaos: {self.clock():7.1f} s  round {self.result.rounds}: {fault.name}")
+            self._apply(fault)
+            if not self._settle(fault.name):
+                return
+            if self.producer.error is not None:
+                self.result.errors.append(f"producer: {self.producer.error!r}")
+                return
+
+    def _draw(self) -> Fault:
+        if not self._deck:
+            self._deck = list(self.faults)
+            self.rng.shuffle(self._deck)
+        return self._deck.pop()
+
+    def _apply(self, fault: Fault) -> None:
+        record = FaultRecord(fault.name, self.clock())
+        self.result.faults.append(record)
+        self._current = record
+        try:
+            fault.apply(self)
+        except Exception as exc:  # a harness failure: reported, then healed like any fault
+            record.error = repr(exc)
+            self.result.errors.append(f"{fault.name}: {exc!r}")
+            self.log(f"chaos: {fault.name} failed: {exc!r}")
+        finally:
+            record.t_end = self.clock()
+            self._current = None
+
+    def _settle(self, after: str) -> bool:
+        """Wait for one active, the rest standby, and the active storing reports."""
+        if self._wait(self._one_active, SETTLE_TIMEOUT_S):
+            active = self._active_name()
+            before = self.sampler.latest()[active].stored or 0
+            producing = self.producer is not None and self.producer.alive
+            if not producing or self._wait(
+                lambda: (self.sampler.latest()[active].stored or 0) > before, SETTLE_TIMEOUT_S
+            ):
+                return True
+            self.result.unsettled.append(f"{after}: {active} active but storing nothing")
+        else:
+            self.result.unsettled.append(f"{after}: roles {self.sampler.roles()}")
+        self.log(f"chaos: pair did not settle after {after}: {self.result.unsettled[-1]}")
+        return False
+
+    def _one_active(self) -> bool:
+        roles = list(self.sampler.roles().values())
+        return (
+            len(roles) == len(self.pair.instances)
+            and roles.count("active") == 1
+            and roles.count("standby") == len(roles) - 1
+        )
+
+    def _active_name(self) -> str:
+        return next(name for name, role in self.sampler.roles().items() if role == "active")
+
+    def _wait(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
+
+    # -- the Stage the faults act on ----------------------------------------------------------
+
+    def active(self) -> Instance:
+        if not self._wait(self._one_active, SETTLE_TIMEOUT_S):
+            raise RuntimeError(f"no settled pair to inject into: {self.sampler.roles()}")
+        name = self._active_name()
+        return next(i for i in self.pair.instances if short_name(i) == name)
+
+    def mark(self, label: str, *, recovery: bool = False) -> None:
+        self.result.markers.append(Marker(self.clock(), label, recovery))
+        self.log(f"chaos: {self.clock():7.1f} s    {label}")
+
+    def hold(self, low_s: float, high_s: float) -> float:
+        seconds = self.rng.uniform(low_s, max(low_s, high_s))
+        time.sleep(seconds)  # the fault's (or the quiet spell's) duration, not a synchronisation
+        return seconds
+
+    def failover(self, fault: str, old: Instance, since: float, limit_s: float) -> None:
+        old_name = short_name(old)
+
+        def taken_over() -> bool:
+            roles = self.sampler.roles()
+            return any(role == "active" and name != old_name for name, role in roles.items())
+
+        took_over = self._wait(taken_over, FAILOVER_TIMEOUT_S)
+        seconds = time.monotonic() - since if took_over else None
+        new = self._active_name() if took_over else None
+        record = Failover(fault, old_name, new, seconds, limit_s, self.clock())
+        self.result.failovers.append(record)
+        took = f"{seconds:.2f} s" if seconds is not None else "never"
+        self.log(f"chaos: {self.clock():7.1f} s    failover {old_name} -> {new} in {took}")
+
+    def wait_role(self, instance: Instance, role: str, timeout_s: float) -> bool:
+        name = short_name(instance)
+        return self._wait(lambda: self.sampler.roles().get(name) == role, timeout_s)
+
+    def freeze(self, instance: Instance) -> None:
+        self.sampler.freeze(instance)
+        self._frozen.add(short_name(instance))
+        instance.pause()
+
+    def thaw(self, instance: Instance) -> None:
+        instance.resume()
+        self._frozen.discard(short_name(instance))
+        self.sampler.thaw(instance)
+
+    def start_instance(self, instance: Instance) -> None:
+        self.mark(f"start {short_name(instance)}", recovery=True)
+        instance.start()
+
+    def note(self, **details: object) -> None:
+        if self._current is not None:
+            self._current.details.update(details)
+        if "fenced_writes" in details:
+            self.result.fenced_writes += float(details["fenced_writes"])  # type: ignore[arg-type]
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def _heal_all(self) -> None:
+        """Undo whatever a fault left behind, e.g. when it raised half-way."""
+        healed = []
+        for proxy in self.pair.zookeeper_paths.values():
+            proxy.heal()
+        for service in self.pair.services():
+            if service.is_paused():
+                service.resume()
+            if not service.is_running():
+                service.restart()
+                healed.append(service.name)
+        for instance in self.pair.instances:
+            if instance.is_paused():
+                self.thaw(instance)
+                healed.append(f"resumed {short_name(instance)}")
+            if not instance.is_running():
+                instance.start()
+                healed.append(f"started {short_name(instance)}")
+        if healed:
+            self.mark(f"healed: {', '.join(healed)}", recovery=True)
+
+    def _finish(self) -> None:
+        result = self.result
+        try:
+            if self.producer is not None:
+                self.producer.stop()
+                if self.producer.error is not None:
+                    message = f"producer: {self.producer.error!r}"
+                    if message not in result.errors:
+                        result.errors.append(message)
+            self.mark("producer stopped; draining", recovery=True)
+            self._verify()
+        finally:
+            self.sampler.stop()
+            result.duration_s = self.clock()
+            result.ticks = self.sampler.ticks
+            result.two_active_samples = list(self.sampler.two_active)
+            result.timeline_json = timeline.write_json(self, self.workdir / "timeline.json")
+            if self.plot:
+                result.timeline_png = timeline.plot(self, self.workdir / "timeline.png")
+            self.log(result.summary())
+
+    def _verify(self) -> None:
+        ledger = self.workdir / "ledger"
+        ids = read_ledger(ledger).ids if ledger.exists() else frozenset()
+        self.result.sent = len(ids)
+        sink = Sink(self.pair.db_url, cluster="chaos-verify", journal="chaos-verify")
+        try:
+
+            def drained() -> bool:
+                try:
+                    if sink.count_reports() < len(ids):
+                        return False
+                except Exception:  # the database is coming back; ask again
+                    return False
+                latest = self.sampler.latest().values()
+                return any(s.role == "active" and s.pending == 0 for s in latest)
+
+            if not self._wait(drained, DRAIN_TIMEOUT_S):
+                self.log("chaos: the drain did not finish in time; checking what is stored")
+            counts = sink.report_id_counts(ids)
+        finally:
+            sink.close()
+        self.result.stored = sum(1 for n in counts.values() if n >= 1)
+        self.result.missing = sorted(i for i in ids if counts.get(i, 0) == 0)
+        self.result.duplicated = sorted(i for i, n in counts.items() if n > 1)
