@@ -1,0 +1,113 @@
+"""Replay: a journal of N records drained into PostgreSQL by the Drainer and the Sink, beside a
+plain COPY of the same rows into the same schema (the database's own limit).
+
+The drain runs in this process, as `reporting-server replay` would: journal read, record decode,
+rows, one transaction per `database.batch_records` batch with the fence and the positions. The
+COPY times only the COPY and commit of each batch, rows prepared beforehand.
+"""
+
+import json
+import threading
+import time
+from typing import Any
+
+from bench.backlog import build, template
+from bench.servers import Servers, say
+from reporting.config import DatabaseConfig
+from reporting.pipeline import Drainer
+from reporting.status.metrics import Metrics
+from storage.database import Sink
+from storage.database.rows import REPORT_COLUMNS, report_row
+from storage.journal import Journal
+from storage.reports import Report, from_record
+
+
+def _drain(servers: Servers, count: int) -> dict[str, float]:
+    workdir = servers.workdir("replay")
+    journal = Journal(
+        build(servers.root, workdir / "journal", count), writer="bench-drainer", max_bytes=1 << 40
+    )
+    sink = Sink(servers.database("replay"), cluster="bench-replay", journal="bench-replay")
+    sink.upgrade()
+    fenced = threading.Event()
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=DatabaseConfig().batch_records,
+        epoch=lambda: 1,
+        metrics=Metrics(),
+        on_fenced=lambda exc: fenced.set(),
+        on_room=lambda: None,
+        name="bench-replay",
+    )
+    say(f"  draining {count:,} records")
+    started = time.monotonic()
+    drainer.start()
+    try:
+        deadline = started + max(300, count / 1000)
+        last_said = started
+        while drainer.drained_records < count and time.monotonic() < deadline:
+            if fenced.is_set() or not drainer.running:
+                raise RuntimeError("the drainer stopped before the end of the journal")
+            time.sleep(0.05)
+            if time.monotonic() - last_said >= 10:
+                last_said = time.monotonic()
+                say(f"  drained {drainer.drained_records:,}/{count:,}")
+        seconds = time.monotonic() - started
+    finally:
+        drainer.stop()
+        journal.close()
+    stored = sink.count_reports()
+    sink.close()
+    if stored != count:
+        raise RuntimeError(f"replay stored {stored} of {count}")
+    return {"records": count, "seconds": seconds, "records_per_s": count / seconds}
+
+
+def _plain_copy(servers: Servers, count: int) -> dict[str, float]:
+    url = servers.database("copy")
+    Sink(url, cluster="bench-copy", journal="bench-copy").upgrade()
+    database = url.rsplit("/", 1)[1]
+    columns = ", ".join(REPORT_COLUMNS)
+    reader = Journal.open_readonly(template(servers.root, count))
+    seconds = 0.0
+    copied = 0
+    batch: list[tuple] = []
+    with servers.postgres.connect(database) as conn:
+
+        def copy() -> float:
+            started = time.monotonic()
+            with conn.cursor() as cursor:
+                with cursor.copy(f"COPY reports ({columns}) FROM STDIN") as writer:
+                    for row in batch:
+                        writer.write_row(row)
+            conn.commit()
+            return time.monotonic() - started
+
+        for entry in reader.read():
+            report = from_record(entry.data)
+            assert isinstance(report, Report)
+            row = report_row(report)
+            batch.append(
+                tuple(json.dumps(row[c]) if c == "payload" else row[c] for c in REPORT_COLUMNS)
+            )
+            if len(batch) == DatabaseConfig().batch_records:
+                seconds += copy()
+                copied += len(batch)
+                batch = []
+                if copied % 200_000 == 0:
+                    say(f"  copied {copied:,}/{count:,}")
+        if batch:
+            seconds += copy()
+            copied += len(batch)
+    reader.close()
+    return {"records": copied, "seconds": seconds, "records_per_s": copied / seconds}
+
+
+def run(servers: Servers, *, count: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"drain": _drain(servers, count)}
+    say(f"  drainer: {result['drain']['records_per_s']:,.0f} records/s")
+    result["copy"] = _plain_copy(servers, count)
+    say(f"  plain COPY: {result['copy']['records_per_s']:,.0f} records/s")
+    result["ratio_to_copy"] = result["drain"]["records_per_s"] / result["copy"]["records_per_s"]
+    return result

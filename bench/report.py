@@ -1,0 +1,144 @@
+"""The results table (markdown) from bench.json."""
+
+from pathlib import Path
+from typing import Any
+
+
+def _rate(figure: dict[str, Any], key: str = "reports_per_s") -> str:
+    return f"{figure[key]:,.0f}/s" if key in figure else "-"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _throughput(m: dict[str, Any]) -> list[str]:
+    raw, naive = m["raw"], m["naive"]
+    rows = [
+        f"| throughput: raw drain (receive + cumulative ack, store nothing) "
+        f"| {_rate(raw)} | | | baseline |",
+        f"| throughput: naive (transaction + ack per report, {naive['reports']:,} reports) "
+        f"| {_rate(naive)} | | | baseline |",
+    ]
+    for mode in ("standalone", "shared"):
+        f = m[mode]
+        ok = f["ratio_to_raw"] >= 0.8 and f["ratio_to_naive"] >= 10
+        rows.append(
+            f"| throughput: server {mode}, {m['reports']:,} reports into PostgreSQL "
+            f"| {_rate(f)} | server/raw {f['ratio_to_raw']:.2f}, "
+            f"server/naive {f['ratio_to_naive']:.1f} | >= 0.8 and >= 10 | {_met(ok)} |"
+        )
+    return rows
+
+
+def _replay(m: dict[str, Any]) -> list[str]:
+    d, c = m["drain"], m["copy"]
+    return [
+        f"| replay: journal of {d['records']:,} records drained (Drainer + Sink) "
+        f"| {_rate(d, 'records_per_s')} | /COPY {m['ratio_to_copy']:.2f} | >= 0.5 "
+        f"| {_met(m['ratio_to_copy'] >= 0.5)} |",
+        f"| replay: plain COPY of the same rows | {_rate(c, 'records_per_s')} | | | baseline |",
+    ]
+
+
+def _failover(m: dict[str, Any]) -> list[str]:
+    rows = []
+    target = m["target_p99_s"]
+    for mode in ("shared", "segregated"):
+        f = m.get(mode)
+        if not f or "p50_s" not in f["to_active"]:
+            continue
+        for key, what in (("to_active", "other active"), ("to_first_stored", "first new stored")):
+            s = f[key]
+            ok = s["p99_s"] <= target if key == "to_active" else None
+            rows.append(
+                f"| failover {mode} ({s['n']} rounds): kill -9 to {what} "
+                f"| p50 {s['p50_s']:.2f} s, p99 {s['p99_s']:.2f} s | max {s['max_s']:.2f} s "
+                f"| {'p99 <= ' + format(target, '.0f') + ' s' if ok is not None else '-'} "
+                f"| {_met(ok) if ok is not None else '-'} |"
+            )
+    return rows
+
+
+def _memory(m: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, f in m.items():
+        if not isinstance(f, dict) or "holding" not in f:
+            continue
+        held, drained = f["holding"], f.get("drained", {})
+        peak = max(held["vm_hwm_mb"], drained.get("vm_hwm_mb", 0))
+        rows.append(
+            f"| memory: backlog {int(key):,} + {f['live_reports']:,} live, database down "
+            f"| VmHWM {held['vm_hwm_mb']:.0f} MB | | < 150 MB | {_met(held['vm_hwm_mb'] < 150)} |"
+        )
+        if drained:
+            rows.append(
+                f"| memory: then draining it | VmHWM {drained['vm_hwm_mb']:.0f} MB "
+                f"| drain {drained['records_per_s']:,.0f} records/s | < 150 MB "
+                f"| {_met(peak < 150)} |"
+            )
+    return rows
+
+
+def _latency(m: dict[str, Any]) -> list[str]:
+    return [
+        f"| latency send to stored at {m['achieved_send_rate_reports_per_s']:,.0f}/s "
+        f"(half of {m['max_rate_reports_per_s']:,.0f}/s) "
+        f"| p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms | max {m['max_ms']:.0f} ms | - | - |"
+    ]
+
+
+_ROWS = {
+    "throughput": _throughput,
+    "replay": _replay,
+    "failover": _failover,
+    "memory": _memory,
+    "latency": _latency,
+}
+
+
+def write_markdown(doc: dict[str, Any], path: Path) -> str:
+    machine = doc["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- command: `{doc['command']}` ({doc['size']} sizes)",
+        f"- date: {doc['when']}",
+        f"- machine: {machine['nproc']} CPUs ({machine['cpu_model']}), "
+        f"{machine['memory_gib']} GiB, load average at start {machine['load_avg_at_start']}, "
+        f"Python {machine['python']}, {machine['platform']}",
+        "- servers: ActiveMQ, ZooKeeper and PostgreSQL 15 (fsync on) from reporting.harness, on "
+        "the same machine as the server and the load; each figure's baseline ran in the same run",
+        "",
+        "| measurement | figure | beside it | target | met |",
+        "|---|---:|---|---|---|",
+    ]
+    for name, rows in _ROWS.items():
+        m = doc["measurements"].get(name)
+        if m is None:
+            continue
+        if "error" in m:
+            lines.append(f"| {name} | failed: {m['error']} | | | |")
+            continue
+        try:
+            lines += rows(m)
+        except KeyError as exc:
+            lines.append(f"| {name} | incomplete result (no {exc}) | | | |")
+    prof = doc["measurements"].get("profile")
+    if prof and "own" in prof:
+        lines += [
+            "",
+            f"Profile of the standalone server draining a backlog ({prof['samples']:,} py-spy "
+            f"samples, all threads; `{prof.get('file', '')}`):",
+            "",
+            "| own time | function | | total time | function |",
+            "|---:|---|---|---:|---|",
+        ]
+        for own, total in zip(prof["own"], prof["total"], strict=False):
+            lines.append(
+                f"| {own['share']:.1%} | {own['function']} | "
+                f"| {total['share']:.1%} | {total['function']} |"
+            )
+    text = "\n".join(lines) + "\n"
+    path.write_text(text)
+    return text

@@ -1,0 +1,184 @@
+"""The servers one benchmark run shares, and the configs of the instances it starts on them.
+
+One ActiveMQ, one ZooKeeper and one PostgreSQL for the whole run; every measurement takes its own
+queue names (a prefix), its own database and its own journal directory, as the integration tests
+do, so one measurement's leftovers cannot count in another's figures.
+"""
+
+import os
+import platform
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from reporting.config import KINDS
+from reporting.harness import ActiveMQ, Postgres, ZooKeeper
+from reporting.harness.instance import Instance
+
+SESSION_TIMEOUT_S = 2.0
+_STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    """Progress on stdout, stamped with the seconds since the run began."""
+    print(f"[{time.monotonic() - _STARTED:7.1f}s] {message}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    try:
+        nproc = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
+    except (OSError, ValueError):
+        nproc = os.cpu_count() or 0
+    return {
+        "nproc": nproc,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "cpu_model": model,
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def queues(prefix: str) -> list[str]:
+    return [f"{prefix}gvp.reporting.{kind}" for kind in KINDS]
+
+
+def destination(prefix: str, kind: str) -> str:
+    return f"/queue/{prefix}gvp.reporting.{kind}"
+
+
+class Servers:
+    """ActiveMQ, ZooKeeper and PostgreSQL under `root`; `stop` ends every one that started."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.activemq = ActiveMQ(root / "activemq")
+        self.zookeeper = ZooKeeper(root / "zookeeper")
+        self.postgres = Postgres(root / "postgres")
+        self._started: list[Any] = []
+
+    def start(self) -> None:
+        for service in (self.postgres, self.zookeeper, self.activemq):
+            say(f"starting {service.name}")
+            service.start()
+            self._started.append(service)
+
+    def stop(self) -> None:
+        for service in reversed(self._started):
+            try:
+                service.stop(timeout_s=20)
+            except Exception as exc:  # every other service must still be stopped
+                say(f"stopping {service.name}: {exc}")
+        self._started.clear()
+
+    def workdir(self, name: str) -> Path:
+        path = self.root / f"{name}-{uuid.uuid4().hex[:6]}"
+        path.mkdir(parents=True)
+        return path
+
+    @staticmethod
+    def prefix() -> str:
+        return f"b{uuid.uuid4().hex[:8]}."
+
+    def database(self, name: str) -> str:
+        return self.postgres.create_database(f"bench_{name}_{uuid.uuid4().hex[:6]}")
+
+    def config(
+        self,
+        name: str,
+        *,
+        mode: str,
+        prefix: str,
+        db_url: str,
+        journal_dir: Path,
+        hosts: list[str] | None = None,
+        cluster: str | None = None,
+        role: str = "primary",
+    ) -> dict[str, Any]:
+        """An instance config with the product's defaults for every batching knob."""
+        ha: dict[str, Any] = {"mode": mode}
+        if mode != "standalone":
+            ha |= {
+                "role": role,
+                "zookeeper": self.zookeeper.hosts,
+                "cluster": cluster or f"/bench/{uuid.uuid4().hex}",
+                "session_timeout": SESSION_TIMEOUT_S,
+            }
+        return {
+            "name": name,
+            "ha": ha,
+            "broker": {"hosts": hosts or [self.activemq.host], "queues": queues(prefix)},
+            "database": {"url": db_url},
+            "journal": {"dir": str(journal_dir)},
+        }
+
+    def pair(
+        self, *, mode: str, prefix: str, db_url: str, hosts: list[list[str]] | None = None
+    ) -> list[Instance]:
+        """Two instances (rs-a, rs-b) of one cluster; shared mode shares the journal directory."""
+        cluster = f"/bench/{uuid.uuid4().hex}"
+        base = self.workdir(f"pair-{mode}")
+        pair = []
+        for index, name in enumerate(("rs-a", "rs-b")):
+            journal = base / ("journal" if mode == "shared" else f"{name}-journal")
+            config = self.config(
+                name,
+                mode=mode,
+                prefix=prefix,
+                db_url=db_url,
+                journal_dir=journal,
+                hosts=hosts[index] if hosts else None,
+                cluster=cluster,
+                role=("primary", "backup")[index],
+            )
+            pair.append(Instance(base / name, config))
+        pair[0].config["ha"]["peers"] = [pair[1].listen]
+        pair[1].config["ha"]["peers"] = [pair[0].listen]
+        return pair
+
+
+def wait_until(condition: Any, timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def role_of(instance: Instance) -> str:
+    status = instance.try_status(timeout_s=0.5)
+    return status["role"] if status else "unreachable"
+
+
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(VmHWM, VmRSS) of a process in MB; (0, 0) once it is gone."""
+    hwm = rss = 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+            elif line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return hwm, rss

@@ -1,0 +1,105 @@
+"""End-to-end throughput: a backlog waiting in the broker, drained into PostgreSQL.
+
+The server (standalone, then a shared pair) is started once the backlog is in; its rate is taken
+from the first report it has stored to the last, by polling /status `stored` every 50 ms, so that
+its start-up is not counted. Beside it, on backlogs of the same size in the same broker: the raw
+drain (receive and ack only) and the naive consumer (a transaction and an ack per report).
+"""
+
+import time
+from typing import Any
+
+from bench.load import naive_drain, preload, raw_drain
+from bench.servers import Servers, role_of, say, wait_until
+from reporting.config import BrokerConfig
+from reporting.harness.instance import Instance
+
+POLL_S = 0.05
+
+
+def _drain_rate(instances: list[Instance], count: int, timeout_s: float) -> dict[str, float]:
+    """Reports/s from the first poll that sees a report stored to the one that sees them all."""
+    deadline = time.monotonic() + timeout_s
+    first_at = first_stored = None
+    last_said = time.monotonic()
+    while time.monotonic() < deadline:
+        stored = sum((i.try_status() or {}).get("stored", 0) for i in instances)
+        now = time.monotonic()
+        if stored and first_at is None:
+            first_at, first_stored = now, stored
+        if stored >= count:
+            seconds = now - first_at
+            done = count - first_stored
+            return {"reports": count, "seconds": seconds, "reports_per_s": done / seconds}
+        if now - last_said >= 5:
+            last_said = now
+            say(f"  stored {stored:,}/{count:,}")
+        time.sleep(POLL_S)
+    raise TimeoutError(f"the server did not store {count} reports in {timeout_s:.0f} s")
+
+
+def server(servers: Servers, mode: str, count: int) -> dict[str, Any]:
+    prefix = servers.prefix()
+    say(f"{mode}: preloading {count:,} reports")
+    sent = preload(servers.activemq.host, prefix, count, id_prefix=f"{mode}-{prefix}")
+    say(f"  preloaded at {sent['reports_per_s']:,.0f} reports/s")
+    db_url = servers.database(mode)
+    if mode == "standalone":
+        workdir = servers.workdir("standalone")
+        config = servers.config(
+            "rs-solo", mode=mode, prefix=prefix, db_url=db_url, journal_dir=workdir / "journal"
+        )
+        instances = [Instance(workdir / "rs-solo", config)]
+    else:
+        instances = servers.pair(mode=mode, prefix=prefix, db_url=db_url)
+    try:
+        for instance in instances:
+            instance.start()
+        if mode != "standalone":
+            wait_until(
+                lambda: any(role_of(i) == "active" for i in instances), 30, "an active instance"
+            )
+        result = _drain_rate(instances, count, timeout_s=max(300, count / 50))
+    finally:
+        for instance in instances:
+            instance.stop(timeout_s=15)
+    say(f"  {mode}: {result['reports_per_s']:,.0f} reports/s")
+    return result | {"preload_reports_per_s": sent["reports_per_s"]}
+
+
+def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> dict[str, Any]:
+    broker = BrokerConfig()
+    results: dict[str, Any] = {"reports": count}
+
+    prefix = servers.prefix()
+    say(f"raw drain: preloading {count:,} reports")
+    preload(servers.activemq.host, prefix, count, id_prefix=f"raw-{prefix}")
+    results["raw"] = raw_drain(
+        servers.activemq.host,
+        prefix,
+        count,
+        prefetch=broker.prefetch,
+        ack_every=broker.batch_records,
+    )
+    say(f"  raw drain: {results['raw']['reports_per_s']:,.0f} reports/s")
+
+    results["standalone"] = server(servers, "standalone", count)
+    results["shared"] = server(servers, "shared", count)
+
+    prefix = servers.prefix()
+    say(f"naive: preloading {naive_count:,} reports")
+    preload(servers.activemq.host, prefix, naive_count, id_prefix=f"naive-{prefix}")
+    results["naive"] = naive_drain(
+        servers.activemq.host,
+        prefix,
+        servers.database("naive"),
+        count=naive_count,
+        seconds=naive_s,
+        prefetch=broker.prefetch,
+    )
+    say(f"  naive: {results['naive']['reports_per_s']:,.0f} reports/s")
+    for mode in ("standalone", "shared"):
+        rate = results[mode]["reports_per_s"]
+        results[mode]["ratio_to_raw"] = rate / results["raw"]["reports_per_s"]
+        results[mode]["ratio_to_naive"] = rate / results["naive"]["reports_per_s"]
+    return results
