@@ -118,7 +118,8 @@ def write_markdown(doc: dict[str, Any], path: Path) -> str:
         if m is None:
             continue
         if "error" in m:
-            lines.append(f"| {name} | failed: {m['error']} | | | |")
+            first_line = m["error"].splitlines()[0] if m["error"] else "error"
+            lines.append(f"| {name} | failed: {first_line} | | | |")
             continue
         try:
             lines += rows(m)

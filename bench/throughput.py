@@ -67,24 +67,32 @@ def server(servers: Servers, mode: str, count: int) -> dict[str, Any]:
     return result | {"preload_reports_per_s": sent["reports_per_s"]}
 
 
-def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> dict[str, Any]:
-    broker = BrokerConfig()
-    results: dict[str, Any] = {"reports": count}
-
+def _raw(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
     prefix = servers.prefix()
     say(f"raw drain: preloading {count:,} reports")
     preload(servers.activemq.host, prefix, count, id_prefix=f"raw-{prefix}")
-    results["raw"] = raw_drain(
+    result = raw_drain(
         servers.activemq.host,
         prefix,
         count,
         prefetch=broker.prefetch,
         ack_every=broker.batch_records,
     )
-    say(f"  raw drain: {results['raw']['reports_per_s']:,.0f} reports/s")
+    say(f"  raw drain: {result['reports_per_s']:,.0f} reports/s")
+    return result
 
+
+def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> dict[str, Any]:
+    broker = BrokerConfig()
+    results: dict[str, Any] = {"reports": count}
+
+    # The raw drain before and after the servers: the broker warms up (its JIT, its store)
+    # during the run, and the limit is the better of the two.
+    results["raw_runs"] = [_raw(servers, count, broker)]
     results["standalone"] = server(servers, "standalone", count)
     results["shared"] = server(servers, "shared", count)
+    results["raw_runs"].append(_raw(servers, count, broker))
+    results["raw"] = max(results["raw_runs"], key=lambda run: run["reports_per_s"])
 
     prefix = servers.prefix()
     say(f"naive: preloading {naive_count:,} reports")
