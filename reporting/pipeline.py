@@ -47,6 +47,7 @@ class Intake:
         self.appended = appended
         self.may_continue = may_continue
         self.paused = False
+        self.records = 0
 
     def __call__(self, batch: Sequence[Message]) -> bool:
         now = datetime.now(UTC)
@@ -80,6 +81,7 @@ class Intake:
         if self.paused:
             self.paused = False
             log.info("journal has room again; consumption resumed")
+        self.records += len(records)
         self.metrics.journalled.inc(len(records))
         for item in items:
             self.metrics.received.labels(item.queue.rsplit(".", 1)[-1]).inc()

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 CATCH_UP_S = 30.0
 # Segregated backup standing down: the broker counts as drained after this long without a message.
 BROKER_IDLE_S = 1.0
+# Segregated backup in standby: how often it looks for reports left in its own broker.
+SWEEP_S = 5.0
 
 
 class Server:
@@ -62,6 +64,7 @@ class Server:
         )
         self.consumer = Consumer(config.broker, self.intake, name=config.name)
         self.consuming = False
+        self._consumer_lock = threading.RLock()
         self.election = make_election(
             mode=config.ha.mode,
             name=config.name,
@@ -81,6 +84,8 @@ class Server:
         if self.config.ha.mode == "segregated":
             # Every instance drains its own journal, whatever its role.
             self.drainer.start()
+            if self.config.ha.role == "backup":
+                threading.Thread(target=self._sweep, name="sweep", daemon=True).start()
         self.election.start()
 
     def stop(self) -> None:
@@ -121,15 +126,41 @@ class Server:
         # Reports journalled by an earlier holder go in first, unless the database is down: then
         # the journal buffers both and the drainer catches up later.
         self.drainer.wait_caught_up(CATCH_UP_S)
-        if self.election.role is Role.ACTIVE and not self._stopping.is_set():
-            self.consuming = True
-            self.consumer.start()
+        if self.election.role is Role.ACTIVE:
+            self._start_consuming()
+
+    def _start_consuming(self) -> None:
+        with self._consumer_lock:
+            if not self.consuming and not self._stopping.is_set():
+                self.consuming = True
+                self.consumer.start()
 
     def _stop_consuming(self, reason: str) -> None:
-        if self.consuming:
-            self.consuming = False
-            self.consumer.stop()
-            log.info("%s: consumer stopped (%s)", self.config.name, reason)
+        with self._consumer_lock:
+            if self.consuming:
+                self.consuming = False
+                self.consumer.stop()
+                log.info("%s: consumer stopped (%s)", self.config.name, reason)
+
+    def _sweep(self) -> None:
+        # A segregated backup in standby still owns its broker: producers that failed over to it
+        # may go on sending there for a while after it stood down. It takes what arrives, every
+        # few seconds, so that nothing is stranded in its store; its role stays standby.
+        while not self._stopping.wait(SWEEP_S):
+            if self.election.role is not Role.STANDBY or self.consuming:
+                continue
+            before = self.intake.records
+            self._start_consuming()
+            self.consumer.idle_for(BROKER_IDLE_S)
+            if self.election.role is Role.STANDBY:
+                self._stop_consuming("standby sweep of the own broker done")
+            taken = self.intake.records - before
+            if taken:
+                log.info(
+                    "%s: standby sweep took %d reports left in the own broker",
+                    self.config.name,
+                    taken,
+                )
 
     def _drain_broker_then_stand_down(self) -> None:
         # Segregated backup with the primary back: what producers sent here during the outage is

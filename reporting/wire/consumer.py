@@ -98,17 +98,22 @@ class Consumer:
             self._thread.join(timeout_s)
         self._thread = None
 
-    def idle_for(self, seconds: float) -> bool:
-        """True when connected and no message arrived for `seconds` (the broker is drained)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not self.connected or not self._inbox.empty() or self._busy:
-                deadline = time.monotonic() + seconds
-                if self._stop.wait(0.05):
-                    return False
-                continue
-            self._stop.wait(0.05)
-        return self.connected
+    def idle_for(self, seconds: float, *, timeout_s: float = 60.0) -> bool:
+        """True once connected with no message for `seconds` (the broker is drained); False when
+        stopped or when that did not happen within `timeout_s` (e.g. the broker is down)."""
+        give_up = time.monotonic() + timeout_s
+        quiet_since: float | None = None
+        while time.monotonic() < give_up:
+            if self.connected and self._inbox.empty() and not self._busy:
+                now = time.monotonic()
+                quiet_since = quiet_since or now
+                if now - quiet_since >= seconds:
+                    return True
+            else:
+                quiet_since = None
+            if self._stop.wait(0.05):
+                return False
+        return False
 
     def _on_disconnected(self, generation: int) -> None:
         if generation == self._generation:
