@@ -206,6 +206,9 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         pending = self._journal.pending
+        # A shared-mode standby does not drain the shared journal, so it cannot tell what of it
+        # is stored: the active's /status has the figure.
+        own_figures = self.config.ha.mode != "shared" or self.drainer.running
         database_up = self.drainer.database_up
         if database_up is None or not self.drainer.running:
             database_up = self.sink.probe()
@@ -216,8 +219,8 @@ class Server:
             "epoch": self.election.epoch,
             "holder": self.election.holder,
             "journal": {
-                "pending": pending.records,
-                "pending_bytes": pending.bytes,
+                "pending": pending.records if own_figures else None,
+                "pending_bytes": pending.bytes if own_figures else None,
                 "dir": str(self.config.journal.dir),
                 "paused": self.intake.paused,
             },

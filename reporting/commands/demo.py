@@ -33,7 +33,11 @@ def _say(text: str) -> None:
 def _table(instances: list) -> None:
     from reporting.commands.status import print_table
 
-    print_table([i.try_status() or {"name": i.name, "role": "unreachable"} for i in instances])
+    rows = []
+    for instance in instances:
+        row = instance.try_status() or {"name": instance.name, "role": "unreachable"}
+        rows.append({**row, "http": instance.listen})
+    print_table(rows)
 
 
 def _wait(condition, timeout_s: float, what: str):
