@@ -99,8 +99,9 @@ class TermActive(Fault):
 
 
 class PauseActive(Fault):
-    """SIGSTOP of the active for longer than its session, then SIGCONT: the other takes over and
-    the resumed one steps down; any write it still attempts is refused by the fence."""
+    """SIGSTOP of the active for longer than its session, then SIGCONT: the other takes over.
+    Shared: the resumed one steps down, and any write it still attempts is refused by the fence.
+    Segregated: the resumed primary takes its role back and the backup stands down."""
 
     name = "pause-active"
 
@@ -116,8 +117,10 @@ class PauseActive(Fault):
         stage.hold(max(0.0, 1.5 * session_s - (time.monotonic() - since)), 2.0 * session_s)
         stage.mark(f"SIGCONT {short_name(active)}", recovery=True)
         stage.thaw(active)
-        stepped_down = stage.wait_role(active, "standby", 30)
-        stage.note(stepped_down=stepped_down, fenced_writes=fenced_writes(active) - fenced_before)
+        if stage.pair.exclusive:
+            stepped_down = stage.wait_role(active, "standby", 30)
+            stage.note(stepped_down=stepped_down)
+        stage.note(fenced_writes=fenced_writes(active) - fenced_before)
 
 
 class ZooKeeperRestart(Fault):
@@ -196,7 +199,29 @@ class ZooKeeperPathDark(Fault):
         path.heal()
 
 
-SHARED_FAULTS: tuple[Fault, ...] = (
+class HostDown(Fault):
+    """The active's whole host gone: the instance and its own broker killed -9 together.
+    Producers fail over to the other broker, the other instance activates; when both come back
+    the backup drains its own broker and stands down, leaving nothing stranded."""
+
+    name = "host-down"
+    modes = frozenset({"segregated"})
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        broker = stage.pair.brokers[short_name(active)]
+        stage.mark(f"kill -9 {short_name(active)} and its broker")
+        since = time.monotonic()
+        active.kill()
+        broker.kill()
+        stage.failover(self.name, active, since, stage.pair.session_timeout_s + FAILOVER_SLACK_S)
+        stage.hold(1.0, 5.0)
+        stage.mark(f"restart the broker of {short_name(active)}", recovery=True)
+        broker.restart()
+        stage.start_instance(active)
+
+
+ALL_FAULTS: tuple[Fault, ...] = (
     KillActive(),
     TermActive(),
     PauseActive(),
@@ -204,10 +229,11 @@ SHARED_FAULTS: tuple[Fault, ...] = (
     PostgresOutage(),
     BrokerRestart(),
     ZooKeeperPathDark(),
+    HostDown(),
 )
 
 
-def faults_for(mode: str, faults: tuple[Fault, ...] = SHARED_FAULTS) -> tuple[Fault, ...]:
+def faults_for(mode: str, faults: tuple[Fault, ...] = ALL_FAULTS) -> tuple[Fault, ...]:
     return tuple(f for f in faults if mode in f.modes)
 
 

@@ -2,11 +2,12 @@
 
 One run: start the pair and a producer; then, round after round, wait a random while, draw the
 next fault (from a shuffled deck, so every kind comes up before any repeats), apply it, and wait
-for the pair to settle (one active, the rest standby, reports being stored again). At the end
-everything is healed, the producer flushed, the drain awaited, and the ledger compared with the
-database. A sampler polls both instances' /status every 50 ms throughout and flags any moment
-with two actives. The seed fixes the faults, their order and their durations; the interleaving
-with the servers' own timing is what each run explores.
+for the pair to settle (the pair says what settled means; reports being stored again). At the
+end everything is healed, the producer flushed, the drain awaited, the ledger compared with the
+database, and the brokers checked for anything stranded. A sampler polls both instances' /status
+every 50 ms throughout and, where one store has one writer, flags any moment with two actives.
+The seed fixes the faults, their order and their durations; the interleaving with the servers'
+own timing is what each run explores.
 
 The runner knows nothing of pytest: it returns a `ChaosResult` for the caller to judge.
 """
@@ -33,6 +34,8 @@ SETTLE_TIMEOUT_S = 90.0
 FAILOVER_TIMEOUT_S = 60.0
 # How long the drain may take once everything is healed and the producer has stopped.
 DRAIN_TIMEOUT_S = 180.0
+# How long the brokers may take to show empty queues once the ledger is all stored.
+BROKER_EMPTY_TIMEOUT_S = 60.0
 POLL_S = 0.02
 
 
@@ -82,6 +85,7 @@ class ChaosResult:
     two_active_samples: list[tuple[Sample, ...]] = field(default_factory=list)
     ticks: int = 0
     unsettled: list[str] = field(default_factory=list)  # what the pair did not recover from
+    stranded: list[str] = field(default_factory=list)  # queues left non-empty at the end
     errors: list[str] = field(default_factory=list)  # faults or producer that raised
     fenced_writes: float = 0.0
     timeline_json: Path | None = None
@@ -93,12 +97,15 @@ class ChaosResult:
 
     @property
     def ok(self) -> bool:
-        """Nothing lost, nothing doubled, never two actives, and the pair always recovered."""
+        """Nothing lost, nothing doubled, never two actives, failovers in time, and the pair
+        always recovered."""
         return not (
             self.missing
+            or self.late_failovers
             or self.duplicated
             or self.two_active_samples
             or self.unsettled
+            or self.stranded
             or self.errors
             or self.sent == 0
         )
@@ -121,6 +128,7 @@ class ChaosResult:
             flag = "  LATE" if f.late else ""
             lines.append(f"  failover ({f.fault}): {f.old} -> {f.new} in {took}{flag}")
         lines += [f"  did not settle: {u}" for u in self.unsettled]
+        lines += [f"  stranded: {u}" for u in self.stranded]
         lines += [f"  error: {e}" for e in self.errors]
         if self.missing:
             lines.append(f"  missing e.g. {self.missing[:5]}")
@@ -176,7 +184,9 @@ class ChaosRun:
         self.log = log
         self.result = ChaosResult(seed=seed, mode=pair.mode, rounds=0)
         self._t0 = time.monotonic()
-        self.sampler = Sampler(pair.instances, clock=self.clock, receipted=self._receipted)
+        self.sampler = Sampler(
+            pair.instances, clock=self.clock, exclusive=pair.exclusive, receipted=self._receipted
+        )
         self.producer: Producer | None = None
         self._deck: list[Fault] = []
         self._current: FaultRecord | None = None
@@ -229,9 +239,12 @@ class ChaosRun:
             self.hold(*self.gap_s)
             fault = self._draw()
             self.result.rounds += 1
-            self.log(f"chaos: {self.clock():7.1f} s  round {self.result.rounds}: {fault.name}")
-            self._apply(fault)
-            if not self._settle(fault.name):
+            receipted = self.producer.confirmed
+            self.log(
+                f"chaos: {self.clock():7.1f} s  round {self.result.rounds}: {fault.name} "
+                f"({receipted} reports receipted so far)"
+            )
+            if not self._apply(fault) or not self._settle(fault.name):
                 return
             if self.producer.error is not None:
                 self.result.errors.append(f"producer: {self.producer.error!r}")
@@ -243,23 +256,26 @@ class ChaosRun:
             self.rng.shuffle(self._deck)
         return self._deck.pop()
 
-    def _apply(self, fault: Fault) -> None:
+    def _apply(self, fault: Fault) -> bool:
+        """Apply the fault; False if it failed half-way (the run then heals and checks)."""
         record = FaultRecord(fault.name, self.clock())
         self.result.faults.append(record)
         self._current = record
         try:
             fault.apply(self)
         except Exception as exc:  # a harness failure: reported, then healed like any fault
-            record.error = repr(exc)
-            self.result.errors.append(f"{fault.name}: {exc!r}")
+            record.error = _brief(exc)
+            self.result.errors.append(f"{fault.name}: {record.error}")
             self.log(f"chaos: {fault.name} failed: {exc!r}")
+            return False
         finally:
             record.t_end = self.clock()
             self._current = None
+        return True
 
     def _settle(self, after: str) -> bool:
         """Wait for one active, the rest standby, and the active storing reports."""
-        if self._wait(self._one_active, SETTLE_TIMEOUT_S):
+        if self._wait(self._settled, SETTLE_TIMEOUT_S):
             active = self._active_name()
             before = self.sampler.latest()[active].stored or 0
             producing = self.producer is not None and self.producer.alive
@@ -273,13 +289,8 @@ class ChaosRun:
         self.log(f"chaos: pair did not settle after {after}: {self.result.unsettled[-1]}")
         return False
 
-    def _one_active(self) -> bool:
-        roles = list(self.sampler.roles().values())
-        return (
-            len(roles) == len(self.pair.instances)
-            and roles.count("active") == 1
-            and roles.count("standby") == len(roles) - 1
-        )
+    def _settled(self) -> bool:
+        return self.pair.is_settled(self.sampler.roles())
 
     def _active_name(self) -> str:
         return next(name for name, role in self.sampler.roles().items() if role == "active")
@@ -295,7 +306,7 @@ class ChaosRun:
     # -- the Stage the faults act on ----------------------------------------------------------
 
     def active(self) -> Instance:
-        if not self._wait(self._one_active, SETTLE_TIMEOUT_S):
+        if not self._wait(self._settled, SETTLE_TIMEOUT_S):
             raise RuntimeError(f"no settled pair to inject into: {self.sampler.roles()}")
         name = self._active_name()
         return next(i for i in self.pair.instances if short_name(i) == name)
@@ -312,13 +323,13 @@ class ChaosRun:
     def failover(self, fault: str, old: Instance, since: float, limit_s: float) -> None:
         old_name = short_name(old)
 
-        def taken_over() -> bool:
+        def successor() -> str | None:
             roles = self.sampler.roles()
-            return any(role == "active" and name != old_name for name, role in roles.items())
+            return next((n for n, r in roles.items() if r == "active" and n != old_name), None)
 
-        took_over = self._wait(taken_over, FAILOVER_TIMEOUT_S)
+        took_over = self._wait(lambda: successor() is not None, FAILOVER_TIMEOUT_S)
         seconds = time.monotonic() - since if took_over else None
-        new = self._active_name() if took_over else None
+        new = successor() if took_over else None
         record = Failover(fault, old_name, new, seconds, limit_s, self.clock())
         self.result.failovers.append(record)
         took = f"{seconds:.2f} s" if seconds is not None else "never"
@@ -355,19 +366,20 @@ class ChaosRun:
         healed = []
         for proxy in self.pair.zookeeper_paths.values():
             proxy.heal()
-        for service in self.pair.services():
-            if service.is_paused():
-                service.resume()
-            if not service.is_running():
-                service.restart()
-                healed.append(service.name)
-        for instance in self.pair.instances:
-            if instance.is_paused():
-                self.thaw(instance)
-                healed.append(f"resumed {short_name(instance)}")
-            if not instance.is_running():
-                instance.start()
-                healed.append(f"started {short_name(instance)}")
+        for service in [*self.pair.services(), *self.pair.instances]:
+            name = short_name(service) if isinstance(service, Instance) else service.name
+            try:
+                if service.is_paused():
+                    if isinstance(service, Instance):
+                        self.thaw(service)
+                    else:
+                        service.resume()
+                    healed.append(f"resumed {name}")
+                if not service.is_running():
+                    service.start()
+                    healed.append(f"started {name}")
+            except Exception as exc:  # reported; the check goes on with what runs
+                self.result.errors.append(f"healing {name}: {_brief(exc)}")
         if healed:
             self.mark(f"healed: {', '.join(healed)}", recovery=True)
 
@@ -382,6 +394,7 @@ class ChaosRun:
                         result.errors.append(message)
             self.mark("producer stopped; draining", recovery=True)
             self._verify()
+            self._check_brokers_empty()
         finally:
             self.sampler.stop()
             result.duration_s = self.clock()
@@ -405,8 +418,7 @@ class ChaosRun:
                         return False
                 except Exception:  # the database is coming back; ask again
                     return False
-                latest = self.sampler.latest().values()
-                return any(s.role == "active" and s.pending == 0 for s in latest)
+                return self.pair.is_drained(self.sampler.roles(), self.sampler.pending())
 
             if not self._wait(drained, DRAIN_TIMEOUT_S):
                 self.log("chaos: the drain did not finish in time; checking what is stored")
@@ -416,3 +428,27 @@ class ChaosRun:
         self.result.stored = sum(1 for n in counts.values() if n >= 1)
         self.result.missing = sorted(i for i in ids if counts.get(i, 0) == 0)
         self.result.duplicated = sorted(i for i, n in counts.items() if n > 1)
+
+    def _check_brokers_empty(self) -> None:
+        """Nothing left in any queue of any broker: what was receipted was all consumed."""
+        brokers = {id(b): b for b in self.pair.brokers.values()}.values()
+
+        def depths() -> dict[str, int]:
+            found = {}
+            for broker in brokers:
+                for queue in self.pair.queues:
+                    try:
+                        found[f"{broker.host} {queue}"] = broker.queue_depth(queue)
+                    except Exception as exc:  # the broker cannot tell now; ask again
+                        found[f"{broker.host} {queue}"] = -1
+                        self.log(f"chaos: queue depth of {queue}: {_brief(exc)}")
+            return found
+
+        if not self._wait(lambda: not any(depths().values()), BROKER_EMPTY_TIMEOUT_S):
+            self.result.stranded = [f"{q}: {n}" for q, n in depths().items() if n]
+
+
+def _brief(exc: BaseException) -> str:
+    """The first line of an error: harness errors carry whole log tails."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]

@@ -1,7 +1,8 @@
 """Both instances' /status, polled together every 50 ms for the whole run.
 
-Each tick asks every instance at once and records one `Sample` per instance; a tick in which two
-instances answer "active" is a breach of the one-writer guarantee. An instance the run has frozen
+Each tick asks every instance at once and records one `Sample` per instance; with `exclusive`
+(shared storage) a tick in which two instances answer "active" is a breach of the one-writer
+guarantee. An instance the run has frozen
 (SIGSTOP) is not asked, since it cannot answer and cannot act: it is recorded as "paused".
 """
 
@@ -38,17 +39,19 @@ class Sampler:
         instances: list[Instance],
         *,
         clock: Callable[[], float],
+        exclusive: bool,
         receipted: Callable[[], int] = lambda: 0,
         interval_s: float = INTERVAL_S,
     ) -> None:
         self.instances = instances
+        self.exclusive = exclusive
         self.clock = clock
         self.receipted = receipted
         # (t, reports the producer has had receipts for), one per tick.
         self.receipts: list[tuple[float, int]] = []
         self.interval_s = interval_s
         self.samples: list[Sample] = []
-        # Ticks with two "active" answers, each as its samples.
+        # Ticks with two "active" answers (only where that is a breach), each as its samples.
         self.two_active: list[tuple[Sample, ...]] = []
         self.ticks = 0
         self._frozen: set[str] = set()
@@ -85,6 +88,9 @@ class Sampler:
     def roles(self) -> dict[str, str]:
         return {name: sample.role for name, sample in self.latest().items()}
 
+    def pending(self) -> dict[str, int | None]:
+        return {name: sample.pending for name, sample in self.latest().items()}
+
     def _run(self) -> None:
         while not self._stop.is_set():
             began = time.monotonic()
@@ -115,5 +121,5 @@ class Sampler:
             self.receipts.append((self.clock(), self.receipted()))
             self._latest.update((s.name, s) for s in tick)
             self.ticks += 1
-            if sum(1 for s in tick if s.role == "active") > 1:
+            if self.exclusive and sum(1 for s in tick if s.role == "active") > 1:
                 self.two_active.append(tuple(tick))
