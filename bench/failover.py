@@ -149,7 +149,7 @@ def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
         primary.start()
         wait_until(lambda: role_of(primary) == "active", 60, "the primary active")
         backup.start()
-        sender = PacedSender(hosts, prefix, rate=RATE, id_prefix=prefix, failback_s=2.0).start()
+        sender = PacedSender(hosts, prefix, rate=RATE, id_prefix=prefix).start()
         with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as conn:
             for number in range(rounds):
                 wait_until(

@@ -1,4 +1,5 @@
-"""Latency from send to stored at half of the standalone server's measured maximum rate.
+"""Latency from send to stored at half of the measured maximum end-to-end rate: the lower of the
+standalone server's drain rate and the broker's rate for persistent sends with receipts (run.py).
 
 Each report carries its send time (`sent_at`, Unix seconds, taken just before the SEND) in its
 payload; stored time is the `reports.stored_at` column, which PostgreSQL fills with the start
@@ -29,7 +30,7 @@ def run(servers: Servers, *, seconds: float, max_rate: float) -> dict[str, Any]:
     count = int(rate * seconds)
     try:
         instance.start()
-        say(f"  sending {count:,} reports at {rate:,.0f}/s (half of {max_rate:,.0f}/s)")
+        say(f"  sending {count:,} reports at {rate:,.0f}/s (half of the {max_rate:,.0f}/s maximum)")
         sender = PacedSender([servers.activemq.host], prefix, rate=rate, id_prefix=prefix)
         sender.count = count
         started = time.monotonic()

@@ -83,7 +83,7 @@ def _memory(m: dict[str, Any]) -> list[str]:
 def _latency(m: dict[str, Any]) -> list[str]:
     return [
         f"| latency send to stored at {m['achieved_send_rate_reports_per_s']:,.0f}/s "
-        f"(half of {m['max_rate_reports_per_s']:,.0f}/s) "
+        f"(half of the {m['max_rate_reports_per_s']:,.0f}/s end-to-end maximum) "
         f"| p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms | max {m['max_ms']:.0f} ms | - | - |"
     ]
 
