@@ -179,10 +179,15 @@ class _Section:
             raise ConfigError(self.key(unknown[0]), "unknown key")
 
 
-def _secret(sec: _Section, name: str, env: dict[str, str]) -> Secret | None:
-    """A secret given as `<name>_env` (a variable's name) or `<name>_file` (a path)."""
+def _secret(
+    sec: _Section, name: str, env: dict[str, str], base: Path | None = None
+) -> Secret | None:
+    """A secret given as `<name>_env` (a variable's name) or `<name>_file` (a path, relative to
+    the config file's folder); a file others may read or write is refused."""
     env_name = sec.get(f"{name}_env", str, None)
     file_name = sec.get(f"{name}_file", str, None)
+    if file_name is not None and base is not None:
+        file_name = str(base / file_name)
     if name in sec.data:
         raise ConfigError(
             sec.key(name), f"secrets are not written in the file; use {name}_env or {name}_file"
@@ -193,7 +198,16 @@ def _secret(sec: _Section, name: str, env: dict[str, str]) -> Secret | None:
         return Secret(env[env_name])
     if file_name is not None:
         try:
-            return Secret(Path(file_name).read_text().strip())
+            with open(file_name) as fh:
+                # Checked on the opened file, so the mode seen is that of the bytes read.
+                mode = os.fstat(fh.fileno()).st_mode
+                if mode & 0o077:
+                    reason = (
+                        f"{file_name} is open to group or others (mode {mode & 0o777:03o});"
+                        " chmod 600 it"
+                    )
+                    raise ConfigError(sec.key(f"{name}_file"), reason)
+                return Secret(fh.read().strip())
         except OSError as exc:
             reason = f"cannot read {file_name}: {exc.strerror}"
             raise ConfigError(sec.key(f"{name}_file"), reason) from None
@@ -240,7 +254,7 @@ def parse_config(
         ),
         queues=sec.strings("queues", BrokerConfig.queues),
         user=sec.get("user", str, None),
-        password=_secret(sec, "password", env),
+        password=_secret(sec, "password", env, base),
         prefetch=sec.number("prefetch", BrokerConfig.prefetch, minimum=1, integer=True),
         batch_records=sec.number(
             "batch_records", BrokerConfig.batch_records, minimum=1, integer=True
@@ -262,11 +276,16 @@ def parse_config(
 
     sec = _section(top, "database")
     url = sec.get("url", str, DatabaseConfig.url)
-    password = _secret(sec, "password", env)
+    password = _secret(sec, "password", env, base)
     if "://" not in url:
         raise ConfigError(
             "database.url",
             "expected an SQLAlchemy URL such as postgresql+psycopg://user@host:5432/db",
+        )
+    if redact_url(url) != url:
+        raise ConfigError(
+            "database.url",
+            "holds a password; give it as database.password_env or database.password_file",
         )
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and base is not None:
         path = url.removeprefix("sqlite:///")

@@ -89,6 +89,7 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 
 def test_secrets_from_env_and_file_never_print(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)
     data = {
         "broker": {"user": "rs", "password_env": "RS_BROKER_PW"},
         "database": {
