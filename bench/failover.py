@@ -60,7 +60,9 @@ def _round(
     conn: psycopg.Connection,
     *,
     host_broker: ActiveMQ | None = None,
-) -> tuple[float, float]:
+) -> tuple[float | None, float | None, str]:
+    """(seconds to the other active, seconds to the first new report stored, what went wrong);
+    a time is None when it did not happen within a minute."""
     other = pair[1] if active is pair[0] else pair[0]
     killed_wall = time.time()
     killed = time.monotonic()
@@ -84,9 +86,41 @@ def _round(
         if role_of(other) == "active":
             took_active = time.monotonic() - killed
         time.sleep(POLL_S)
-    if took_active is None or took_stored is None:
-        raise TimeoutError(f"round: active after {took_active}, first stored after {took_stored}")
-    return took_active, took_stored
+    problem = ""
+    if took_active is None:
+        problem = "no instance active within 60 s"
+    elif took_stored is None:
+        problem = (
+            "no report sent after the kill for 60 s (producer stuck on "
+            f"{sender.client.current_host})"
+            if first is None
+            else f"{first[0]}, sent after the kill, not stored within 60 s"
+        )
+    return took_active, took_stored, problem
+
+
+def _record(
+    mode: str,
+    number: int,
+    rounds: int,
+    outcome: tuple[float | None, float | None, str],
+    to_active: list[float],
+    to_stored: list[float],
+    problems: list[str],
+) -> None:
+    took_active, took_stored, problem = outcome
+    if took_active is not None:
+        to_active.append(took_active)
+    if took_stored is not None:
+        to_stored.append(took_stored)
+    if problem:
+        problems.append(f"round {number + 1}: {problem}")
+        say(f"  {mode} round {number + 1}/{rounds}: {problem}")
+        return
+    say(
+        f"  {mode} round {number + 1}/{rounds}: other active after {took_active:.2f} s, "
+        f"first report sent after the kill stored after {took_stored:.2f} s"
+    )
 
 
 def _shared(servers: Servers, rounds: int) -> dict[str, Any]:
@@ -96,38 +130,46 @@ def _shared(servers: Servers, rounds: int) -> dict[str, Any]:
     sender = None
     to_active: list[float] = []
     to_stored: list[float] = []
+    problems: list[str] = []
     try:
         for instance in pair:
             instance.start()
         sender = PacedSender([servers.activemq.host], prefix, rate=RATE, id_prefix=prefix).start()
         with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as conn:
-            for number in range(rounds):
-                active = wait_until(
-                    lambda: next((i for i in pair if role_of(i) == "active"), None),
-                    60,
-                    "an active instance",
-                )
-                standby = pair[1] if active is pair[0] else pair[0]
-                wait_until(lambda s=standby: role_of(s) == "standby", 60, "a standby")
-                # Under load: the active is storing what is being sent.
-                before = active.status()["stored"]
-                wait_until(
-                    lambda a=active, b=before: a.status()["stored"] > b, 30, "reports stored"
-                )
-                took_active, took_stored = _round(pair, active, sender, conn)
-                to_active.append(took_active)
-                to_stored.append(took_stored)
-                say(
-                    f"  shared round {number + 1}/{rounds}: active after {took_active:.2f} s, "
-                    f"first report stored after {took_stored:.2f} s"
-                )
-                active.start()
+            try:
+                for number in range(rounds):
+                    active = wait_until(
+                        lambda: next((i for i in pair if role_of(i) == "active"), None),
+                        60,
+                        "an active instance",
+                    )
+                    standby = pair[1] if active is pair[0] else pair[0]
+                    wait_until(lambda s=standby: role_of(s) == "standby", 60, "a standby")
+                    # Under load: the active is storing what is being sent.
+                    before = active.status()["stored"]
+                    wait_until(
+                        lambda a=active, b=before: a.status()["stored"] > b, 30, "reports stored"
+                    )
+                    outcome = _round(pair, active, sender, conn)
+                    _record("shared", number, rounds, outcome, to_active, to_stored, problems)
+                    active.start()
+            except TimeoutError as exc:
+                # The figures of the rounds so far are kept.
+                problems.append(f"round {len(to_active) + 1}: {exc}; no further rounds")
+                say(f"  {exc}; no further rounds")
     finally:
         if sender is not None:
-            sender.stop()
+            try:
+                sender.stop()
+            except Exception as exc:  # the rounds' figures stand; the producer's end is noted
+                problems.append(f"producer: {type(exc).__name__}: {exc}")
         for instance in pair:
             instance.stop(timeout_s=15)
-    return {"to_active": summary(to_active), "to_first_stored": summary(to_stored)}
+    return {
+        "to_active": summary(to_active),
+        "to_first_stored": summary(to_stored),
+        "failed_rounds": problems,
+    }
 
 
 def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
@@ -142,6 +184,7 @@ def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
     sender = None
     to_active: list[float] = []
     to_stored: list[float] = []
+    problems: list[str] = []
     try:
         for broker in brokers:
             say(f"  starting the {broker.workdir.name} broker")
@@ -151,37 +194,46 @@ def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
         backup.start()
         sender = PacedSender(hosts, prefix, rate=RATE, id_prefix=prefix).start()
         with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as conn:
-            for number in range(rounds):
-                wait_until(
-                    lambda: role_of(primary) == "active" and role_of(backup) == "standby",
-                    90,
-                    "the primary active and the backup standing by",
-                )
-                wait_until(
-                    lambda: sender.client.current_host == hosts[0], 60, "producer on the primary"
-                )
-                before = primary.status()["stored"]
-                wait_until(lambda b=before: primary.status()["stored"] > b, 30, "reports stored")
-                # The primary's host goes: its broker with it.
-                took_active, took_stored = _round(
-                    pair, primary, sender, conn, host_broker=brokers[0]
-                )
-                to_active.append(took_active)
-                to_stored.append(took_stored)
-                say(
-                    f"  segregated round {number + 1}/{rounds}: backup active after "
-                    f"{took_active:.2f} s, first report stored after {took_stored:.2f} s"
-                )
-                brokers[0].start()
-                primary.start()
+            try:
+                for number in range(rounds):
+                    wait_until(
+                        lambda: role_of(primary) == "active" and role_of(backup) == "standby",
+                        90,
+                        "the primary active and the backup standing by",
+                    )
+                    wait_until(
+                        lambda: sender.client.current_host == hosts[0],
+                        60,
+                        "the producer back on the primary's broker",
+                    )
+                    before = primary.status()["stored"]
+                    wait_until(
+                        lambda b=before: primary.status()["stored"] > b, 30, "reports stored"
+                    )
+                    # The primary's host goes: its broker with it.
+                    outcome = _round(pair, primary, sender, conn, host_broker=brokers[0])
+                    _record("segregated", number, rounds, outcome, to_active, to_stored, problems)
+                    brokers[0].start()
+                    primary.start()
+            except TimeoutError as exc:
+                # The figures of the rounds so far are kept.
+                problems.append(f"round {len(to_active) + 1}: {exc}; no further rounds")
+                say(f"  {exc}; no further rounds")
     finally:
         if sender is not None:
-            sender.stop()
+            try:
+                sender.stop()
+            except Exception as exc:  # the rounds' figures stand; the producer's end is noted
+                problems.append(f"producer: {type(exc).__name__}: {exc}")
         for instance in pair:
             instance.stop(timeout_s=15)
         for broker in brokers:
             broker.stop(timeout_s=20)
-    return {"to_active": summary(to_active), "to_first_stored": summary(to_stored)}
+    return {
+        "to_active": summary(to_active),
+        "to_first_stored": summary(to_stored),
+        "failed_rounds": problems,
+    }
 
 
 def run(servers: Servers, *, rounds: int) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def _failover(m: dict[str, Any]) -> list[str]:
             s = f[key]
             ok = s["p99_s"] <= target if key == "to_active" else None
             rows.append(
-                f"| failover {mode} ({s['n']} rounds): kill -9 to {what} "
+                f"| failover {mode} ({s['n']} of {s['n'] + len(f.get('failed_rounds', []))} "
+                f"rounds): kill -9 to {what} "
                 f"| p50 {s['p50_s']:.2f} s, p99 {s['p99_s']:.2f} s | max {s['max_s']:.2f} s "
                 f"| {'p99 <= ' + format(target, '.0f') + ' s' if ok is not None else '-'} "
                 f"| {_met(ok) if ok is not None else '-'} |"
