@@ -3,8 +3,8 @@
 Starts ActiveMQ (two for a segregated pair), ZooKeeper and PostgreSQL from the harness under
 --out, builds a pair on them, applies seeded random faults for the given time, then checks the
 ledger and writes the timeline (timeline.json, timeline.png) and the summary (summary.txt) to
---out. Exits 1 if any
-guarantee failed. Run from the repository root (tests/ is not an installed package).
+--out. Exits 1 if any guarantee failed. Run it from the repository root: tests/ is not an
+installed package.
 """
 
 import argparse

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.pair import Pair, build_segregated_pair, build_shared_pair
-from tests.chaos.runner import ChaosResult, ChaosRun
+from tests.chaos.result import ChaosResult
+from tests.chaos.runner import ChaosRun
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
