@@ -185,6 +185,17 @@ class Drainer:
         return None
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._drain()
+                return
+            except Exception:
+                # Whatever went wrong, the journal still holds every record: start over from
+                # the positions the database has, after a pause.
+                log.exception("%s: drainer failed; starting over", self.name)
+                self._stop.wait(1.0)
+
+    def _drain(self) -> None:
         positions = self._load_positions()
         if positions is None:
             return

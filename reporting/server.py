@@ -116,13 +116,14 @@ class Server:
                 self.drainer.stop()
 
     def _activate(self, epoch: int) -> None:
-        if self.config.ha.mode != "segregated":
-            self.drainer.stop()
-        # Our own segments carry the epoch under which they were written.
+        # Our own segments carry the epoch under which they were written: the journal is
+        # reopened for it, with nothing reading or appending meanwhile (a segregated backup's
+        # standby sweep may be consuming, and its drainer always runs).
+        self._stop_consuming("taking the role")
+        self.drainer.stop()
         self._journal.close()
         self._journal = self._open_journal(epoch=epoch)
-        if not self.drainer.running:
-            self.drainer.start()
+        self.drainer.start()
         # Reports journalled by an earlier holder go in first, unless the database is down: then
         # the journal buffers both and the drainer catches up later.
         self.drainer.wait_caught_up(CATCH_UP_S)

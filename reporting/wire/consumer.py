@@ -6,10 +6,15 @@ subscription, so one ACK of the last message of each subscription in a batch set
 
 A batch whose connection was lost before its ack is dropped: the broker redelivers those messages
 to the next consumer, and the database's unique `report_id` absorbs any that were journalled twice.
+
+A broker that refuses the login or a subscription (wrong credentials or rights) is not retried:
+that is a configuration to fix, not an outage to wait out. The consumer logs one line, stops and
+calls `on_refused`.
 """
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +24,23 @@ import stomp
 import stomp.exception
 
 from reporting.config import BrokerConfig
+from reporting.errors import BrokerRefused
 
 log = logging.getLogger(__name__)
+
+# ERROR messages that mean "these credentials or rights are wrong", of ActiveMQ Classic
+# ("User name [x] or password is invalid.", "User x is not authorized to read from: ...") and
+# Artemis (AMQ229031 "Unable to validate user", AMQ229032 "does not have permission").
+_REFUSAL = re.compile(
+    r"password is invalid|not authori[sz]ed|unable to validate user|does not have permission"
+    r"|authentication failed|AMQ22903[12]",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(message: str) -> bool:
+    """True if a broker's ERROR message refuses the credentials or the rights of the client."""
+    return _REFUSAL.search(message) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +70,11 @@ class _Listener(stomp.ConnectionListener):
         )
 
     def on_error(self, frame: stomp.utils.Frame) -> None:
-        log.warning("broker error: %s", frame.headers.get("message", "(no message)"))
+        message = str(frame.headers.get("message", "(no message)"))
+        if is_refusal(message):
+            self.consumer._refuse(message, self.generation)
+            return
+        log.warning("broker error: %s", message)
 
     def on_disconnected(self) -> None:
         self.consumer._on_disconnected(self.generation)
@@ -60,13 +84,72 @@ class _Listener(stomp.ConnectionListener):
         self.consumer._on_disconnected(self.generation)
 
 
+class _LoginListener(stomp.ConnectionListener):
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+        self.connected = False
+        self.error: str | None = None
+
+    def on_connected(self, frame: stomp.utils.Frame) -> None:
+        self.connected = True
+        self.answered.set()
+
+    def on_error(self, frame: stomp.utils.Frame) -> None:
+        self.error = str(frame.headers.get("message", "(no message)"))
+        self.answered.set()
+
+    def on_disconnected(self) -> None:
+        self.answered.set()
+
+
+def check_login(config: BrokerConfig, *, timeout_s: float = 5.0) -> bool:
+    """Logs in to the first broker of the host list that answers, and out again.
+
+    Raises BrokerRefused if that broker refuses the credentials; returns False if no broker
+    answered (not an error at start-up: the consumer waits for one), True if the login worked.
+    """
+    for host_port in config.hosts:
+        host, port = host_port.rsplit(":", 1)
+        listener = _LoginListener()
+        conn = stomp.Connection12(
+            [(host, int(port))], reconnect_attempts_max=1, timeout=timeout_s, auto_decode=False
+        )
+        conn.set_listener("login", listener)
+        try:
+            conn.connect(config.user, config.password, wait=False)
+            listener.answered.wait(timeout_s)
+        except (stomp.exception.StompException, OSError):
+            continue
+        finally:
+            try:
+                conn.transport.disconnect_socket()
+            except Exception:  # already closed by the broker
+                log.debug("closing login check connection", exc_info=True)
+        if listener.error is not None and is_refusal(listener.error):
+            raise BrokerRefused(host_port, config.user, listener.error)
+        if listener.connected:
+            return True
+    return False
+
+
 class Consumer:
     """Consumes the configured queues of one broker host list in a thread of its own."""
 
-    def __init__(self, config: BrokerConfig, handler: BatchHandler, *, name: str) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        handler: BatchHandler,
+        *,
+        name: str,
+        on_refused: Callable[[BrokerRefused], None] | None = None,
+    ) -> None:
         self.config = config
         self.handler = handler
         self.name = name
+        # Called once, from a consumer or receiver thread, when the broker refuses us.
+        self.on_refused = on_refused
+        self.refused: BrokerRefused | None = None
+        self._host_of: dict[int, str] = {}
         self._inbox: queue.Queue[Message] = queue.Queue()
         self._stop = threading.Event()
         self._lost = threading.Event()
@@ -85,6 +168,7 @@ class Consumer:
         return conn is not None and conn.is_connected() and not self._lost.is_set()
 
     def start(self) -> None:
+        self.refused = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-consumer", daemon=True)
         self._thread.start()
@@ -118,6 +202,21 @@ class Consumer:
     def _on_disconnected(self, generation: int) -> None:
         if generation == self._generation:
             self._lost.set()
+
+    def _refuse(self, reason: str, generation: int) -> None:
+        # The consumer thread sees _stop and drops the connection itself; nothing is acked after.
+        if self.refused is not None or self._stop.is_set():
+            return
+        self.refused = BrokerRefused(self._host_of.get(generation, "?"), self.config.user, reason)
+        self._stop.set()
+        self._lost.set()
+        log.error(
+            "%s: %s; not retrying: fix [broker] user/password or the rights",
+            self.name,
+            self.refused,
+        )
+        if self.on_refused is not None:
+            self.on_refused(self.refused)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -162,6 +261,7 @@ class Consumer:
                 return False
             self._generation += 1
             generation = self._generation
+            self._host_of = {generation: host_port}
         conn.set_listener("consumer", _Listener(self, generation))
         try:
             conn.connect(
@@ -178,7 +278,8 @@ class Consumer:
                     headers={"activemq.prefetchSize": str(self.config.prefetch)},
                 )
         except (stomp.exception.StompException, OSError) as exc:
-            log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
+            if self.refused is None:
+                log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
             try:
                 conn.transport.disconnect_socket()
             except Exception:
@@ -200,7 +301,13 @@ class Consumer:
         while not self._stop.is_set():
             if not self._connect():
                 return
-            self._consume()
+            try:
+                self._consume()
+            except Exception:
+                # E.g. a journal that cannot write: nothing of the batch was acked, so dropping
+                # the connection hands it back to the broker for the next try.
+                log.exception("%s: batch failed; reconnecting", self.name)
+                self._stop.wait(1.0)
             with self._ack_lock:
                 self._drop_connection()
             if not self._stop.is_set():
