@@ -132,6 +132,12 @@ class Drainer:
         self.drained_records = 0
 
     def start(self) -> None:
+        old = self._thread
+        if old is not None and old.is_alive():
+            # Stuck in a database call that stop() could not interrupt: two drainers must
+            # never run at once, so wait for it (PostgreSQL's statement timeout bounds this).
+            log.warning("%s: waiting for the previous drainer to finish", self.name)
+            old.join()
         self._stop.clear()
         self._caught_up.clear()
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-drainer", daemon=True)
@@ -142,7 +148,6 @@ class Drainer:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
-        self._thread = None
 
     def wake(self) -> None:
         self._wake.set()
