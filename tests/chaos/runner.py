@@ -187,12 +187,14 @@ class ChaosRun:
     def _active_name(self) -> str:
         return next(name for name, role in self.sampler.roles().items() if role == "active")
 
-    def _wait(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+    def _wait(
+        self, condition: Callable[[], bool], timeout_s: float, every_s: float = POLL_S
+    ) -> bool:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(POLL_S)
+            time.sleep(every_s)
         return True
 
     # -- the Stage the faults act on ----------------------------------------------------------
@@ -312,7 +314,7 @@ class ChaosRun:
                     return False
                 return self.pair.is_drained(self.sampler.roles(), self.sampler.pending())
 
-            if not self._wait(drained, DRAIN_TIMEOUT_S):
+            if not self._wait(drained, DRAIN_TIMEOUT_S, every_s=0.5):
                 self.log("chaos: the drain did not finish in time; checking what is stored")
             counts = sink.report_id_counts(ids)
         finally:
@@ -325,19 +327,21 @@ class ChaosRun:
         """Nothing left in any queue of any broker: what was receipted was all consumed."""
         brokers = {id(b): b for b in self.pair.brokers.values()}.values()
 
-        def depths() -> dict[str, int]:
+        def left() -> dict[str, str]:
             found = {}
             for broker in brokers:
                 for queue in self.pair.queues:
                     try:
-                        found[f"{broker.host} {queue}"] = broker.queue_depth(queue)
+                        depth = broker.queue_depth(queue)
                     except Exception as exc:  # the broker cannot tell now; ask again
-                        found[f"{broker.host} {queue}"] = -1
-                        self.log(f"chaos: queue depth of {queue}: {_brief(exc)}")
+                        found[f"{broker.host} {queue}"] = f"unknown ({_brief(exc)})"
+                        continue
+                    if depth:
+                        found[f"{broker.host} {queue}"] = f"{depth} messages"
             return found
 
-        if not self._wait(lambda: not any(depths().values()), BROKER_EMPTY_TIMEOUT_S):
-            self.result.stranded = [f"{q}: {n}" for q, n in depths().items() if n]
+        if not self._wait(lambda: not left(), BROKER_EMPTY_TIMEOUT_S, every_s=1.0):
+            self.result.stranded = [f"{q}: {what}" for q, what in left().items()]
 
 
 def _brief(exc: BaseException) -> str:
