@@ -82,7 +82,6 @@ class ChaosRun:
         self.producer: Producer | None = None
         self._deck: list[Fault] = []
         self._current: FaultRecord | None = None
-        self._frozen: set[str] = set()
 
     def clock(self) -> float:
         """Seconds since the run started."""
@@ -235,12 +234,10 @@ class ChaosRun:
 
     def freeze(self, instance: Instance) -> None:
         self.sampler.freeze(instance)
-        self._frozen.add(short_name(instance))
         instance.pause()
 
     def thaw(self, instance: Instance) -> None:
         instance.resume()
-        self._frozen.discard(short_name(instance))
         self.sampler.thaw(instance)
 
     def start_instance(self, instance: Instance) -> None:
