@@ -18,7 +18,7 @@ CONNECT_TIMEOUT_S = 5
 # transaction, so the writer of a newer epoch is never blocked by it for long.
 IDLE_IN_TRANSACTION_TIMEOUT_S = 5
 # A database that accepts connections but does not answer is an outage, not a wait for ever.
-STATEMENT_TIMEOUT_S = 60
+STATEMENT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_S = 5
 
 

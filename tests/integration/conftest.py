@@ -17,6 +17,7 @@ import pytest
 from reporting.config import KINDS
 from reporting.harness.instance import Instance
 from storage.database import Sink
+from storage.errors import DatabaseError
 
 
 @pytest.fixture
@@ -145,7 +146,11 @@ def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float =
     try:
 
         def all_stored() -> bool:
-            counts = sink.report_id_counts(ledger_ids)
+            try:
+                counts = sink.report_id_counts(ledger_ids)
+            except DatabaseError:
+                # Down, or its schema not made yet by a server that started while it was down.
+                return False
             return sum(1 for n in counts.values() if n >= 1) == len(ledger_ids)
 
         try:
