@@ -193,3 +193,62 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "ha.mode" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_replay_drains_a_stopped_instances_journal_with_progress(
+    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
+    postgres.kill()
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=500, rate=0)
+    flow.start().join()
+    wait_for(lambda: server.status()["journal"]["pending"] >= 500, 60, "the backlog journalled")
+    server.kill()
+    postgres.restart()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reporting.cli",
+            "replay",
+            "--config",
+            str(server.config_path),
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "replayed 500 records (500 new reports)" in result.stderr
+    assert_exactly_once(pg_url, flow.ids(), timeout_s=5)
+
+
+def test_status_command_and_metrics(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=200, rate=0)
+    flow.start().join()
+    assert_exactly_once(pg_url, flow.ids())
+    result = subprocess.run(
+        [sys.executable, "-m", "reporting.cli", "status", "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert header.split()[:3] == ["name", "mode", "role"]
+    assert row.split()[:3] == ["rs-solo", "standalone", "active"]
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.listen}/metrics", timeout=5) as reply:
+        metrics = reply.read().decode()
+    assert "reporting_stored_reports_total 200.0" in metrics
+    assert 'reporting_received_total{kind="cdr"} 50.0' in metrics
+    assert "reporting_active 1.0" in metrics
