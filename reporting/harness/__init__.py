@@ -5,10 +5,11 @@ stopped, killed with SIGKILL, paused with SIGSTOP and restarted on the same port
 """
 
 from reporting.harness.activemq import ActiveMQ
+from reporting.harness.ensemble import ZooKeeperEnsemble
 from reporting.harness.postgres import Postgres
 from reporting.harness.proxy import TcpProxy
 from reporting.harness.service import Service
 from reporting.harness.stack import Stack
 from reporting.harness.zookeeper import ZooKeeper
 
-__all__ = ["ActiveMQ", "Postgres", "Service", "Stack", "TcpProxy", "ZooKeeper"]
+__all__ = ["ActiveMQ", "Postgres", "Service", "Stack", "TcpProxy", "ZooKeeper", "ZooKeeperEnsemble"]
