@@ -21,7 +21,7 @@ from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Message
 from reporting.wire.decode import decode
 from storage.database import Sink
-from storage.errors import DatabaseUnavailable, JournalFull, StaleEpoch
+from storage.errors import DatabaseUnavailable, JournalFull, PositionsLost, StaleEpoch
 from storage.journal import Journal
 from storage.reports import Rejected, Report, from_record, to_record
 
@@ -223,6 +223,9 @@ class Drainer:
         for entry in entries:
             reached[entry.position.segment] = entry.position.byte
         started = time.monotonic()
+        # Where our own earlier commits left these segments: a database that answers with less
+        # has lost them (an asynchronous standby promoted), and we replay from there.
+        committed = {segment: positions[segment] for segment in reached if segment in positions}
         try:
             result = self.sink.write_batch_retrying(
                 items,
@@ -230,7 +233,17 @@ class Drainer:
                 epoch=self.epoch(),
                 stop=self._stop,
                 on_retry=lambda attempt, exc: self._mark(False),
+                committed=committed,
             )
+        except PositionsLost as exc:
+            self.metrics.rewound.inc()
+            log.warning("%s: %s; replaying from the journal's retained segments", self.name, exc)
+            stored = self._load_positions()
+            if stored is None:
+                return False
+            positions.clear()
+            positions.update(stored)
+            return True
         except StaleEpoch as exc:
             self.metrics.fenced.inc()
             log.warning("%s: write refused by the fence: %s", self.name, exc)

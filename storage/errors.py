@@ -40,6 +40,24 @@ class StaleEpoch(DatabaseError):
         self.epoch = epoch
 
 
+class PositionsLost(DatabaseError):
+    """Raised when the database holds older journal positions than this drainer committed.
+
+    It lost commits, e.g. an asynchronously replicated standby was promoted: the drainer goes
+    back to the stored positions and replays from its retained segments.
+    """
+
+    def __init__(self, journal: str, segment: str, stored: int, committed: int) -> None:
+        super().__init__(
+            f"journal {journal}: segment {segment} stored up to byte {stored}, "
+            f"but byte {committed} was committed"
+        )
+        self.journal = journal
+        self.segment = segment
+        self.stored = stored
+        self.committed = committed
+
+
 class DiskFull(JournalFull):
     """Raised when the disk has no room for an append; the journal is left as it was."""
 

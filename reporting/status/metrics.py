@@ -53,6 +53,11 @@ class Metrics:
         self.fenced = Counter(
             "reporting_fenced_writes", "Database writes refused by the fence", registry=r
         )
+        self.rewound = Counter(
+            "reporting_positions_rewound",
+            "Times the database had lost committed positions and the journal was replayed",
+            registry=r,
+        )
         self.append_seconds = Histogram(
             "reporting_journal_append_seconds", "Journal batch append with fsync", registry=r
         )

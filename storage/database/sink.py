@@ -20,7 +20,7 @@ from storage.database import insert, migrate
 from storage.database.engine import make_engine, redacted, translated
 from storage.database.rows import refused_row, rejected_row, report_row
 from storage.database.schema import fence, journal_positions, rejected_reports, reports
-from storage.errors import DatabaseUnavailable, StaleEpoch
+from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
 from storage.reports import Rejected, Report
 
 log = logging.getLogger(__name__)
@@ -117,16 +117,22 @@ class Sink:
         *,
         positions: Mapping[str, int],
         epoch: int,
+        committed: Mapping[str, int] | None = None,
     ) -> WriteResult:
         """Store `items` and the journal `positions` reached (segment -> byte) in one transaction.
 
-        Raises StaleEpoch (nothing stored) if a newer epoch holds the fence, DatabaseUnavailable
-        if the database cannot be reached (retry the same batch), DatabaseError otherwise.
+        `committed` is where the caller knows earlier transactions left those segments; a stored
+        position behind it means the database lost commits, and PositionsLost is raised with
+        nothing stored. Raises StaleEpoch (nothing stored) if a newer epoch holds the fence,
+        DatabaseUnavailable if the database cannot be reached (retry the same batch),
+        DatabaseError otherwise.
         """
         report_items = [item for item in items if isinstance(item, Report)]
         rejected_rows = [rejected_row(item) for item in items if isinstance(item, Rejected)]
         with translated(self.url), self._engine.begin() as conn:
             self._check_fence(conn, epoch)
+            if committed:
+                self._check_positions(conn, committed)
             stored, refused = self._insert_isolating(conn, report_items)
             rejected_rows.extend(refused_row(report, reason) for report, reason in refused)
             rejected = insert.insert_many(conn, rejected_reports, rejected_rows, "digest")
@@ -148,6 +154,7 @@ class Sink:
         epoch: int,
         stop: threading.Event,
         on_retry: Callable[[int, DatabaseUnavailable], None] | None = None,
+        committed: Mapping[str, int] | None = None,
     ) -> WriteResult:
         """write_batch, retried while the database is unavailable until `stop` is set.
 
@@ -183,7 +190,9 @@ class Sink:
             if stop.is_set() and last:
                 raise last[-1]
             try:
-                return self.write_batch(items, positions=positions, epoch=epoch)
+                return self.write_batch(
+                    items, positions=positions, epoch=epoch, committed=committed
+                )
             except DatabaseUnavailable as error:
                 last[:] = [error]  # only the latest: an outage may last long
                 raise
@@ -212,6 +221,16 @@ class Sink:
         if conn.dialect.name == "postgresql":
             return insert.copy_reports(conn, rows)
         return insert.insert_many(conn, reports, rows, "report_id")
+
+    def _check_positions(self, conn: Connection, committed: Mapping[str, int]) -> None:
+        query = select(journal_positions.c.segment, journal_positions.c.byte).where(
+            journal_positions.c.journal == self.journal,
+            journal_positions.c.segment.in_(bindparam("names", expanding=True)),
+        )
+        stored = dict(conn.execute(query, {"names": sorted(committed)}).all())
+        for segment, byte in sorted(committed.items()):
+            if stored.get(segment, 0) < byte:
+                raise PositionsLost(self.journal, segment, stored.get(segment, 0), byte)
 
     def _store_positions(self, conn: Connection, positions: Mapping[str, int]) -> None:
         if not positions:

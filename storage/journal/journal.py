@@ -24,6 +24,9 @@ Durability policy
 - `release` deletes a segment only when the position stored in the database is its last
   record, then `fsync`s the directory. A crash before that `fsync` may bring a deleted segment
   back; the drainer's stored position says it is drained, so nothing is stored twice.
+- With `retain_s`, a drained segment is deleted only once it has been untouched that long, so
+  that records a database lost after committing them (an asynchronous standby promoted) can be
+  replayed. The cost is disk: about `retain_s` times the write rate.
 - Segment names are never reused: the next sequence number is one past the highest in the
   directory and in `quarantine/`, and `release` always keeps the newest segment. A stored
   position therefore can never point into a different segment with the same name.
@@ -119,6 +122,7 @@ class Journal:
         max_bytes: int = 1 << 30,
         segment_bytes: int = 64 << 20,
         foreign_grace_s: float = 10.0,
+        retain_s: float = 0.0,
         on_quarantine: Callable[[Path, str], None] | None = None,
         readonly: bool = False,
     ) -> None:
@@ -132,6 +136,7 @@ class Journal:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.foreign_grace_s = foreign_grace_s
+        self.retain_s = retain_s
         self.on_quarantine = on_quarantine
         self.readonly = readonly
         self._lock = threading.RLock()
@@ -340,7 +345,12 @@ class Journal:
                     continue
                 path = self.dir / seg.name
                 try:
-                    if seg.writer != self.writer and not self._stale(path.stat().st_mtime, now):
+                    mtime = path.stat().st_mtime
+                    if seg.writer != self.writer and not self._stale(mtime, now):
+                        continue
+                    # Kept after draining, so that a database that loses its last commits
+                    # (an asynchronous standby promoted) can be given them again.
+                    if now - mtime < self.retain_s:
                         continue
                     os.unlink(path)
                 except FileNotFoundError:

@@ -1,0 +1,114 @@
+"""The drainer against a journal and an SQLite sink: what the database loses is replayed."""
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import delete, func, select, update
+
+from reporting.pipeline import Drainer
+from reporting.status.metrics import Metrics
+from storage.database import Sink
+from storage.database.schema import journal_positions, reports
+from storage.journal import Journal
+from storage.reports import Report, to_record
+
+
+def batch(start: int, count: int) -> list[bytes]:
+    now = datetime.now(UTC)
+    return [
+        to_record(Report(f"r{i}", "sq", "gvp.reporting.sq", {"value": i}, now))
+        for i in range(start, start + count)
+    ]
+
+
+def wait_until(condition, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def count(sink: Sink) -> int:
+    with sink._engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(reports)).scalar_one()
+
+
+def test_commits_the_database_lost_are_replayed_from_the_journal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    metrics = Metrics()
+    fenced: list[Exception] = []
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=100,
+        epoch=lambda: 0,
+        metrics=metrics,
+        on_fenced=fenced.append,
+        on_room=lambda: None,
+        name="rs",
+    )
+    drainer.start()
+    try:
+        journal.append_batch(batch(0, 100))
+        kept = journal.append_batch(batch(100, 100))
+        drainer.wake()
+        wait_until(lambda: count(sink) == 200)
+        journal.append_batch(batch(200, 100))
+        drainer.wake()
+        wait_until(lambda: count(sink) == 300)
+        # The database loses the last commit, as a promoted asynchronous standby would.
+        with sink._engine.begin() as conn:
+            conn.execute(
+                delete(reports).where(reports.c.report_id.in_([f"r{i}" for i in range(200, 300)]))
+            )
+            conn.execute(update(journal_positions).values(byte=kept.byte))
+        journal.append_batch(batch(300, 100))
+        drainer.wake()
+        wait_until(lambda: count(sink) == 400)
+        assert metrics.rewound._value.get() == 1
+        assert not fenced
+        with sink._engine.connect() as conn:
+            ids = {r for (r,) in conn.execute(select(reports.c.report_id))}
+        assert ids == {f"r{i}" for i in range(400)}
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+def test_retained_segments_outlive_their_drain(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", writer="rs", segment_bytes=4096, retain_s=3600)
+    first = journal.append_batch(batch(0, 30))
+    journal.append_batch(batch(30, 30))
+    assert journal.release({first.segment: first.byte}) == []
+    journal.close()
+    journal = Journal(tmp_path / "j", writer="rs", segment_bytes=4096, retain_s=0)
+    assert journal.release({first.segment: first.byte}) == [first.segment]
+    journal.close()
+
+
+def test_stop_is_prompt_while_the_database_is_down(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs")
+    sink = Sink(f"sqlite:///{tmp_path / 'missing' / 'r.db'}", cluster="rs", journal="rs")
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=10,
+        epoch=lambda: 0,
+        metrics=Metrics(),
+        on_fenced=lambda exc: None,
+        on_room=lambda: None,
+        name="rs",
+    )
+    drainer.start()
+    wait_until(lambda: drainer.database_up is False)
+    started = time.monotonic()
+    drainer.stop()
+    assert time.monotonic() - started < 5
+    assert not any(t.name == "rs-drainer" and t.is_alive() for t in threading.enumerate())
+    journal.close()
+    sink.close()
