@@ -25,11 +25,12 @@ class FlakySink(Sink):
         *,
         positions: Mapping[str, int],
         epoch: int,
+        committed: Mapping[str, int] | None = None,
     ) -> WriteResult:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
-        return super().write_batch(items, positions=positions, epoch=epoch)
+        return super().write_batch(items, positions=positions, epoch=epoch, committed=committed)
 
 
 @pytest.fixture
