@@ -221,9 +221,18 @@ class ChaosRun:
             return next((n for n, r in roles.items() if r == "active" and n != old_name), None)
 
         took_over = self._wait(lambda: successor() is not None, FAILOVER_TIMEOUT_S)
-        seconds = time.monotonic() - since if took_over else None
-        new = successor() if took_over else None
-        record = Failover(fault, old_name, new, seconds, limit_s, self.clock())
+        # Timed by the samples, not by when this wait ended: stopping the old process may have
+        # kept the fault busy past the takeover.
+        since_t = since - self._t0
+        first = self.sampler.first_since(
+            since_t, lambda s: s.role == "active" and s.name != old_name
+        )
+        if not took_over or first is None:
+            first = None
+        seconds = first.t - since_t if first is not None else None
+        new = first.name if first is not None else None
+        at = first.t if first is not None else self.clock()
+        record = Failover(fault, old_name, new, seconds, limit_s, at)
         self.result.failovers.append(record)
         took = f"{seconds:.2f} s" if seconds is not None else "never"
         self.log(f"chaos: {self.clock():7.1f} s    failover {old_name} -> {new} in {took}")

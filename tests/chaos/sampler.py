@@ -88,6 +88,16 @@ class Sampler:
     def roles(self) -> dict[str, str]:
         return {name: sample.role for name, sample in self.latest().items()}
 
+    def first_since(self, t: float, predicate: Callable[[Sample], bool]) -> Sample | None:
+        """The earliest sample taken at or after `t` that satisfies `predicate`."""
+        with self._lock:
+            start = len(self.samples)
+            # Samples are appended in time order, tick by tick.
+            while start > 0 and self.samples[start - 1].t >= t:
+                start -= 1
+            recent = self.samples[start:]
+        return next((s for s in recent if predicate(s)), None)
+
     def pending(self) -> dict[str, int | None]:
         return {name: sample.pending for name, sample in self.latest().items()}
 
