@@ -12,8 +12,13 @@ COMPOSE = Path(__file__).resolve().parents[2] / "compose"
 COMPOSE_FILES = sorted(COMPOSE.glob("*.yml"))
 
 
-def test_there_is_a_compose_file_per_mode() -> None:
-    assert {f.name for f in COMPOSE_FILES} == {"shared.yml", "segregated.yml"}
+def test_there_is_a_compose_file_per_mode_and_per_scaled_out_system() -> None:
+    assert {f.name for f in COMPOSE_FILES} == {
+        "shared.yml",
+        "segregated.yml",
+        "ensemble.yml",
+        "pg-standby.yml",
+    }
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
