@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reporting.harness.ensemble import ZooKeeperEnsemble
+from reporting.harness.ensemble import QuorumPeer, ZooKeeperEnsemble
 from reporting.harness.instance import Instance
 from reporting.harness.replica import PostgresPair
 from reporting.harness.service import Service
@@ -81,6 +81,11 @@ class Sampler:
     def doubled(self) -> list[dict[str, str]]:
         return [seen for _, seen, _ in self.samples if list(seen.values()).count("active") > 1]
 
+    def handovers(self) -> int:
+        """Times the active instance changed (samples with no active one skipped)."""
+        actives = [n for _, seen, _ in self.samples for n, role in seen.items() if role == "active"]
+        return sum(1 for a, b in itertools.pairwise(actives) if a != b)
+
     def longest_pause(self, start: float, end: float) -> float:
         """The longest time the total stored did not grow, among stretches within
         [start, end] or straddling either end."""
@@ -119,6 +124,7 @@ def test_pair_on_an_ensemble_survives_leader_and_follower_kill_9(
         for victim_kind in ("leader", "follower"):
             victim = ensemble.leader() if victim_kind == "leader" else ensemble.followers()[0]
             assert victim is not None, f"no {victim_kind} in {ensemble}"
+            sessions = _client_connections(victim)
             mark = sampler.stored()
             killed = time.monotonic()
             victim.kill()
@@ -131,22 +137,34 @@ def test_pair_on_an_ensemble_survives_leader_and_follower_kill_9(
                 every_s=0.02,
             )
             resumed = time.monotonic()
-            pauses[victim_kind] = (elected, sampler.longest_pause(killed, resumed))
+            pauses[victim_kind] = (sessions, elected, sampler.longest_pause(killed, resumed))
             # Back as a follower, so the next kill still leaves a quorum.
             victim.start()
             assert victim.mode() == "follower"
         flow.join()
         sampler.stop()
-        for victim_kind, (elected, pause) in pauses.items():
+        for victim_kind, (sessions, elected, pause) in pauses.items():
             print(
-                f"\nensemble {victim_kind} kill -9: a leader {elected:.2f} s after,"
-                f" storing paused {pause:.2f} s"
+                f"\nensemble {victim_kind} kill -9 ({sessions} of the pair's 2 sessions on it):"
+                f" a leader {elected:.2f} s after, storing paused {pause:.2f} s"
             )
-        print(f"{len(sampler.samples)} samples, {len(sampler.doubled())} with two actives")
+        print(
+            f"{len(sampler.samples)} samples, {len(sampler.doubled())} with two actives,"
+            f" {sampler.handovers()} handovers"
+        )
         assert len(sampler.samples) > 50
         assert not sampler.doubled(), f"two actives at once: {sampler.doubled()[:3]}"
         assert_exactly_once(pg_url, flow.ids())
         assert active_of(pair) is not None
+
+
+def _client_connections(member: QuorumPeer) -> int:
+    """Client connections a member serves, not counting the one asking."""
+    for line in member.command("mntr").splitlines():
+        key, _, value = line.partition("\t")
+        if key == "zk_num_alive_connections":
+            return int(value) - 1
+    raise AssertionError(f"{member.name}: no zk_num_alive_connections in mntr")
 
 
 @pytest.fixture
