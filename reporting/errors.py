@@ -14,5 +14,15 @@ class BrokerError(ReportingError):
     """Raised when no broker of the host list can be reached."""
 
 
+class BrokerRefused(BrokerError):
+    """Raised when a broker refuses the login or a subscription: credentials or rights are wrong."""
+
+    def __init__(self, host: str, user: str | None, reason: str) -> None:
+        super().__init__(f"broker {host} refused user {user!r}: {reason}")
+        self.host = host
+        self.user = user
+        self.reason = reason
+
+
 class HarnessError(ReportingError):
     """Raised when a local service of the harness cannot be started or stopped."""

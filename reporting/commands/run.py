@@ -7,7 +7,7 @@ import signal
 import threading
 
 from reporting.config import load_config
-from reporting.errors import ConfigError
+from reporting.errors import BrokerRefused, ConfigError
 
 log = logging.getLogger("reporting.run")
 
@@ -21,14 +21,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from reporting.server import Server
     from reporting.status.http import StatusServer
+    from reporting.wire.consumer import check_login
 
     config = load_config(args.config)
+    if config.broker.user is not None:
+        # Wrong credentials stop start-up here, not at the first failover to this instance.
+        check_login(config.broker)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     server = Server(config)
+    refused: list[BrokerRefused] = []
+
+    def on_refused(error: BrokerRefused) -> None:
+        refused.append(error)
+        stop.set()
+
+    # A refusal while active ends the instance (exit 1), which hands the role to the peer.
+    server.consumer.on_refused = on_refused
     try:
         http = StatusServer(
             config.http.host,
@@ -45,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     )
     server.start()
     stop.wait()
-    log.info("%s: signal received; stopping", config.name)
+    if not refused:
+        log.info("%s: signal received; stopping", config.name)
     server.stop()
     http.stop()
+    if refused:
+        raise refused[0]
     return 0

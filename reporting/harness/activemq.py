@@ -5,6 +5,8 @@ kill -9) and logs to <workdir>/activemq.log.
 """
 
 import shutil
+from collections.abc import Mapping
+from html import escape
 from importlib import resources
 from pathlib import Path
 
@@ -20,11 +22,54 @@ _STATISTICS_JARS = ("xstream.jar", "jettison.jar")
 _SYSTEM_JARS = Path("/usr/share/java")
 
 
-def broker_xml(stomp_host: str, stomp_port: int) -> str:
-    """The harness broker configuration with its STOMP listener on stomp_host:stomp_port."""
+# The two kinds of broker user: a Reporting Server reads the report queues, a producer writes them.
+SERVER = "server"
+PRODUCER = "producer"
+ROLES = (SERVER, PRODUCER)
+# The report queues of every pair on the broker: [<prefix>.]gvp.reporting.<kind>.
+REPORT_QUEUES = ("gvp.reporting.>", "*.gvp.reporting.>")
+
+# Users: name -> (password, role). Each role is a group of that name.
+Users = Mapping[str, tuple[str, str]]
+
+
+def security_xml(users: Users) -> str:
+    """simpleAuthenticationPlugin + authorizationPlugin: no anonymous access; servers may only read
+    the report queues (and create them, which subscribing does), producers may only write them."""
+    for name, (_password, role) in users.items():
+        if role not in ROLES:
+            raise HarnessError(
+                f"activemq: user {name!r}: role must be one of {ROLES}, got {role!r}"
+            )
+    entries = "".join(
+        f'<authenticationUser username="{escape(name, quote=True)}"'
+        f' password="{escape(password, quote=True)}" groups="{role}"/>'
+        for name, (password, role) in users.items()
+    )
+    queues = "".join(
+        f'<authorizationEntry queue="{q}" read="{SERVER}" write="{PRODUCER}" admin="{SERVER}"/>'
+        for q in REPORT_QUEUES
+    )
+    return (
+        '<simpleAuthenticationPlugin anonymousAccessAllowed="false">'
+        f"<users>{entries}</users></simpleAuthenticationPlugin>"
+        "<authorizationPlugin><map><authorizationMap><authorizationEntries>"
+        f"{queues}"
+        # Every client's session creates and reads advisory topics; ActiveMQ requires this.
+        f'<authorizationEntry topic="ActiveMQ.Advisory.>" read="{SERVER},{PRODUCER}"'
+        f' write="{SERVER},{PRODUCER}" admin="{SERVER},{PRODUCER}"/>'
+        "</authorizationEntries></authorizationMap></map></authorizationPlugin>"
+    )
+
+
+def broker_xml(stomp_host: str, stomp_port: int, *, users: Users | None = None) -> str:
+    """The harness broker configuration with its STOMP listener on stomp_host:stomp_port; with
+    `users`, every client must log in as one of them (see security_xml)."""
     xml = (resources.files("reporting.harness") / "templates" / "activemq.xml").read_text()
-    return xml.replace("${harness.stomp.host}", stomp_host).replace(
-        "${harness.stomp.port}", str(stomp_port)
+    return (
+        xml.replace("${harness.stomp.host}", stomp_host)
+        .replace("${harness.stomp.port}", str(stomp_port))
+        .replace("${harness.security}", security_xml(users) if users else "")
     )
 
 
@@ -33,9 +78,13 @@ class ActiveMQ(Service):
 
     name = "activemq"
 
-    def __init__(self, workdir: Path | str, *, stomp_port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path | str, *, stomp_port: int | None = None, users: Users | None = None
+    ) -> None:
         super().__init__(workdir)
         self.stomp_port = stomp_port or free_port()
+        # name -> (password, "server" | "producer"); None: anonymous access, no authorization.
+        self.users = dict(users) if users else None
 
     @property
     def host(self) -> str:
@@ -60,7 +109,9 @@ class ActiveMQ(Service):
         conf.mkdir(exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
         templates = resources.files("reporting.harness") / "templates"
-        (conf / "activemq.xml").write_text(broker_xml(LOOPBACK, self.stomp_port))
+        (conf / "activemq.xml").write_text(broker_xml(LOOPBACK, self.stomp_port, users=self.users))
+        # The generated file holds the users' passwords.
+        (conf / "activemq.xml").chmod(0o600)
         (conf / "log4j.properties").write_text(
             (templates / "activemq-log4j.properties").read_text()
         )
@@ -93,4 +144,10 @@ class ActiveMQ(Service):
         ]
 
     def _probe(self) -> bool:
-        return probes.stomp_ready(self.stomp_port)
+        return probes.stomp_ready(self.stomp_port, login=self._login())
+
+    def _login(self) -> tuple[str, str] | None:
+        if not self.users:
+            return None
+        name, (password, _role) = next(iter(self.users.items()))
+        return name, password

@@ -17,10 +17,20 @@ from reporting.harness.ports import LOOPBACK
 class StompSession:
     """A bare STOMP 1.2 connection: enough to probe a broker and ask it for statistics."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 2) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float = 2,
+        login: tuple[str, str] | None = None,
+    ) -> None:
         self._sock = socket.create_connection((host, port), timeout=timeout_s)
         self._buffer = b""
-        self._sock.sendall(b"CONNECT\naccept-version:1.2\nhost:localhost\nheart-beat:0,0\n\n\0")
+        headers = {"accept-version": "1.2", "host": "localhost", "heart-beat": "0,0"}
+        if login is not None:
+            headers["login"], headers["passcode"] = login
+        self.send_frame("CONNECT", headers)
         command, _, _ = self.read_frame()
         if command != "CONNECTED":
             self.close()
@@ -60,10 +70,11 @@ class StompSession:
         self.close()
 
 
-def stomp_ready(port: int, host: str = LOOPBACK) -> bool:
-    """True when a STOMP CONNECT on host:port is answered with CONNECTED."""
+def stomp_ready(port: int, host: str = LOOPBACK, *, login: tuple[str, str] | None = None) -> bool:
+    """True when a STOMP CONNECT on host:port (as `login`: user, password) is answered with
+    CONNECTED."""
     try:
-        with StompSession(host, port):
+        with StompSession(host, port, login=login):
             return True
     except (OSError, ConnectionError, ValueError):
         return False
@@ -142,11 +153,16 @@ def zookeeper_ready(port: int, host: str = LOOPBACK) -> bool:
         return False
 
 
-def postgres_ready(port: int, host: str = LOOPBACK) -> bool:
-    """True when PostgreSQL accepts a connection and runs a query."""
+def postgres_ready(port: int, host: str = LOOPBACK, *, password: str | None = None) -> bool:
+    """True when PostgreSQL accepts a connection (as postgres) and runs a query."""
     try:
         with psycopg.connect(
-            host=host, port=port, user="postgres", dbname="postgres", connect_timeout=2
+            host=host,
+            port=port,
+            user="postgres",
+            password=password,
+            dbname="postgres",
+            connect_timeout=2,
         ) as conn:
             conn.execute("SELECT 1")
         return True

@@ -38,6 +38,10 @@ _REFUSAL = re.compile(
 )
 
 
+# How long the broker may take to confirm the subscriptions of a new connection.
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+
 def is_refusal(message: str) -> bool:
     """True if a broker's ERROR message refuses the credentials or the rights of the client."""
     return _REFUSAL.search(message) is not None
@@ -61,6 +65,15 @@ class _Listener(stomp.ConnectionListener):
     def __init__(self, consumer: "Consumer", generation: int) -> None:
         self.consumer = consumer
         self.generation = generation
+        # Set when the broker has answered the last SUBSCRIBE (or refused, or hung up).
+        self.answered = threading.Event()
+        self.subscribed = False
+        self.receipt = f"subscribed-{generation}"
+
+    def on_receipt(self, frame: stomp.utils.Frame) -> None:
+        if frame.headers.get("receipt-id") == self.receipt:
+            self.subscribed = True
+            self.answered.set()
 
     def on_message(self, frame: stomp.utils.Frame) -> None:
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
@@ -73,10 +86,12 @@ class _Listener(stomp.ConnectionListener):
         message = str(frame.headers.get("message", "(no message)"))
         if is_refusal(message):
             self.consumer._refuse(message, self.generation)
-            return
-        log.warning("broker error: %s", message)
+        else:
+            log.warning("broker error: %s", message)
+        self.answered.set()
 
     def on_disconnected(self) -> None:
+        self.answered.set()
         self.consumer._on_disconnected(self.generation)
 
     def on_heartbeat_timeout(self) -> None:
@@ -262,7 +277,8 @@ class Consumer:
             self._generation += 1
             generation = self._generation
             self._host_of = {generation: host_port}
-        conn.set_listener("consumer", _Listener(self, generation))
+        listener = _Listener(self, generation)
+        conn.set_listener("consumer", listener)
         try:
             conn.connect(
                 self.config.user,
@@ -270,13 +286,17 @@ class Consumer:
                 wait=True,
                 headers={"client-id": f"{self.name}-{generation}"},
             )
+            last = len(self.config.queues) - 1
             for index, queue_name in enumerate(self.config.queues):
-                conn.subscribe(
-                    f"/queue/{queue_name}",
-                    id=str(index),
-                    ack="client",
-                    headers={"activemq.prefetchSize": str(self.config.prefetch)},
-                )
+                headers = {"activemq.prefetchSize": str(self.config.prefetch)}
+                if index == last:
+                    # The broker takes frames in order: this receipt confirms every subscription,
+                    # so "connected" means the queues exist and a refused right shows here.
+                    headers["receipt"] = listener.receipt
+                conn.subscribe(f"/queue/{queue_name}", id=str(index), ack="client", headers=headers)
+            listener.answered.wait(SUBSCRIBE_TIMEOUT_S)
+            if not listener.subscribed:
+                raise stomp.exception.ConnectFailedException("subscriptions not confirmed")
         except (stomp.exception.StompException, OSError) as exc:
             if self.refused is None:
                 log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
