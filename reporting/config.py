@@ -2,7 +2,7 @@
 
 Every key has a default except where a mode needs it; an unknown key, a wrong type or a bad value
 raises ConfigError naming the key, which the CLI prints as one line (exit code 2).
-Secrets (broker password, database password) come from the environment or a file named in the
+Secrets (broker, database and ZooKeeper passwords) come from the environment or a file named in the
 config, never from logs: they print as `***`.
 """
 
@@ -45,6 +45,16 @@ class HAConfig:
     grace_s: float = 0.5
     # HTTP addresses (host:port) of the other instance(s), for `reporting-server status`.
     peers: tuple[str, ...] = ()
+    # ZooKeeper digest credentials; with them every node the pair creates is theirs alone.
+    user: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        """(user, password) for ZooKeeper, or None when the pair does not authenticate."""
+        if self.user is None or self.password is None:
+            return None
+        return self.user, str(self.password)
 
 
 @dataclass(frozen=True)
@@ -240,7 +250,14 @@ def parse_config(
         session_timeout_s=sec.number("session_timeout", HAConfig.session_timeout_s, minimum=0.5),
         grace_s=sec.number("grace", HAConfig.grace_s, minimum=0.0),
         peers=tuple(_host_port("ha.peers", p) for p in sec.get("peers", list, [])),
+        user=sec.get("user", str, None),
+        password=_secret(sec, "password", env, base),
     )
+    if ha.user is not None and (":" in ha.user or not ha.user.strip()):
+        raise ConfigError("ha.user", "a ZooKeeper digest user: non-empty, without ':'")
+    if (ha.user is None) != (ha.password is None):
+        key = "ha.password_env" if ha.password is None else "ha.user"
+        raise ConfigError(key, "ha.user and ha.password_env/password_file go together")
     for hp in ha.zookeeper.split(","):
         _host_port("ha.zookeeper", hp.strip())
     if not ha.cluster.startswith("/") or ha.cluster.endswith("/") or "//" in ha.cluster:

@@ -75,6 +75,7 @@ class Server:
             grace_s=config.ha.grace_s,
             healthy=self._healthy,
             on_change=self._on_role,
+            auth=config.ha.auth,
         )
         self._stopping = threading.Event()
 

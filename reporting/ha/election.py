@@ -88,9 +88,10 @@ def make_election(
     grace_s: float,
     healthy: Callable[[], bool],
     on_change: Callable[[RoleChange], None],
+    auth: tuple[str, str] | None = None,
 ) -> Election:
     """The election of `mode`; `role` and `healthy` matter to segregated mode only, `grace_s` to
-    the segregated backup only."""
+    the segregated backup only; `auth` (user, password) makes ZooKeeper's nodes the pair's own."""
     if mode == "standalone":
         return StandaloneElection(name=name, on_change=on_change)
     common = dict(
@@ -99,6 +100,7 @@ def make_election(
         cluster=cluster,
         session_timeout_s=session_timeout_s,
         on_change=on_change,
+        auth=auth,
     )
     if mode == "shared":
         return SharedElection(**common)

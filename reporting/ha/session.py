@@ -10,10 +10,12 @@ call, or the listener would stall the connection thread that call waits on.
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException
 from kazoo.retry import KazooRetry
+from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from reporting.ha.delivery import Delivery
 from reporting.ha.roles import (
@@ -56,6 +58,7 @@ class ZooKeeperElection:
         session_timeout_s: float,
         on_change: Callable[[RoleChange], None],
         policy: Policy,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.name = name
         self.cluster = cluster.rstrip("/")
@@ -65,11 +68,24 @@ class ZooKeeperElection:
         # Set whenever the contest thread has something new to look at.
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        access: dict[str, Any] = {}
+        if auth is not None:
+            user, password = auth
+            # Every node the election creates (the cluster path, lock, epoch, primary node) can be
+            # read, changed or deleted by this digest user alone: both instances of a pair use it.
+            access = {
+                "auth_data": [("digest", f"{user}:{password}")],
+                "default_acl": [make_digest_acl(user, password, all=True)],
+            }
+        # The folders above the cluster path may hold other pairs with other credentials: they are
+        # made open (a node with children cannot be deleted), only the cluster path is closed.
+        self._open_parents = auth is not None and self.cluster.rsplit("/", 1)[0] != ""
         self.client = KazooClient(
             hosts=zookeeper,
             timeout=session_timeout_s,
             # Reconnect forever, and soon enough to save a session that is still alive.
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5, max_jitter=0.1),
+            **access,
         )
         self.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, name=f"{name}-election", daemon=True)
@@ -189,6 +205,9 @@ class ZooKeeperElection:
             # Cleared before looking, so a wake-up during the round is not lost.
             self._wake.clear()
             try:
+                if self._open_parents:
+                    self.client.ensure_path(self.cluster.rsplit("/", 1)[0], acl=OPEN_ACL_UNSAFE)
+                    self._open_parents = False
                 self._contest()
             except KazooException as exc:
                 # Mostly the connection dropping mid-round; the listener has seen it too.
