@@ -27,10 +27,13 @@ _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class PostgresAccess:
-    """Connections and databases of a PostgreSQL server at host:port (trust auth, user postgres)."""
+    """Connections and databases of a PostgreSQL server at host:port as the superuser postgres
+    (trust auth, or with `password` scram-sha-256)."""
 
     port: int
     address: str = LOOPBACK
+    # The superuser's password; never part of url/url_for, which configs take as they are.
+    password: str | None = None
 
     @property
     def url(self) -> str:
@@ -54,22 +57,27 @@ class PostgresAccess:
             host=self.address,
             port=self.port,
             user="postgres",
+            password=self.password,
             dbname=database,
             connect_timeout=max(1, int(timeout_s)),
         )
 
 
 class Postgres(PostgresAccess, Service):
-    """A PostgreSQL cluster: trust auth on 127.0.0.1, fsync on, no Unix socket."""
+    """A PostgreSQL cluster on 127.0.0.1, fsync on, no Unix socket: trust auth, or with
+    `password` scram-sha-256 for every role (the superuser postgres has that password)."""
 
     name = "postgres"
     # SIGINT is pg_ctl's "fast" shutdown: SIGTERM ("smart") waits for every client to leave.
     graceful_signal = signal.SIGINT
 
-    def __init__(self, workdir: Path | str, *, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path | str, *, port: int | None = None, password: str | None = None
+    ) -> None:
         super().__init__(workdir)
         self.port = port or free_port()
         self.data_dir = self.workdir / "data"
+        self.password = password
 
     def ports(self) -> dict[str, int]:
         return {"port": self.port}
@@ -97,15 +105,27 @@ class Postgres(PostgresAccess, Service):
             # Only initdb's final flush; the server itself runs with fsync on.
             "--no-sync",
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log_file:
-            done = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                **self._spawn_options(),
-            )
+        pwfile = self.workdir / "superuser.pw"
+        if self.password is not None:
+            # pg_hba: scram-sha-256 for every line (127.0.0.1; no Unix socket is opened).
+            command += ["--auth", "scram-sha-256", "--pwfile", str(pwfile)]
+            pwfile.write_text(self.password + "\n")
+            pwfile.chmod(0o600)
+            if os.geteuid() == 0:
+                account = pwd.getpwnam(RUN_AS)
+                os.chown(pwfile, account.pw_uid, account.pw_gid)
+        try:
+            with open(self.log_path, "ab") as log_file:
+                done = subprocess.run(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.workdir,
+                    **self._spawn_options(),
+                )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if done.returncode != 0:
             raise HarnessError(
                 f"postgres: initdb failed; log {self.log_path}:\n{self.log_tail(30)}"
@@ -123,6 +143,7 @@ class Postgres(PostgresAccess, Service):
             "shared_buffers": "16MB",
             "max_connections": "100",
             "log_min_messages": "warning",
+            "password_encryption": "scram-sha-256",
         }
         command = [str(PG_BIN / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
@@ -130,7 +151,7 @@ class Postgres(PostgresAccess, Service):
         return command
 
     def _probe(self) -> bool:
-        return probes.postgres_ready(self.port)
+        return probes.postgres_ready(self.port, password=self.password)
 
     def _spawn_options(self) -> dict[str, Any]:
         if os.geteuid() != 0:
