@@ -84,6 +84,9 @@ class JournalConfig:
     dir: Path = Path("journal")
     max_bytes: int = 1 << 30
     segment_bytes: int = 64 << 20
+    # Drained segments are kept this long, so that what a database lost after committing it
+    # (an asynchronously replicated standby promoted) can be replayed.
+    retain_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -328,6 +331,7 @@ def parse_config(
         segment_bytes=sec.number(
             "segment_bytes", JournalConfig.segment_bytes, minimum=4096, integer=True
         ),
+        retain_s=sec.number("retain", JournalConfig.retain_s, minimum=0.0),
     )
     sec.finish()
 

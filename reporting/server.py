@@ -201,6 +201,7 @@ class Server:
             epoch=epoch,
             max_bytes=j.max_bytes,
             segment_bytes=j.segment_bytes,
+            retain_s=j.retain_s,
             on_quarantine=lambda path, reason: self.metrics.quarantined.inc(),
         )
 
