@@ -28,6 +28,10 @@ from storage.reports import Rejected, Report, from_record, to_record
 log = logging.getLogger(__name__)
 
 
+# An idle drainer checks this often that the database still holds what it committed.
+VERIFY_IDLE_S = 5.0
+
+
 class Intake:
     def __init__(
         self,
@@ -204,6 +208,7 @@ class Drainer:
         positions = self._load_positions()
         if positions is None:
             return
+        verified = time.monotonic()
         while not self._stop.is_set():
             entries = list(self.journal().read(positions, max_records=self.batch_records))
             if not entries:
@@ -212,6 +217,11 @@ class Drainer:
                 self._caught_up.set()
                 self._wake.wait(0.2)
                 self._wake.clear()
+                if time.monotonic() - verified > VERIFY_IDLE_S:
+                    # Nothing to write would reveal a failed-over database that lost our last
+                    # commits, so an idle drainer asks now and then.
+                    verified = time.monotonic()
+                    self._verify(positions)
                 continue
             if not self._write(entries, positions):
                 return
@@ -223,9 +233,9 @@ class Drainer:
         for entry in entries:
             reached[entry.position.segment] = entry.position.byte
         started = time.monotonic()
-        # Where our own earlier commits left these segments: a database that answers with less
-        # has lost them (an asynchronous standby promoted), and we replay from there.
-        committed = {segment: positions[segment] for segment in reached if segment in positions}
+        # Where our own earlier commits left the journal: a database that answers with less has
+        # lost them (an asynchronous standby promoted), and we replay from there.
+        committed = dict(positions)
         try:
             result = self.sink.write_batch_retrying(
                 items,
@@ -236,14 +246,7 @@ class Drainer:
                 committed=committed,
             )
         except PositionsLost as exc:
-            self.metrics.rewound.inc()
-            log.warning("%s: %s; replaying from the journal's retained segments", self.name, exc)
-            stored = self._load_positions()
-            if stored is None:
-                return False
-            positions.clear()
-            positions.update(stored)
-            return True
+            return self._rewind(positions, str(exc))
         except StaleEpoch as exc:
             self.metrics.fenced.inc()
             log.warning("%s: write refused by the fence: %s", self.name, exc)
@@ -263,6 +266,27 @@ class Drainer:
                 self.metrics.rejected.labels(item.reason.split(":", 1)[0][:40]).inc()
         if self._catching_up:
             self.metrics.replayed.inc(len(entries))
+        return True
+
+    def _verify(self, positions: dict[str, int]) -> None:
+        try:
+            stored = self.sink.positions()
+        except DatabaseUnavailable:
+            self._mark(False)
+            return
+        behind = sorted(s for s, byte in positions.items() if stored.get(s, 0) < byte)
+        if behind:
+            self._rewind(positions, f"database holds older positions of {', '.join(behind)}")
+
+    def _rewind(self, positions: dict[str, int], why: str) -> bool:
+        """Goes back to the database's positions: the records after them are drained again."""
+        self.metrics.rewound.inc()
+        log.warning("%s: %s; replaying from the journal's retained segments", self.name, why)
+        stored = self._load_positions()
+        if stored is None:
+            return False
+        positions.clear()
+        positions.update(stored)
         return True
 
     def _release(self, positions: dict[str, int]) -> None:

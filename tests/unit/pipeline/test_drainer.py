@@ -112,3 +112,40 @@ def test_stop_is_prompt_while_the_database_is_down(tmp_path: Path) -> None:
     assert not any(t.name == "rs-drainer" and t.is_alive() for t in threading.enumerate())
     journal.close()
     sink.close()
+
+
+def test_an_idle_drainer_notices_lost_commits(tmp_path: Path, monkeypatch) -> None:
+    import reporting.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "VERIFY_IDLE_S", 0.2)
+    journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    metrics = Metrics()
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=100,
+        epoch=lambda: 0,
+        metrics=metrics,
+        on_fenced=lambda exc: None,
+        on_room=lambda: None,
+        name="rs",
+    )
+    drainer.start()
+    try:
+        kept = journal.append_batch(batch(0, 100))
+        journal.append_batch(batch(100, 100))
+        drainer.wake()
+        wait_until(lambda: count(sink) == 200)
+        with sink._engine.begin() as conn:
+            conn.execute(
+                delete(reports).where(reports.c.report_id.in_([f"r{i}" for i in range(100, 200)]))
+            )
+            conn.execute(update(journal_positions).values(byte=kept.byte))
+        wait_until(lambda: count(sink) == 200)
+        assert metrics.rewound._value.get() == 1
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
