@@ -4,10 +4,11 @@
 Rejected with a reason naming the problem, so that bad input can neither block nor kill the
 consumer. It is on the hot path, hence plain `json.loads` and hand-written checks.
 
-Beyond the contract's field rules, a report is also rejected when its payload could not be stored
-as it is: NaN/Infinity (not JSON, and PostgreSQL refuses them), NUL characters (PostgreSQL text and
-jsonb refuse them) and lone surrogates (not encodable as UTF-8). Letting those through would stall
-the drainer on a row the database can never take.
+Beyond the contract's field rules, a report is also rejected when its meaning is ambiguous (a key
+given twice in one object: parsers differ in which value they keep) or when its payload could not
+be stored as it is: NaN/Infinity (not JSON, and PostgreSQL refuses them), NUL characters
+(PostgreSQL text and jsonb refuse them) and lone surrogates (not encodable as UTF-8). Letting those
+through would stall the drainer on a row the database can never take.
 """
 
 import hashlib
@@ -98,6 +99,18 @@ class _BadPayload(ValueError):
 
 def _reject_constant(name: str) -> Any:
     raise _BadPayload(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    # Which of two values a parser keeps differs between parsers: an ambiguous report is refused.
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _BadPayload(f"duplicate key {_printable(key)!r}")
+            seen.add(key)
+    return obj
 
 
 def _finite_float(text: str) -> float:
@@ -237,7 +250,12 @@ def _decode(
     except UnicodeDecodeError as exc:
         return rejected(f"body is not UTF-8 (byte {exc.start})")
     try:
-        payload = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        payload = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
     except _BadPayload as exc:
         return rejected(f"body is not storable JSON: {exc}")
     except RecursionError:

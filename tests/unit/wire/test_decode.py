@@ -226,3 +226,18 @@ def test_headers_of_wrong_types_do_not_raise():
         now=NOW,
     )
     assert isinstance(item, Rejected)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"call_id": "c-1", "call_id": "c-2", "component": "m", "tenant": "t",'
+        b' "ivr_profile": "p", "start": "2024-05-01", "end": "2024-05-01"}',
+        # In a nested object too: its two readings would be stored as one payload.
+        json.dumps(VALID["cdr"]).encode()[:-1] + b', "extra": {"a": 1, "a": 2}}',
+    ],
+)
+def test_a_key_given_twice_is_rejected(body: bytes) -> None:
+    result = run(body=body)
+    assert isinstance(result, Rejected)
+    assert "duplicate key" in result.reason and result.raw == body
