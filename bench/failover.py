@@ -25,6 +25,8 @@ from reporting.harness.instance import Instance
 
 POLL_S = 0.02
 RATE = 200  # reports/s of load during the rounds
+# A mode whose rounds keep failing stops after this many: each failed round costs a minute.
+MAX_FAILED_ROUNDS = 3
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -152,6 +154,9 @@ def _shared(servers: Servers, rounds: int) -> dict[str, Any]:
                     )
                     outcome = _round(pair, active, sender, conn)
                     _record("shared", number, rounds, outcome, to_active, to_stored, problems)
+                    if len(problems) >= MAX_FAILED_ROUNDS:
+                        problems.append(f"stopped after {number + 1} rounds")
+                        break
                     active.start()
             except TimeoutError as exc:
                 # The figures of the rounds so far are kept.
@@ -213,6 +218,9 @@ def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
                     # The primary's host goes: its broker with it.
                     outcome = _round(pair, primary, sender, conn, host_broker=brokers[0])
                     _record("segregated", number, rounds, outcome, to_active, to_stored, problems)
+                    if len(problems) >= MAX_FAILED_ROUNDS:
+                        problems.append(f"stopped after {number + 1} rounds")
+                        break
                     brokers[0].start()
                     primary.start()
             except TimeoutError as exc:
