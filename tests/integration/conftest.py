@@ -170,6 +170,33 @@ def cluster_path() -> str:
     return f"/rstest/{uuid.uuid4().hex}"
 
 
+def build_pair(
+    tmp_path: Path,
+    members: list[tuple[str, dict[str, Any], Any, str]],
+    ha: dict[str, Any],
+    pg_url: str,
+    queues: list[str],
+    instances: list[Instance],
+    overrides: dict[str, dict[str, Any]],
+) -> list[Instance]:
+    """Two instances (name, extra [ha] keys, broker, journal dir) that know each other."""
+    pair = []
+    for name, ha_extra, broker, journal_dir in members:
+        config = {
+            "name": name,
+            "ha": {**ha, **ha_extra, "session_timeout": 2.0},
+            "broker": {"hosts": [broker.host], "queues": queues, "heartbeat_ms": 1000},
+            "database": {"url": pg_url, "batch_records": 500},
+            "journal": {"dir": str(tmp_path / journal_dir)},
+        }
+        instance = Instance(tmp_path / name, merge(config, overrides.get(name, {})))
+        instances.append(instance)
+        pair.append(instance)
+    pair[0].config["ha"]["peers"] = [pair[1].listen]
+    pair[1].config["ha"]["peers"] = [pair[0].listen]
+    return pair
+
+
 @pytest.fixture
 def shared_pair(
     tmp_path: Path,
@@ -183,26 +210,9 @@ def shared_pair(
     """Builds (not starts) two shared-storage instances: one broker, one journal directory."""
 
     def make(**overrides: dict[str, Any]) -> list[Instance]:
-        pair = []
-        for name in ("rs-a", "rs-b"):
-            config = {
-                "name": name,
-                "ha": {
-                    "mode": "shared",
-                    "zookeeper": zookeeper.hosts,
-                    "cluster": cluster_path,
-                    "session_timeout": 2.0,
-                },
-                "broker": {"hosts": [activemq.host], "queues": queues, "heartbeat_ms": 1000},
-                "database": {"url": pg_url, "batch_records": 500},
-                "journal": {"dir": str(tmp_path / "shared-journal")},
-            }
-            instance = Instance(tmp_path / name, merge(config, overrides.get(name, {})))
-            instances.append(instance)
-            pair.append(instance)
-        pair[0].config["ha"]["peers"] = [pair[1].listen]
-        pair[1].config["ha"]["peers"] = [pair[0].listen]
-        return pair
+        members = [(name, {}, activemq, "shared-journal") for name in ("rs-a", "rs-b")]
+        ha = {"mode": "shared", "zookeeper": zookeeper.hosts, "cluster": cluster_path}
+        return build_pair(tmp_path, members, ha, pg_url, queues, instances, overrides)
 
     return make
 
@@ -247,29 +257,11 @@ def segregated_pair(
     """Builds (not starts) a segregated primary (the session's broker) and backup (its own)."""
 
     def make(**overrides: dict[str, Any]) -> list[Instance]:
-        pair = []
-        for name, role, broker in (
-            ("rs-p", "primary", activemq),
-            ("rs-b", "backup", backup_broker),
-        ):
-            config = {
-                "name": name,
-                "ha": {
-                    "mode": "segregated",
-                    "role": role,
-                    "zookeeper": zookeeper.hosts,
-                    "cluster": cluster_path,
-                    "session_timeout": 2.0,
-                },
-                "broker": {"hosts": [broker.host], "queues": queues, "heartbeat_ms": 1000},
-                "database": {"url": pg_url, "batch_records": 500},
-                "journal": {"dir": str(tmp_path / name / "journal")},
-            }
-            instance = Instance(tmp_path / name, merge(config, overrides.get(name, {})))
-            instances.append(instance)
-            pair.append(instance)
-        pair[0].config["ha"]["peers"] = [pair[1].listen]
-        pair[1].config["ha"]["peers"] = [pair[0].listen]
-        return pair
+        members = [
+            ("rs-p", {"role": "primary"}, activemq, "rs-p/journal"),
+            ("rs-b", {"role": "backup"}, backup_broker, "rs-b/journal"),
+        ]
+        ha = {"mode": "segregated", "zookeeper": zookeeper.hosts, "cluster": cluster_path}
+        return build_pair(tmp_path, members, ha, pg_url, queues, instances, overrides)
 
     return make

@@ -28,6 +28,16 @@ def start_pair(pair: list[Instance]) -> tuple[Instance, Instance]:
     return primary, backup
 
 
+def producing(
+    primary_broker, backup_broker, tmp_path: Path, queue_prefix: str, *, count: int, rate: int
+) -> Flow:
+    """Reports flowing to the primary's broker, failing over to the backup's."""
+    hosts = [primary_broker.host, backup_broker.host]
+    return Flow(
+        hosts, tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate
+    ).start()
+
+
 def nothing_stranded(pair: list[Instance], brokers: list, queues: list[str]) -> None:
     for broker in brokers:
         for queue in queues:
@@ -43,14 +53,7 @@ def test_kill_9_of_the_primary(
 ) -> None:
     pair = segregated_pair()
     primary, backup = start_pair(pair)
-    flow = Flow(
-        [activemq.host, backup_broker.host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=2000,
-        rate=200,
-    )
-    flow.start()
+    flow = producing(activemq, backup_broker, tmp_path, queue_prefix, count=2000, rate=200)
     wait_for(lambda: primary.status()["stored"] > 100, 30, "reports flowing")
     killed = time.monotonic()
     primary.kill()
@@ -87,14 +90,7 @@ def test_primary_host_lost_with_its_broker(
 ) -> None:
     pair = segregated_pair()
     primary, backup = start_pair(pair)
-    flow = Flow(
-        [activemq.host, backup_broker.host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=3000,
-        rate=150,
-    )
-    flow.start()
+    flow = producing(activemq, backup_broker, tmp_path, queue_prefix, count=3000, rate=150)
     wait_for(lambda: primary.status()["stored"] > 100, 30, "reports flowing")
     # The whole primary host goes: its instance and its broker together.
     primary.kill()
@@ -118,14 +114,7 @@ def test_zookeeper_restart_keeps_one_active(
 ) -> None:
     pair = segregated_pair()
     primary, backup = start_pair(pair)
-    flow = Flow(
-        [activemq.host, backup_broker.host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=1500,
-        rate=150,
-    )
-    flow.start()
+    flow = producing(activemq, backup_broker, tmp_path, queue_prefix, count=1500, rate=150)
     zookeeper.kill()
     down = time.monotonic()
     samples = []
@@ -151,14 +140,7 @@ def test_paused_primary_resumes_and_the_backup_stands_down(
     # own broker, then stands down.
     pair = segregated_pair()
     primary, backup = start_pair(pair)
-    flow = Flow(
-        [activemq.host, backup_broker.host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=2000,
-        rate=200,
-    )
-    flow.start()
+    flow = producing(activemq, backup_broker, tmp_path, queue_prefix, count=2000, rate=200)
     wait_for(lambda: primary.status()["stored"] > 100, 30, "reports flowing")
     primary.pause()
     paused = time.monotonic()
@@ -187,14 +169,7 @@ def test_database_down_during_failover_is_replayed(
 ) -> None:
     pair = segregated_pair()
     primary, backup = start_pair(pair)
-    flow = Flow(
-        [activemq.host, backup_broker.host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=2000,
-        rate=200,
-    )
-    flow.start()
+    flow = producing(activemq, backup_broker, tmp_path, queue_prefix, count=2000, rate=200)
     wait_for(lambda: primary.status()["stored"] > 100, 30, "reports flowing")
     postgres.kill()
     wait_for(lambda: primary.status()["journal"]["pending"] > 0, 30, "a backlog in the journal")
