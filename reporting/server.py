@@ -32,6 +32,8 @@ CATCH_UP_S = 30.0
 BROKER_IDLE_S = 1.0
 # Segregated backup in standby: how often it looks for reports left in its own broker.
 SWEEP_S = 5.0
+# How often the database is probed while no drainer reports on it.
+PROBE_S = 2.0
 
 
 class Server:
@@ -78,10 +80,12 @@ class Server:
             auth=config.ha.auth,
         )
         self._stopping = threading.Event()
+        self._probed: bool | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        threading.Thread(target=self._probe, name="probe", daemon=True).start()
         if self.config.ha.mode == "segregated":
             # Every instance drains its own journal, whatever its role.
             self.drainer.start()
@@ -177,6 +181,15 @@ class Server:
         self._stop_consuming(f"fenced: {exc}")
         self.election.lost_fence(exc.epoch)
 
+    def _probe(self) -> None:
+        # /status answers at once: while no drainer runs (a shared-mode standby), the database's
+        # health comes from this probe, not from a connection made inside the request.
+        while True:
+            if not self.drainer.running:
+                self._probed = self.sink.probe()
+            if self._stopping.wait(PROBE_S):
+                return
+
     def _healthy(self) -> bool:
         # The segregated primary holds its node only while it can do its job.
         return self._broker_reachable() and os.access(self.config.journal.dir, os.W_OK)
@@ -212,9 +225,7 @@ class Server:
         # A shared-mode standby does not drain the shared journal, so it cannot tell what of it
         # is stored: the active's /status has the figure.
         own_figures = self.config.ha.mode != "shared" or self.drainer.running
-        database_up = self.drainer.database_up
-        if database_up is None or not self.drainer.running:
-            database_up = self.sink.probe()
+        database_up = self.drainer.database_up if self.drainer.running else self._probed
         return {
             "name": self.config.name,
             "mode": self.config.ha.mode,

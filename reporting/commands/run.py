@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         "%s: %s mode, status on http://%s/status", config.name, config.ha.mode, config.http.listen
     )
     server.start()
-    stop.wait()
+    # A signal may be delivered to any thread; the main thread runs the handler only when it
+    # wakes, and a wait without a time-out may not wake for it. So it wakes every 0.1 s.
+    while not stop.wait(0.1):
+        pass
     if not refused:
         log.info("%s: signal received; stopping", config.name)
     server.stop()

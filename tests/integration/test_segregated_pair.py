@@ -6,6 +6,8 @@ of receipted reports and checks the database for exactly-once at the end, and th
 left in either broker or either journal.
 """
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -77,12 +79,14 @@ def test_sigterm_of_the_primary_hands_over_within_a_second(
 ) -> None:
     pair = segregated_pair()
     primary, backup = start_pair(pair)
+    # Timed from the signal, not from the old process's exit, which the handover does not wait on.
     asked = time.monotonic()
-    primary.stop()
+    os.kill(primary.pid, signal.SIGTERM)
     wait_for(lambda: active_of(pair) is backup, 10, "the backup active", every_s=0.02)
     took = time.monotonic() - asked
     print(f"\nSIGTERM of the primary: backup active after {took:.2f} s")
-    assert took <= 1.5, f"handover took {took:.2f} s"
+    assert took <= 1.0, f"handover took {took:.2f} s"
+    primary.stop()
 
 
 def test_primary_host_lost_with_its_broker(
