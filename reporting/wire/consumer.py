@@ -25,6 +25,7 @@ import stomp.exception
 
 from reporting.config import BrokerConfig
 from reporting.errors import BrokerRefused
+from reporting.wire import headers
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class Consumer:
         name: str,
         on_refused: Callable[[BrokerRefused], None] | None = None,
     ) -> None:
+        headers.install()
         self.config = config
         self.handler = handler
         self.name = name
@@ -341,13 +343,17 @@ class Consumer:
             return batch
         deadline = time.monotonic() + self.config.batch_wait_s
         while len(batch) < self.config.batch_records:
-            remaining = deadline - time.monotonic()
+            # What is already there is taken without a wait; only an empty inbox waits.
             try:
-                batch.append(
-                    self._inbox.get(timeout=max(remaining, 0))
-                    if remaining > 0
-                    else self._inbox.get_nowait()
-                )
+                batch.append(self._inbox.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._inbox.get(timeout=remaining))
             except queue.Empty:
                 break
         return batch
