@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from reporting.errors import HarnessError
 from reporting.harness.ports import free_port
 from reporting.harness.service import Service
 
@@ -49,6 +50,19 @@ class Instance(Service):
         self.config = config
         self.listen: str = http["listen"]
         self.config_path = self.workdir / "config.toml"
+
+    def start(self, timeout_s: float = 90) -> None:
+        """Starts the instance; a port taken since it was picked is replaced by another."""
+        for _ in range(3):
+            try:
+                super().start(timeout_s)
+                return
+            except HarnessError:
+                if "Address already in use" not in self.log_tail(5):
+                    raise
+            self.listen = f"127.0.0.1:{free_port()}"
+            self.config["http"]["listen"] = self.listen
+        super().start(timeout_s)
 
     def ports(self) -> dict[str, int]:
         return {"http": int(self.listen.rsplit(":", 1)[1])}
