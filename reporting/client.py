@@ -33,6 +33,7 @@ import stomp.exception
 
 from reporting.errors import BrokerError
 from reporting.ledger import Ledger
+from reporting.wire import tls
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class ReportClient:
     `queues` names the queue of each kind (by its last part; the contract's names by default).
     `in_flight` is how many reports may still be unconfirmed when `send` returns: 0 makes every
     send wait for its own receipt; more lets sends overlap their receipts (much faster), and
-    `flush` or `close` waits for the rest. Not thread-safe: one thread sends.
+    `flush` or `close` waits for the rest. With `ca_file` every host is spoken to over TLS and
+    its certificate verified against that file's CAs. Not thread-safe: one thread sends.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class ReportClient:
         connect_timeout_s: float = 5.0,
         reconnect_timeout_s: float = 60.0,
         failback_s: float = 10.0,
+        ca_file: Path | str | None = None,
     ) -> None:
         if not hosts:
             raise BrokerError("no broker hosts given")
@@ -144,6 +147,7 @@ class ReportClient:
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
         self.failback_s = failback_s
+        self.ca_file = ca_file
         self.stats = ClientStats()
         # Ids confirmed for sends made with ledger=False (deliberately bad messages, say).
         self.confirmed_unledgered: list[str] = []
@@ -392,6 +396,8 @@ class ReportClient:
             heartbeats=(self.heartbeat_ms, self.heartbeat_ms),
             auto_decode=False,
         )
+        if self.ca_file is not None:
+            tls.use_tls(conn, host, port, self.ca_file)
         with self._cond:
             self._generation += 1
             generation = self._generation

@@ -8,6 +8,7 @@ config, never from logs: they print as `***`.
 
 import os
 import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ class BrokerConfig:
     batch_wait_s: float = 0.05
     heartbeat_ms: int = 1000
     max_body_bytes: int = 1 << 20
+    # STOMP over TLS to every host, the broker's certificate verified against ca_file (PEM).
+    tls: bool = False
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,31 @@ def _secret(
     return None
 
 
+def _ca_file(sec: _Section, base: Path | None, tls: bool) -> Path | None:
+    """A PEM file of CA certificates (relative to the config file's folder), checked readable;
+    required with TLS, meaningless without."""
+    name = sec.get("ca_file", str, None)
+    if name is None:
+        if tls:
+            raise ConfigError(sec.key("ca_file"), f"required with {sec.key('tls')} = true")
+        return None
+    if not tls:
+        raise ConfigError(sec.key("ca_file"), f"only used with {sec.key('tls')} = true")
+    path = Path(name)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise ConfigError(sec.key("ca_file"), f"{path} not found") from None
+    except ssl.SSLError:
+        raise ConfigError(sec.key("ca_file"), f"{path} holds no PEM CA certificate") from None
+    except OSError as exc:
+        reason = f"cannot read {path}: {exc.strerror or exc}"
+        raise ConfigError(sec.key("ca_file"), reason) from None
+    return path
+
+
 def _section(top: _Section, name: str) -> _Section:
     data = top.get(name, dict, {})
     return _Section(data, name)
@@ -268,6 +297,7 @@ def parse_config(
     sec.finish()
 
     sec = _section(top, "broker")
+    tls = sec.get("tls", bool, BrokerConfig.tls)
     broker = BrokerConfig(
         hosts=tuple(
             _host_port("broker.hosts", h) for h in sec.strings("hosts", BrokerConfig.hosts)
@@ -284,6 +314,8 @@ def parse_config(
         max_body_bytes=sec.number(
             "max_body_bytes", BrokerConfig.max_body_bytes, minimum=64, integer=True
         ),
+        tls=tls,
+        ca_file=_ca_file(sec, base, tls),
     )
     for queue in broker.queues:
         # The last part of a queue's name is the kind of the reports it carries.

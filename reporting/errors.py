@@ -24,5 +24,15 @@ class BrokerRefused(BrokerError):
         self.reason = reason
 
 
+class BrokerUntrusted(BrokerError):
+    """Raised when a broker's TLS certificate fails verification against [broker] ca_file."""
+
+    def __init__(self, host: str, ca_file: str, reason: str) -> None:
+        super().__init__(f"broker {host}: certificate not trusted by {ca_file}: {reason}")
+        self.host = host
+        self.ca_file = ca_file
+        self.reason = reason
+
+
 class HarnessError(ReportingError):
     """Raised when a local service of the harness cannot be started or stopped."""

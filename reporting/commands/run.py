@@ -7,7 +7,7 @@ import signal
 import threading
 
 from reporting.config import load_config
-from reporting.errors import BrokerRefused, ConfigError
+from reporting.errors import BrokerError, ConfigError
 
 log = logging.getLogger("reporting.run")
 
@@ -24,8 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from reporting.wire.consumer import check_login
 
     config = load_config(args.config)
-    if config.broker.user is not None:
-        # Wrong credentials stop start-up here, not at the first failover to this instance.
+    if config.broker.user is not None or config.broker.tls:
+        # Wrong credentials or an untrusted certificate stop start-up here, not at the first
+        # failover to this instance.
         check_login(config.broker)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -33,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     server = Server(config)
-    refused: list[BrokerRefused] = []
+    refused: list[BrokerError] = []
 
-    def on_refused(error: BrokerRefused) -> None:
+    def on_refused(error: BrokerError) -> None:
         refused.append(error)
         stop.set()
 

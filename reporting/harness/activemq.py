@@ -14,6 +14,7 @@ from reporting.errors import HarnessError
 from reporting.harness import probes
 from reporting.harness.ports import LOOPBACK, free_port
 from reporting.harness.service import Service
+from reporting.harness.tls import TlsBundle
 
 ACTIVEMQ_HOME = Path("/usr/share/activemq")
 INSTALL_HINT = "apt-get install -y activemq zookeeper"
@@ -62,37 +63,90 @@ def security_xml(users: Users) -> str:
     )
 
 
-def broker_xml(stomp_host: str, stomp_port: int, *, users: Users | None = None) -> str:
+def tls_xml(bundle: TlsBundle) -> str:
+    """The broker's key store (its certificate) and trust store, for the stomp+ssl connector."""
+    password = escape(bundle.store_password, quote=True)
+    return (
+        "<sslContext><sslContext"
+        f' keyStore="file:{escape(str(bundle.keystore), quote=True)}"'
+        f' keyStorePassword="{password}" keyStoreType="pkcs12"'
+        f' trustStore="file:{escape(str(bundle.truststore), quote=True)}"'
+        f' trustStorePassword="{password}" trustStoreType="pkcs12"/></sslContext>'
+    )
+
+
+def tls_connector_xml(host: str, port: int) -> str:
+    return (
+        f'<transportConnector name="stomp+ssl" uri="stomp+ssl://{host}:{port}'
+        '?transport.closeAsync=false&amp;transport.hbGracePeriodMultiplier=1.5"/>'
+    )
+
+
+def broker_xml(
+    stomp_host: str,
+    stomp_port: int,
+    *,
+    users: Users | None = None,
+    tls: TlsBundle | None = None,
+    stomp_tls_port: int | None = None,
+) -> str:
     """The harness broker configuration with its STOMP listener on stomp_host:stomp_port; with
-    `users`, every client must log in as one of them (see security_xml)."""
+    `users`, every client must log in as one of them (see security_xml); with `tls`, a second
+    listener, stomp+ssl on stomp_tls_port, presents the bundle's server certificate."""
+    if (tls is None) != (stomp_tls_port is None):
+        raise HarnessError("activemq: tls and stomp_tls_port go together")
     xml = (resources.files("reporting.harness") / "templates" / "activemq.xml").read_text()
     return (
         xml.replace("${harness.stomp.host}", stomp_host)
         .replace("${harness.stomp.port}", str(stomp_port))
         .replace("${harness.security}", security_xml(users) if users else "")
+        .replace("${harness.ssl.context}", tls_xml(tls) if tls else "")
+        .replace(
+            "${harness.ssl.connector}",
+            tls_connector_xml(stomp_host, stomp_tls_port) if stomp_tls_port else "",
+        )
     )
 
 
 class ActiveMQ(Service):
-    """An ActiveMQ Classic broker with a STOMP connector on 127.0.0.1."""
+    """An ActiveMQ Classic broker with a STOMP connector on 127.0.0.1; with `tls` (a harness CA's
+    bundle, see reporting.harness.tls) also a stomp+ssl connector presenting its certificate."""
 
     name = "activemq"
 
     def __init__(
-        self, workdir: Path | str, *, stomp_port: int | None = None, users: Users | None = None
+        self,
+        workdir: Path | str,
+        *,
+        stomp_port: int | None = None,
+        users: Users | None = None,
+        tls: TlsBundle | None = None,
+        stomp_tls_port: int | None = None,
     ) -> None:
         super().__init__(workdir)
         self.stomp_port = stomp_port or free_port()
         # name -> (password, "server" | "producer"); None: anonymous access, no authorization.
         self.users = dict(users) if users else None
+        self.tls = tls
+        self.stomp_tls_port = (stomp_tls_port or free_port()) if tls is not None else None
 
     @property
     def host(self) -> str:
         """host:port for a STOMP client."""
         return f"{LOOPBACK}:{self.stomp_port}"
 
+    @property
+    def tls_host(self) -> str:
+        """host:port for a STOMP client over TLS."""
+        if self.stomp_tls_port is None:
+            raise HarnessError("activemq: started without tls")
+        return f"{LOOPBACK}:{self.stomp_tls_port}"
+
     def ports(self) -> dict[str, int]:
-        return {"stomp_port": self.stomp_port}
+        ports = {"stomp_port": self.stomp_port}
+        if self.stomp_tls_port is not None:
+            ports["stomp_tls_port"] = self.stomp_tls_port
+        return ports
 
     def queue_depth(self, queue: str) -> int:
         """Messages on the queue not yet acknowledged by a consumer (0 for an unknown queue)."""
@@ -109,8 +163,15 @@ class ActiveMQ(Service):
         conf.mkdir(exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
         templates = resources.files("reporting.harness") / "templates"
-        (conf / "activemq.xml").write_text(broker_xml(LOOPBACK, self.stomp_port, users=self.users))
-        # The generated file holds the users' passwords.
+        xml = broker_xml(
+            LOOPBACK,
+            self.stomp_port,
+            users=self.users,
+            tls=self.tls,
+            stomp_tls_port=self.stomp_tls_port,
+        )
+        (conf / "activemq.xml").write_text(xml)
+        # The generated file holds the users' passwords and the key store's.
         (conf / "activemq.xml").chmod(0o600)
         (conf / "log4j.properties").write_text(
             (templates / "activemq-log4j.properties").read_text()
@@ -144,7 +205,13 @@ class ActiveMQ(Service):
         ]
 
     def _probe(self) -> bool:
-        return probes.stomp_ready(self.stomp_port, login=self._login())
+        if not probes.stomp_ready(self.stomp_port, login=self._login()):
+            return False
+        if self.tls is None or self.stomp_tls_port is None:
+            return True
+        return probes.stomp_ready(
+            self.stomp_tls_port, login=self._login(), ca_file=self.tls.ca_file
+        )
 
     def _login(self) -> tuple[str, str] | None:
         if not self.users:

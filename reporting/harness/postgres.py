@@ -17,6 +17,7 @@ from reporting.errors import HarnessError
 from reporting.harness import probes
 from reporting.harness.ports import LOOPBACK, free_port
 from reporting.harness.service import Service
+from reporting.harness.tls import TlsBundle
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INSTALL_HINT = "apt-get install -y postgresql-15"
@@ -65,19 +66,28 @@ class PostgresAccess:
 
 class Postgres(PostgresAccess, Service):
     """A PostgreSQL cluster on 127.0.0.1, fsync on, no Unix socket: trust auth, or with
-    `password` scram-sha-256 for every role (the superuser postgres has that password)."""
+    `password` scram-sha-256 for every role (the superuser postgres has that password). With
+    `tls` (a harness CA's bundle) it presents the bundle's server certificate and accepts TLS
+    connections only (pg_hba `hostssl`); clients verify it with sslmode=verify-full."""
 
     name = "postgres"
     # SIGINT is pg_ctl's "fast" shutdown: SIGTERM ("smart") waits for every client to leave.
     graceful_signal = signal.SIGINT
 
     def __init__(
-        self, workdir: Path | str, *, port: int | None = None, password: str | None = None
+        self,
+        workdir: Path | str,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        tls: TlsBundle | None = None,
     ) -> None:
         super().__init__(workdir)
         self.port = port or free_port()
         self.data_dir = self.workdir / "data"
         self.password = password
+        self.tls = tls
+        self.tls_dir = self.workdir / "tls"
 
     def ports(self) -> dict[str, int]:
         return {"port": self.port}
@@ -89,8 +99,12 @@ class Postgres(PostgresAccess, Service):
             raise HarnessError(f"postgres: {PG_BIN / 'postgres'} not found; run: {INSTALL_HINT}")
         if os.geteuid() == 0:
             _hand_to_postgres_user(self.workdir)
-        if (self.data_dir / "PG_VERSION").exists():
-            return
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        if self.tls is not None:
+            self._install_tls(self.tls)
+
+    def _initdb(self) -> None:
         if self.data_dir.exists():
             # A half-done initdb (killed mid-way) would refuse to run again.
             shutil.rmtree(self.data_dir)
@@ -131,6 +145,27 @@ class Postgres(PostgresAccess, Service):
                 f"postgres: initdb failed; log {self.log_path}:\n{self.log_tail(30)}"
             )
 
+    def _install_tls(self, bundle: TlsBundle) -> None:
+        # PostgreSQL refuses a key file that others may read or that another user owns.
+        self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+        for source, name in ((bundle.cert_file, "server.crt"), (bundle.key_file, "server.key")):
+            target = self.tls_dir / name
+            target.unlink(missing_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(source.read_bytes())
+        # TLS connections only: a plain one matches no line and is refused.
+        method = "trust" if self.password is None else "scram-sha-256"
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(
+            f"hostssl all all {LOOPBACK}/32 {method}\n"
+            f"hostssl replication all {LOOPBACK}/32 {method}\n"
+        )
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(RUN_AS)
+            for path in (self.tls_dir, *self.tls_dir.iterdir(), hba):
+                os.chown(path, account.pw_uid, account.pw_gid)
+
     def _command(self) -> list[str]:
         settings = {
             "listen_addresses": LOOPBACK,
@@ -145,6 +180,10 @@ class Postgres(PostgresAccess, Service):
             "log_min_messages": "warning",
             "password_encryption": "scram-sha-256",
         }
+        if self.tls is not None:
+            settings["ssl"] = "on"
+            settings["ssl_cert_file"] = str(self.tls_dir / "server.crt")
+            settings["ssl_key_file"] = str(self.tls_dir / "server.key")
         command = [str(PG_BIN / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             command += ["-c", f"{key}={value}"]

@@ -6,8 +6,10 @@ when its port merely accepts connections.
 
 import json
 import socket
+import ssl
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 
@@ -24,8 +26,16 @@ class StompSession:
         *,
         timeout_s: float = 2,
         login: tuple[str, str] | None = None,
+        ca_file: Path | str | None = None,
     ) -> None:
         self._sock = socket.create_connection((host, port), timeout=timeout_s)
+        if ca_file is not None:
+            context = ssl.create_default_context(cafile=str(ca_file))
+            try:
+                self._sock = context.wrap_socket(self._sock, server_hostname=host)
+            except OSError:
+                self._sock.close()
+                raise
         self._buffer = b""
         headers = {"accept-version": "1.2", "host": "localhost", "heart-beat": "0,0"}
         if login is not None:
@@ -70,11 +80,17 @@ class StompSession:
         self.close()
 
 
-def stomp_ready(port: int, host: str = LOOPBACK, *, login: tuple[str, str] | None = None) -> bool:
-    """True when a STOMP CONNECT on host:port (as `login`: user, password) is answered with
-    CONNECTED."""
+def stomp_ready(
+    port: int,
+    host: str = LOOPBACK,
+    *,
+    login: tuple[str, str] | None = None,
+    ca_file: Path | str | None = None,
+) -> bool:
+    """True when a STOMP CONNECT on host:port (as `login`: user, password; over TLS verified with
+    `ca_file`) is answered with CONNECTED."""
     try:
-        with StompSession(host, port, login=login):
+        with StompSession(host, port, login=login, ca_file=ca_file):
             return True
     except (OSError, ConnectionError, ValueError):
         return False

@@ -7,9 +7,9 @@ subscription, so one ACK of the last message of each subscription in a batch set
 A batch whose connection was lost before its ack is dropped: the broker redelivers those messages
 to the next consumer, and the database's unique `report_id` absorbs any that were journalled twice.
 
-A broker that refuses the login or a subscription (wrong credentials or rights) is not retried:
-that is a configuration to fix, not an outage to wait out. The consumer logs one line, stops and
-calls `on_refused`.
+A broker that refuses the login or a subscription (wrong credentials or rights), or whose TLS
+certificate fails verification against [broker] ca_file, is not retried: that is a configuration to
+fix, not an outage to wait out. The consumer logs one line, stops and calls `on_refused`.
 """
 
 import logging
@@ -24,8 +24,8 @@ import stomp
 import stomp.exception
 
 from reporting.config import BrokerConfig
-from reporting.errors import BrokerRefused
-from reporting.wire import headers
+from reporting.errors import BrokerError, BrokerRefused, BrokerUntrusted
+from reporting.wire import headers, tls
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,25 @@ class _LoginListener(stomp.ConnectionListener):
 def check_login(config: BrokerConfig, *, timeout_s: float = 5.0) -> bool:
     """Logs in to the first broker of the host list that answers, and out again.
 
-    Raises BrokerRefused if that broker refuses the credentials; returns False if no broker
-    answered (not an error at start-up: the consumer waits for one), True if the login worked.
+    Raises BrokerRefused if that broker refuses the credentials, BrokerUntrusted if its TLS
+    certificate fails verification; returns False if no broker answered (not an error at start-up:
+    the consumer waits for one), True if the login worked.
     """
     for host_port in config.hosts:
         host, port = host_port.rsplit(":", 1)
+        if config.tls and config.ca_file is not None:
+            try:
+                reason = tls.untrusted(host, int(port), config.ca_file, timeout_s=timeout_s)
+            except OSError:
+                continue
+            if reason is not None:
+                raise BrokerUntrusted(host_port, str(config.ca_file), reason)
         listener = _LoginListener()
         conn = stomp.Connection12(
             [(host, int(port))], reconnect_attempts_max=1, timeout=timeout_s, auto_decode=False
         )
+        if config.tls and config.ca_file is not None:
+            tls.use_tls(conn, host, int(port), config.ca_file)
         conn.set_listener("login", listener)
         try:
             conn.connect(config.user, config.password, wait=False)
@@ -157,15 +167,15 @@ class Consumer:
         handler: BatchHandler,
         *,
         name: str,
-        on_refused: Callable[[BrokerRefused], None] | None = None,
+        on_refused: Callable[[BrokerError], None] | None = None,
     ) -> None:
         headers.install()
         self.config = config
         self.handler = handler
         self.name = name
-        # Called once, from a consumer or receiver thread, when the broker refuses us.
+        # Called once, from a consumer or receiver thread, when the broker refuses us (or we it).
         self.on_refused = on_refused
-        self.refused: BrokerRefused | None = None
+        self.refused: BrokerError | None = None
         self._host_of: dict[int, str] = {}
         self._inbox: queue.Queue[Message] = queue.Queue()
         self._stop = threading.Event()
@@ -222,18 +232,18 @@ class Consumer:
 
     def _refuse(self, reason: str, generation: int) -> None:
         # The consumer thread sees _stop and drops the connection itself; nothing is acked after.
+        refused = BrokerRefused(self._host_of.get(generation, "?"), self.config.user, reason)
+        self._give_up(refused, "fix [broker] user/password or the rights")
+
+    def _give_up(self, error: BrokerError, fix: str) -> None:
         if self.refused is not None or self._stop.is_set():
             return
-        self.refused = BrokerRefused(self._host_of.get(generation, "?"), self.config.user, reason)
+        self.refused = error
         self._stop.set()
         self._lost.set()
-        log.error(
-            "%s: %s; not retrying: fix [broker] user/password or the rights",
-            self.name,
-            self.refused,
-        )
+        log.error("%s: %s; not retrying: %s", self.name, error, fix)
         if self.on_refused is not None:
-            self.on_refused(self.refused)
+            self.on_refused(error)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -264,6 +274,8 @@ class Consumer:
 
     def _connect_to(self, host_port: str) -> bool:
         host, port = host_port.rsplit(":", 1)
+        if not self._trusted(host_port):
+            return False
         hb = self.config.heartbeat_ms
         conn = stomp.Connection12(
             [(host, int(port))],
@@ -273,6 +285,8 @@ class Consumer:
             auto_decode=False,
             heart_beat_receive_scale=2.0,
         )
+        if self.config.tls and self.config.ca_file is not None:
+            tls.use_tls(conn, host, int(port), self.config.ca_file)
         with self._ack_lock:
             if self._stop.is_set():
                 return False
@@ -318,6 +332,24 @@ class Consumer:
             "%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host_port
         )
         return True
+
+    def _trusted(self, host_port: str) -> bool:
+        """False when the broker is not reachable, or its certificate not trusted (then the
+        consumer gives up); True without TLS."""
+        ca_file = self.config.ca_file
+        if not self.config.tls or ca_file is None:
+            return True
+        host, port = host_port.rsplit(":", 1)
+        try:
+            reason = tls.untrusted(host, int(port), ca_file, timeout_s=5.0)
+        except OSError as exc:
+            log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
+            return False
+        if reason is None:
+            return True
+        error = BrokerUntrusted(host_port, str(ca_file), reason)
+        self._give_up(error, "fix [broker] ca_file or the broker's certificate")
+        return False
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -74,11 +74,18 @@ class Flow:
     """Reports sent in a background thread at a steady rate, every receipted id in a ledger."""
 
     def __init__(
-        self, hosts: list[str], ledger: Path, *, queue_prefix: str, count: int, rate: float
+        self,
+        hosts: list[str],
+        ledger: Path,
+        *,
+        queue_prefix: str,
+        count: int,
+        rate: float,
+        **client_options: Any,
     ) -> None:
         from reporting.client import ReportClient
 
-        self.client = ReportClient(hosts, ledger=ledger, in_flight=50)
+        self.client = ReportClient(hosts, ledger=ledger, in_flight=50, **client_options)
         self.queue_prefix = queue_prefix
         self.ledger = ledger
         self.count = count

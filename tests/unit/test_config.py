@@ -105,3 +105,34 @@ def test_secrets_from_env_and_file_never_print(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"broker": {"password_env": "NOPE"}}, env={})
     assert err.value.key == "broker.password_env"
+
+
+def test_broker_tls_is_off_by_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert config.broker.tls is False and config.broker.ca_file is None
+
+
+def test_broker_ca_file_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    from reporting.harness.tls import make_ca
+
+    make_ca(tmp_path / "pki")
+    config = load_config(write(tmp_path, '[broker]\ntls = true\nca_file = "pki/ca.pem"\n'))
+    assert config.broker.tls is True
+    assert config.broker.ca_file == tmp_path.resolve() / "pki" / "ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tls = true\n", "required with broker.tls = true"),
+        ('tls = true\nca_file = "missing.pem"\n', "not found"),
+        ('tls = true\nca_file = "rs.txt"\n', "holds no PEM CA certificate"),
+        ('ca_file = "rs.txt"\n', "only used with broker.tls = true"),
+        ('tls = "yes"\n', "expected a bool"),
+    ],
+)
+def test_broker_tls_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "rs.txt").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(write(tmp_path, "[broker]\n" + text))
+    assert raised.value.key == ("broker.tls" if "bool" in message else "broker.ca_file")
