@@ -2,6 +2,10 @@
 
 A journal record is the JSON encoding of one of these, tagged by `t` ("r" report, "x" rejected).
 The raw bytes of a rejected message are kept as base64 so that any byte sequence survives.
+
+A report that carries the producer's JSON text (`body`) is written as `t` "R" with that text as
+the last member `p`, unchanged: it is neither encoded again when journalled nor when copied into
+the database, and `from_record` gives it back as `body` beside the parsed payload.
 """
 
 import base64
@@ -20,6 +24,8 @@ class Report:
     queue: str
     payload: dict[str, Any]
     received_at: datetime
+    # The payload's JSON text as the producer sent it (validated), when there is one.
+    body: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +39,15 @@ class Rejected:
     received_at: datetime
 
 
+_BODY_KEY = b',"p":'
+
+
 def to_record(item: Report | Rejected) -> bytes:
+    if isinstance(item, Report) and item.body is not None:
+        head = {"t": "R", "id": item.report_id, "k": item.kind, "q": item.queue}
+        head["at"] = item.received_at.isoformat()
+        text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return text[:-1] + _BODY_KEY + item.body.encode("utf-8") + b"}"
     if isinstance(item, Report):
         doc = {
             "t": "r",
@@ -58,6 +72,11 @@ def to_record(item: Report | Rejected) -> bytes:
 def from_record(data: bytes) -> Report | Rejected:
     doc = json.loads(data)
     at = datetime.fromisoformat(doc["at"])
+    if doc["t"] == "R":
+        # The head's strings are JSON-escaped, so the first `,"p":` is the body's key.
+        start = data.index(_BODY_KEY) + len(_BODY_KEY)
+        body = data[start:-1].decode("utf-8")
+        return Report(doc["id"], doc["k"], doc["q"], doc["p"], at, body)
     if doc["t"] == "r":
         return Report(doc["id"], doc["k"], doc["q"], doc["p"], at)
     return Rejected(doc["id"], doc["q"], doc["why"], base64.b64decode(doc["raw"]), at)

@@ -278,4 +278,4 @@ def _decode(
         problem = check(payload[name])
         if problem is not None:
             return rejected(f"field {name} {problem}")
-    return Report(report_id, kind, queue, payload, now)
+    return Report(report_id, kind, queue, payload, now, text)

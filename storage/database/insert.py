@@ -28,6 +28,7 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
 ) ON COMMIT DELETE ROWS
 """
 _COLUMN_LIST = ", ".join(REPORT_COLUMNS)
+_PAYLOAD = REPORT_COLUMNS.index("payload")
 
 
 def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str) -> int:
@@ -37,7 +38,9 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], 
     statement = dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
     # Counted by RETURNING: the driver's executemany rowcount does not reach SQLAlchemy's result.
     # SQLAlchemy sends it as multi-row VALUES pages ("insertmanyvalues").
-    result = conn.execute(statement.returning(table.c[key]), list(rows))
+    # Keys starting with "_" are for other paths (COPY), not columns.
+    params = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
+    result = conn.execute(statement.returning(table.c[key]), params)
     return len(result.all())
 
 
@@ -63,7 +66,10 @@ def _copy(driver: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> int:
         cursor.execute(_STAGING_DDL)
         with cursor.copy(f"COPY {_STAGING} ({_COLUMN_LIST}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row(tuple(_copy_value(row[c]) for c in REPORT_COLUMNS))
+                values = [row[c] for c in REPORT_COLUMNS]
+                text = row.get("_payload_json")
+                values[_PAYLOAD] = text if text is not None else _copy_value(values[_PAYLOAD])
+                copy.write_row(values)
         cursor.execute(
             f"INSERT INTO {reports.name} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGING}"
             " ON CONFLICT (report_id) DO NOTHING"
