@@ -17,6 +17,7 @@ from typing import Any
 
 from reporting.config import Config
 from reporting.ha import Role, RoleChange, make_election
+from reporting.ha.pause import PauseDetector
 from reporting.pipeline import Drainer, Intake
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Consumer
@@ -80,11 +81,23 @@ class Server:
             auth=config.ha.auth,
         )
         self._stopping = threading.Event()
+        session_s = config.ha.session_timeout_s
+        self.pause = PauseDetector(
+            gap_s=session_s / 2,
+            distrust_s=session_s,
+            on_pause=lambda gap: log.warning(
+                "%s: this process did not run for %.1f s; role unconfirmed for %.1f s",
+                config.name,
+                gap,
+                session_s,
+            ),
+        )
         self._probed: bool | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.pause.start()
         threading.Thread(target=self._probe, name="probe", daemon=True).start()
         if self.config.ha.mode == "segregated":
             # Every instance drains its own journal, whatever its role.
@@ -96,6 +109,7 @@ class Server:
     def stop(self) -> None:
         """Stops consuming without acking anything unsaved, hands the role over, then exits."""
         self._stopping.set()
+        self.pause.stop()
         self._stop_consuming("shutting down")
         self.election.stop()
         self.drainer.stop()
@@ -225,11 +239,16 @@ class Server:
         # A shared-mode standby does not drain the shared journal, so it cannot tell what of it
         # is stored: the active's /status has the figure.
         own_figures = self.config.ha.mode != "shared" or self.drainer.running
+        role = self.election.role
+        if role is Role.ACTIVE and self.config.ha.mode != "standalone" and self.pause.suspect():
+            # Just resumed from a pause longer than half the session: the role may be gone
+            # already, and the ZooKeeper client is about to say so.
+            role = Role.STANDBY
         database_up = self.drainer.database_up if self.drainer.running else self._probed
         return {
             "name": self.config.name,
             "mode": self.config.ha.mode,
-            "role": str(self.election.role),
+            "role": str(role),
             "epoch": self.election.epoch,
             "holder": self.election.holder,
             "journal": {
