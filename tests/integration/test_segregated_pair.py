@@ -40,6 +40,27 @@ def producing(
     ).start()
 
 
+def back_to_normal(
+    pair: list[Instance],
+    flow: Flow,
+    pg_url: str,
+    brokers: list,
+    queues: list[str],
+    *,
+    timeout_s: float,
+) -> None:
+    """The primary active again, the backup standing by, and nothing lost, doubled or left."""
+    primary, backup = pair
+    wait_for(
+        lambda: roles(pair) == {primary.name: "active", backup.name: "standby"},
+        timeout_s,
+        "the primary back and the backup standing down",
+    )
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+    nothing_stranded(pair, brokers, queues)
+
+
 def nothing_stranded(pair: list[Instance], brokers: list, queues: list[str]) -> None:
     for broker in brokers:
         for queue in queues:
@@ -64,14 +85,7 @@ def test_kill_9_of_the_primary(
     print(f"\nkill -9 of the primary: backup active after {took:.2f} s")
     assert took <= SESSION_S + 1.0, f"failover took {took:.2f} s"
     primary.start()
-    wait_for(
-        lambda: roles(pair) == {primary.name: "active", backup.name: "standby"},
-        60,
-        "the primary back and the backup standing down",
-    )
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
-    nothing_stranded(pair, [activemq, backup_broker], queues)
+    back_to_normal(pair, flow, pg_url, [activemq, backup_broker], queues, timeout_s=60)
 
 
 def test_sigterm_of_the_primary_hands_over_within_a_second(
@@ -103,14 +117,7 @@ def test_primary_host_lost_with_its_broker(
     wait_for(lambda: backup.status()["stored"] > 100, 60, "the backup storing what producers sent")
     activemq.restart()
     primary.start()
-    wait_for(
-        lambda: roles(pair) == {primary.name: "active", backup.name: "standby"},
-        90,
-        "the primary back and the backup standing down",
-    )
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
-    nothing_stranded(pair, [activemq, backup_broker], queues)
+    back_to_normal(pair, flow, pg_url, [activemq, backup_broker], queues, timeout_s=90)
 
 
 def test_zookeeper_restart_keeps_one_active(
@@ -151,14 +158,7 @@ def test_paused_primary_resumes_and_the_backup_stands_down(
     wait_for(lambda: roles([backup])[backup.name] == "active", 30, "the backup active")
     print(f"\nSIGSTOP of the primary: backup active after {time.monotonic() - paused:.2f} s")
     primary.resume()
-    wait_for(
-        lambda: roles(pair) == {primary.name: "active", backup.name: "standby"},
-        60,
-        "the primary back and the backup standing down",
-    )
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
-    nothing_stranded(pair, [activemq, backup_broker], queues)
+    back_to_normal(pair, flow, pg_url, [activemq, backup_broker], queues, timeout_s=60)
 
 
 def test_database_down_during_failover_is_replayed(
