@@ -56,7 +56,9 @@ class MethodSink(Sink):
         super().__init__(url, cluster="bench", journal="bench")
         self._method = method
 
-    def _insert_reports(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+    def _insert_reports(
+        self, conn: Connection, rows: list[dict[str, Any]], texts: list[str | None]
+    ) -> int:
         return self._method(conn, rows)
 
 

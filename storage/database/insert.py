@@ -38,20 +38,26 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], 
     statement = dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
     # Counted by RETURNING: the driver's executemany rowcount does not reach SQLAlchemy's result.
     # SQLAlchemy sends it as multi-row VALUES pages ("insertmanyvalues").
-    # Keys starting with "_" are for other paths (COPY), not columns.
-    params = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-    result = conn.execute(statement.returning(table.c[key]), params)
+    result = conn.execute(statement.returning(table.c[key]), list(rows))
     return len(result.all())
 
 
-def copy_reports(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-    """COPY into a session-local staging table, then one INSERT ... SELECT ... ON CONFLICT."""
+def copy_reports(
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    texts: Sequence[str | None] | None = None,
+) -> int:
+    """COPY into a session-local staging table, then one INSERT ... SELECT ... ON CONFLICT.
+
+    `texts` are the payloads' JSON texts as the producers sent them, where known: copied as
+    they are rather than encoded again.
+    """
     if not rows:
         return 0
     driver = conn.connection.driver_connection  # psycopg.Connection, in this transaction
     assert driver is not None
     try:
-        return _copy(driver, rows)
+        return _copy(driver, rows, texts or [None] * len(rows))
     except psycopg.Error as error:
         # Wrapped as SQLAlchemy would have, so that the sink classifies it the same way.
         raise sa_exc.DBAPIError.instance(
@@ -59,15 +65,16 @@ def copy_reports(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
         ) from error
 
 
-def _copy(driver: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> int:
+def _copy(
+    driver: psycopg.Connection, rows: Sequence[dict[str, Any]], texts: Sequence[str | None]
+) -> int:
     with driver.cursor() as cursor:
         # Created if missing each time: a staging table made inside a savepoint that was rolled
         # back is gone again.
         cursor.execute(_STAGING_DDL)
         with cursor.copy(f"COPY {_STAGING} ({_COLUMN_LIST}) FROM STDIN") as copy:
-            for row in rows:
+            for row, text in zip(rows, texts, strict=True):
                 values = [row[c] for c in REPORT_COLUMNS]
-                text = row.get("_payload_json")
                 values[_PAYLOAD] = text if text is not None else _copy_value(values[_PAYLOAD])
                 copy.write_row(values)
         cursor.execute(

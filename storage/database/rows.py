@@ -61,8 +61,6 @@ def report_row(report: Report) -> dict[str, Any]:
         "queue": report.queue,
         "payload": payload,
         "received_at": utc(report.received_at),
-        # For COPY only: the payload's JSON text, so that it is not encoded again.
-        "_payload_json": report.body,
         "started_at": None,
         "ended_at": None,
         "interval_start": None,

@@ -208,7 +208,7 @@ class Sink:
         rows = [report_row(item) for item in items]
         try:
             with conn.begin_nested():
-                return self._insert_reports(conn, rows), []
+                return self._insert_reports(conn, rows, [item.body for item in items]), []
         except _ROW_ERRORS as error:
             if len(items) == 1:
                 return 0, [(items[0], _refusal(error))]
@@ -217,9 +217,11 @@ class Sink:
         stored_b, refused_b = self._insert_isolating(conn, items[middle:])
         return stored_a + stored_b, refused_a + refused_b
 
-    def _insert_reports(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+    def _insert_reports(
+        self, conn: Connection, rows: list[dict[str, Any]], texts: list[str | None]
+    ) -> int:
         if conn.dialect.name == "postgresql":
-            return insert.copy_reports(conn, rows)
+            return insert.copy_reports(conn, rows, texts)
         return insert.insert_many(conn, reports, rows, "report_id")
 
     def _check_positions(self, conn: Connection, committed: Mapping[str, int]) -> None:
