@@ -178,7 +178,6 @@ class Drainer:
                 log.warning("%s: database is down; buffering in the journal", self.name)
                 self._catching_up = True
         self.database_up = up
-        self.metrics.database_up.set(1 if up else 0)
 
     def _load_positions(self) -> dict[str, int] | None:
         while not self._stop.is_set():

@@ -93,6 +93,9 @@ class Server:
             ),
         )
         self._probed: bool | None = None
+        # Read when scraped, from the same state /status shows.
+        self.metrics.database_up.set_function(lambda: 1 if self._database_up() else 0)
+        self.metrics.broker_connected.set_function(lambda: 1 if self.consumer.connected else 0)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -204,6 +207,10 @@ class Server:
             if self._stopping.wait(PROBE_S):
                 return
 
+    def _database_up(self) -> bool:
+        # The drainer knows from its last write; while none runs, the background probe tells.
+        return bool(self.drainer.database_up if self.drainer.running else self._probed)
+
     def _healthy(self) -> bool:
         # The segregated primary holds its node only while it can do its job.
         return self._broker_reachable() and os.access(self.config.journal.dir, os.W_OK)
@@ -244,7 +251,6 @@ class Server:
             # Just resumed from a pause longer than half the session: the role may be gone
             # already, and the ZooKeeper client is about to say so.
             role = Role.STANDBY
-        database_up = self.drainer.database_up if self.drainer.running else self._probed
         return {
             "name": self.config.name,
             "mode": self.config.ha.mode,
@@ -257,7 +263,7 @@ class Server:
                 "dir": str(self.config.journal.dir),
                 "paused": self.intake.paused,
             },
-            "database": "up" if database_up else "down",
+            "database": "up" if self._database_up() else "down",
             "broker": "connected" if self.consumer.connected else "disconnected",
             "broker_host": self.consumer.connected_host,
             "stored": self.drainer.stored,

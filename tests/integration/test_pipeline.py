@@ -252,3 +252,5 @@ def test_status_command_and_metrics(
     assert "reporting_stored_reports_total 200.0" in metrics
     assert 'reporting_received_total{kind="cdr"} 50.0' in metrics
     assert "reporting_active 1.0" in metrics
+    assert "reporting_broker_connected 1.0" in metrics
+    assert "reporting_database_up 1.0" in metrics
