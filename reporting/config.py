@@ -16,7 +16,7 @@ from typing import Any
 
 from reporting.errors import ConfigError
 
-MODES = ("standalone", "shared", "segregated")
+MODES = ("standalone", "shared", "segregated", "group")
 ROLES = ("primary", "backup")
 KINDS = ("cdr", "or", "sq", "events")
 DEFAULT_QUEUES = tuple(f"gvp.reporting.{kind}" for kind in KINDS)
@@ -117,6 +117,17 @@ class Config:
     path: Path | None = None
 
     @property
+    def journals(self) -> tuple[tuple[Path, str, str], ...]:
+        """(folder, fencing domain, positions key) of each journal: one per queue in group mode."""
+        if self.ha.mode == "group":
+            return tuple(
+                (self.journal.dir / queue, key, key)
+                for queue in self.broker.queues
+                for key in [queue_key(self.ha.cluster, queue)]
+            )
+        return ((self.journal.dir, self.fence_cluster, self.journal_key),)
+
+    @property
     def fence_cluster(self) -> str:
         """The fencing domain: the pair's lock in shared mode, else this instance alone."""
         if self.ha.mode == "shared":
@@ -129,6 +140,11 @@ class Config:
     def journal_key(self) -> str:
         """The key of this instance's drained positions: one journal per store."""
         return f"{self.ha.cluster}/shared" if self.ha.mode == "shared" else self.name
+
+
+def queue_key(cluster: str, queue: str) -> str:
+    """Group mode: a queue's ZooKeeper folder, also its fencing domain and positions key."""
+    return f"{cluster.rstrip('/')}/queues/{queue}"
 
 
 def _host_port(key: str, value: str) -> str:

@@ -13,9 +13,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from reporting.config import Config
+from reporting.errors import BrokerError
 from reporting.ha import Role, RoleChange, make_election
 from reporting.ha.pause import PauseDetector
 from reporting.pipeline import Drainer, Intake
@@ -96,6 +98,10 @@ class Server:
         # Read when scraped, from the same state /status shows.
         self.metrics.database_up.set_function(lambda: 1 if self._database_up() else 0)
         self.metrics.broker_connected.set_function(lambda: 1 if self.consumer.connected else 0)
+
+    def watch_refusals(self, callback: Callable[[BrokerError], None]) -> None:
+        """`callback` runs once the broker refuses this instance's credentials or certificate."""
+        self.consumer.on_refused = callback
 
     # -- life cycle ---------------------------------------------------------------------------
 

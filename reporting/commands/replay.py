@@ -8,8 +8,9 @@ import argparse
 import sys
 import threading
 import time
+from pathlib import Path
 
-from reporting.config import load_config
+from reporting.config import Config, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,19 +28,34 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 
 
 def replay(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    started = time.monotonic()
+    for folder, cluster, key in config.journals:
+        remaining = args.timeout - (time.monotonic() - started) if args.timeout else 0.0
+        if args.timeout and remaining <= 0:
+            print(f"replay: gave up after {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+        if len(config.journals) > 1:
+            print(f"replay: {folder}", file=sys.stderr)
+        code = _replay_one(config, folder, cluster, key, timeout_s=remaining)
+        if code:
+            return code
+    return 0
+
+
+def _replay_one(config: Config, folder: Path, cluster: str, key: str, *, timeout_s: float) -> int:
     from reporting.pipeline import Drainer
     from reporting.status.metrics import Metrics
     from storage.database import Sink
     from storage.journal import Journal
 
-    config = load_config(args.config)
     journal = Journal(
-        config.journal.dir,
+        folder,
         writer=f"{config.name}-replay",
         max_bytes=config.journal.max_bytes,
         segment_bytes=config.journal.segment_bytes,
     )
-    sink = Sink(config.database.url, cluster=config.fence_cluster, journal=config.journal_key)
+    sink = Sink(config.database.url, cluster=cluster, journal=key)
     fenced: list[Exception] = []
     done = threading.Event()
     drainer = Drainer(
@@ -59,8 +75,8 @@ def replay(args: argparse.Namespace) -> int:
         while not done.is_set():
             if drainer.wait_caught_up(0.5):
                 break
-            if args.timeout and time.monotonic() - started > args.timeout:
-                print(f"\nreplay: gave up after {args.timeout:.0f} s", file=sys.stderr)
+            if timeout_s and time.monotonic() - started > timeout_s:
+                print(f"\nreplay: gave up after {timeout_s:.0f} s", file=sys.stderr)
                 return 1
             state = "database down, retrying" if drainer.database_up is False else "draining"
             print(

@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reporting.group import GroupServer
     from reporting.server import Server
     from reporting.status.http import StatusServer
     from reporting.wire.consumer import check_login
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    server = Server(config)
+    server = GroupServer(config) if config.ha.mode == "group" else Server(config)
     refused: list[BrokerError] = []
 
     def on_refused(error: BrokerError) -> None:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     # A refusal while active ends the instance (exit 1), which hands the role to the peer.
-    server.consumer.on_refused = on_refused
+    server.watch_refusals(on_refused)
     try:
         http = StatusServer(
             config.http.host,

@@ -6,7 +6,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from reporting.config import load_config
+from reporting.config import Config, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,12 +26,18 @@ def fetch_status(listen: str, timeout_s: float = 2.0) -> dict[str, Any]:
         return {"name": "?", "http": listen, "role": "unreachable", "error": str(reason)}
 
 
+def _kinds(queues: list[str]) -> str:
+    return ",".join(sorted(queue.rpartition(".")[2] for queue in queues))
+
+
 COLUMNS = (
     ("name", lambda s: s.get("name")),
     ("mode", lambda s: s.get("mode")),
     ("role", lambda s: s.get("role")),
     ("epoch", lambda s: s.get("epoch")),
     ("holder", lambda s: s.get("holder")),
+    # Group mode: the kinds of the queues the instance owns.
+    ("queues", lambda s: None if "owned" not in s else _kinds(s["owned"]) or "none"),
     ("broker", lambda s: s.get("broker")),
     ("database", lambda s: s.get("database")),
     ("pending", lambda s: (s.get("journal") or {}).get("pending")),
@@ -62,5 +68,14 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print_table(rows)
-    actives = sum(1 for r in rows if r.get("role") == "active")
-    return 0 if actives == 1 and all(r.get("role") != "unreachable" for r in rows) else 1
+    return 0 if healthy(config, rows) else 1
+
+
+def healthy(config: Config, rows: list[dict[str, Any]]) -> bool:
+    """Every instance answers and the role is held once: the pair's, or each queue's in a group."""
+    if any(r.get("role") == "unreachable" for r in rows):
+        return False
+    if config.ha.mode == "group":
+        owned = [queue for r in rows for queue in r.get("owned", [])]
+        return sorted(owned) == sorted(config.broker.queues)
+    return sum(1 for r in rows if r.get("role") == "active") == 1

@@ -11,7 +11,7 @@ from reporting.ha.shared import SharedElection
 
 log = logging.getLogger(__name__)
 
-MODES = ("standalone", "shared", "segregated")
+MODES = ("standalone", "shared", "segregated")  # group mode: ha.group.GroupElection
 SEGREGATED_ROLES = ("primary", "backup")
 
 

@@ -48,6 +48,35 @@ _STATES = {
 }
 
 
+def make_client(
+    zookeeper: str, *, session_timeout_s: float, auth: tuple[str, str] | None = None
+) -> KazooClient:
+    """A kazoo client that reconnects forever; with `auth`, every node it creates is that digest
+    user's alone (all instances of a pair or group use the same user)."""
+    access: dict[str, Any] = {}
+    if auth is not None:
+        user, password = auth
+        access = {
+            "auth_data": [("digest", f"{user}:{password}")],
+            "default_acl": [make_digest_acl(user, password, all=True)],
+        }
+    return KazooClient(
+        hosts=zookeeper,
+        timeout=session_timeout_s,
+        # Reconnect forever, and soon enough to save a session that is still alive.
+        connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5, max_jitter=0.1),
+        **access,
+    )
+
+
+def open_parents(client: KazooClient, cluster: str) -> None:
+    """Create the folders above `cluster` open to all: they may hold other clusters with other
+    credentials (a node with children cannot be deleted), only the cluster path is closed."""
+    parent = cluster.rsplit("/", 1)[0]
+    if parent:
+        client.ensure_path(parent, acl=OPEN_ACL_UNSAFE)
+
+
 class ZooKeeperElection:
     def __init__(
         self,
@@ -68,25 +97,9 @@ class ZooKeeperElection:
         # Set whenever the contest thread has something new to look at.
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        access: dict[str, Any] = {}
-        if auth is not None:
-            user, password = auth
-            # Every node the election creates (the cluster path, lock, epoch, primary node) can be
-            # read, changed or deleted by this digest user alone: both instances of a pair use it.
-            access = {
-                "auth_data": [("digest", f"{user}:{password}")],
-                "default_acl": [make_digest_acl(user, password, all=True)],
-            }
-        # The folders above the cluster path may hold other pairs with other credentials: they are
-        # made open (a node with children cannot be deleted), only the cluster path is closed.
+        self.client = make_client(zookeeper, session_timeout_s=session_timeout_s, auth=auth)
+        # With credentials, the folders above the cluster path are made open on the first round.
         self._open_parents = auth is not None and self.cluster.rsplit("/", 1)[0] != ""
-        self.client = KazooClient(
-            hosts=zookeeper,
-            timeout=session_timeout_s,
-            # Reconnect forever, and soon enough to save a session that is still alive.
-            connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5, max_jitter=0.1),
-            **access,
-        )
         self.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, name=f"{name}-election", daemon=True)
 
@@ -206,7 +219,7 @@ class ZooKeeperElection:
             self._wake.clear()
             try:
                 if self._open_parents:
-                    self.client.ensure_path(self.cluster.rsplit("/", 1)[0], acl=OPEN_ACL_UNSAFE)
+                    open_parents(self.client, self.cluster)
                     self._open_parents = False
                 self._contest()
             except KazooException as exc:

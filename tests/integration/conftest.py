@@ -224,6 +224,42 @@ def shared_pair(
     return make
 
 
+@pytest.fixture
+def group(
+    tmp_path: Path,
+    activemq: Any,
+    zookeeper: Any,
+    pg_url: str,
+    queues: list[str],
+    cluster_path: str,
+    instances: list[Instance],
+) -> Callable[..., Instance]:
+    """Builds (not starts) one more group-mode instance: one broker, one journal folder for all;
+    each instance lists the ones built before it as peers."""
+    members: list[Instance] = []
+
+    def make(name: str, **overrides: dict[str, Any]) -> Instance:
+        config = {
+            "name": name,
+            "ha": {
+                "mode": "group",
+                "zookeeper": zookeeper.hosts,
+                "cluster": cluster_path,
+                "session_timeout": 2.0,
+                "peers": [m.listen for m in members],
+            },
+            "broker": {"hosts": [activemq.host], "queues": queues, "heartbeat_ms": 1000},
+            "database": {"url": pg_url, "batch_records": 500},
+            "journal": {"dir": str(tmp_path / "group-journal")},
+        }
+        instance = Instance(tmp_path / name, merge(config, overrides))
+        instances.append(instance)
+        members.append(instance)
+        return instance
+
+    return make
+
+
 def roles(pair: list[Instance]) -> dict[str, str]:
     """Each instance's role as its /status says, or "unreachable"."""
     out = {}

@@ -1,0 +1,140 @@
+"""Group mode: queues spread over three instances on one cluster path, against the real servers.
+
+Ownership is read from every instance's /status: a queue is owned by the instance that says
+`role: active` for it. Each test keeps a ledger and checks the database for exactly-once.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reporting.harness.instance import Instance
+from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+
+pytestmark = pytest.mark.integration
+
+SESSION_S = 2.0
+
+
+def name(instance: Instance) -> str:
+    return instance.config["name"]
+
+
+def owners(members: list[Instance]) -> dict[str, list[str]]:
+    """queue -> the instances that say they own it (an unreachable instance says nothing)."""
+    out: dict[str, list[str]] = {}
+    for instance in members:
+        status = instance.try_status(timeout_s=0.5) or {}
+        for queue, q in (status.get("queues") or {}).items():
+            out.setdefault(queue, [])
+            if q["role"] == "active":
+                out[queue].append(status["name"])
+    return out
+
+
+def spread(members: list[Instance], queues: list[str]) -> dict[str, str] | None:
+    """queue -> its one owner, once every queue has exactly one and every member owns one."""
+    seen = owners(members)
+    if any(len(seen.get(queue, [])) != 1 for queue in queues):
+        return None
+    assignment = {queue: seen[queue][0] for queue in queues}
+    names = {name(i) for i in members}
+    return assignment if set(assignment.values()) == names else None
+
+
+def start_group(group, count: int, queues: list[str]) -> tuple[list[Instance], dict[str, str]]:
+    members = [group(f"rs-{i}") for i in range(count)]
+    for instance in members:
+        instance.start()
+    assignment = wait_for(lambda: spread(members, queues), 30, "every queue owned, once")
+    return members, assignment
+
+
+def test_queues_spread_over_three_instances(
+    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
+) -> None:
+    members, assignment = start_group(group, 3, queues)
+    counts = sorted(list(assignment.values()).count(name(i)) for i in members)
+    assert counts == [1, 1, 2], f"4 queues over 3 instances: {assignment}"
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=2000, rate=0
+    ).start()
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+    # Each queue's reports were stored by its owner alone.
+    stored = {name(i): i.status()["queues"] for i in members}
+    for queue, owner in assignment.items():
+        assert stored[owner][queue]["stored"] == 500
+        assert all(s[queue]["stored"] == 0 for name, s in stored.items() if name != owner)
+    # The status command shows who owns what, and exits 0 with every queue owned once.
+    last = members[-1]
+    command = [sys.executable, "-m", "reporting.cli", "status", "--config", str(last.config_path)]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    for instance in members:
+        kinds = sorted(q.rpartition(".")[2] for q, o in assignment.items() if o == name(instance))
+        line = next(ln for ln in shown.stdout.splitlines() if ln.startswith(name(instance)))
+        assert ",".join(kinds) in line, shown.stdout
+    rows = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reporting.cli",
+                "status",
+                "--json",
+                "--config",
+                str(last.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    )
+    assert {r["name"]: sorted(r["owned"]) for r in rows} == {
+        name(i): sorted(q for q, o in assignment.items() if o == name(i)) for i in members
+    }
+
+
+def test_kill_9_moves_the_queues_of_the_dead(
+    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
+) -> None:
+    members, assignment = start_group(group, 3, queues)
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
+    ).start()
+    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    victim = next(i for i in members if list(assignment.values()).count(name(i)) == 2)
+    orphans = [q for q, o in assignment.items() if o == name(victim)]
+    killed = time.monotonic()
+    victim.kill()
+    survivors = [i for i in members if i is not victim]
+    after = wait_for(lambda: spread(survivors, queues), 30, "the dead one's queues to move")
+    took = time.monotonic() - killed
+    print(f"\nkill -9: {orphans} owned again {took:.2f} s after the kill")
+    assert all(after[q] != name(victim) for q in orphans)
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+
+
+def test_an_instance_joining_takes_its_share(
+    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
+) -> None:
+    members, _ = start_group(group, 2, queues)
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
+    ).start()
+    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    newcomer = group("rs-2")
+    newcomer.start()
+    members.append(newcomer)
+    joined = time.monotonic()
+    assignment = wait_for(lambda: spread(members, queues), 30, "a share for the newcomer")
+    print(f"\njoin: rebalanced {time.monotonic() - joined:.2f} s after the start")
+    assert name(newcomer) in assignment.values()
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
