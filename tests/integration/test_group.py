@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reporting.harness.instance import Instance
+from tests.chaos.ownership import OwnershipSampler
 from tests.integration.conftest import Flow, assert_exactly_once, wait_for
 
 pytestmark = pytest.mark.integration
@@ -138,3 +139,54 @@ def test_an_instance_joining_takes_its_share(
     assert name(newcomer) in assignment.values()
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(400)
+def test_kill_add_and_pause_never_two_owners(
+    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
+) -> None:
+    """Three instances under load: kill -9 one, add one, SIGSTOP one past its session. Every
+    50 ms each instance's /status is sampled: no queue may ever have two owners."""
+    sampler = OwnershipSampler().start()
+    try:
+        members, _ = start_group(group, 3, queues)
+        for instance in members:
+            sampler.add(instance)
+        flow = Flow(
+            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=6000, rate=300
+        ).start()
+        wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+
+        killed = members.pop(0)
+        killed.kill()
+        wait_for(lambda: spread(members, queues), 30, "the killed one's queues to move")
+        print(f"\nafter kill -9 of {name(killed)}: {owners(members)}")
+
+        newcomer = group("rs-3")
+        newcomer.start()
+        sampler.add(newcomer)
+        members.append(newcomer)
+        wait_for(lambda: spread(members, queues), 30, "a share for the newcomer")
+        print(f"after {name(newcomer)} joined: {owners(members)}")
+
+        paused = members[0]
+        others = members[1:]
+        sampler.freeze(paused)
+        paused.pause()
+        wait_for(lambda: spread(others, queues), 30, "the paused one's queues to move")
+        # Past its session for a while, so that its drainer and consumer resume into a group
+        # that has moved on.
+        time.sleep(SESSION_S)  # the fault's length, not a synchronisation
+        paused.resume()
+        sampler.thaw(paused)
+        wait_for(lambda: spread(members, queues), 30, "the resumed one to take a share again")
+        print(f"after SIGSTOP/SIGCONT of {name(paused)}: {owners(members)}")
+
+        flow.join()
+        assert_exactly_once(pg_url, flow.ids())
+    finally:
+        sampler.stop()
+    print(f"ownership sampled {sampler.ticks} times")
+    assert sampler.ticks > 100, "the sampler hardly ran"
+    assert not sampler.breaches, f"queues with two owners: {sampler.breaches[:5]}"
