@@ -253,7 +253,8 @@ class GroupElection:
         self._watch()
         if not self._register(session):
             return
-        mine = set(assign(self.queues, self.members).get(self.name, ()))
+        owners = {q.name: q.owner for q in self._queues.values()}
+        mine = set(assign(self.queues, self.members, owners).get(self.name, ()))
         for q in self._queues.values():
             if self._stopping.is_set():
                 return

@@ -125,7 +125,7 @@ def test_kill_9_moves_the_queues_of_the_dead(
 def test_an_instance_joining_takes_its_share(
     group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
 ) -> None:
-    members, _ = start_group(group, 2, queues)
+    members, before = start_group(group, 2, queues)
     flow = Flow(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
     ).start()
@@ -136,7 +136,9 @@ def test_an_instance_joining_takes_its_share(
     joined = time.monotonic()
     assignment = wait_for(lambda: spread(members, queues), 30, "a share for the newcomer")
     print(f"\njoin: rebalanced {time.monotonic() - joined:.2f} s after the start")
-    assert name(newcomer) in assignment.values()
+    # Sticky: the newcomer takes one queue (4 over 3: shares 2, 1, 1); nothing else moves.
+    moved = {q: o for q, o in assignment.items() if before[q] != o}
+    assert list(moved.values()) == [name(newcomer)], f"{before} -> {assignment}"
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
 

@@ -136,3 +136,14 @@ def test_broker_tls_mistakes_name_the_key(tmp_path: Path, text: str, message: st
     with pytest.raises(ConfigError, match=message) as raised:
         load_config(write(tmp_path, "[broker]\n" + text))
     assert raised.value.key == ("broker.tls" if "bool" in message else "broker.ca_file")
+
+
+def test_group_mode_has_a_journal_and_a_fence_per_queue(tmp_path: Path) -> None:
+    path = tmp_path / "rs.toml"
+    path.write_text('name = "rs-1"\n[ha]\nmode = "group"\ncluster = "/g/1"\n[journal]\ndir = "j"\n')
+    config = load_config(path)
+    journals = config.journals
+    assert len(journals) == len(config.broker.queues) == 4
+    for (folder, fence, key), queue in zip(journals, config.broker.queues, strict=True):
+        assert folder == tmp_path / "j" / queue
+        assert fence == key == f"/g/1/queues/{queue}"

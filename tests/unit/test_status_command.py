@@ -1,0 +1,27 @@
+"""`reporting-server status`: when the instances it asked make a healthy pair or group."""
+
+from reporting.commands.status import healthy
+from reporting.config import parse_config
+
+PAIR = parse_config({"ha": {"mode": "shared"}})
+GROUP = parse_config({"ha": {"mode": "group"}, "broker": {"queues": ["a.cdr", "a.or", "a.sq"]}})
+
+
+def test_a_pair_is_healthy_with_exactly_one_active() -> None:
+    assert healthy(PAIR, [{"role": "active"}, {"role": "standby"}])
+    assert not healthy(PAIR, [{"role": "active"}, {"role": "active"}])
+    assert not healthy(PAIR, [{"role": "standby"}, {"role": "standby"}])
+    assert not healthy(PAIR, [{"role": "active"}, {"role": "unreachable"}])
+
+
+def test_a_group_is_healthy_with_every_queue_owned_once() -> None:
+    rows = [
+        {"role": "active", "owned": ["a.cdr", "a.sq"]},
+        {"role": "active", "owned": ["a.or"]},
+        {"role": "standby", "owned": []},
+    ]
+    assert healthy(GROUP, rows)
+    assert not healthy(GROUP, [rows[0], rows[2]])  # a.or owned by nobody
+    doubled = [rows[0], rows[1], {"role": "active", "owned": ["a.or"]}]
+    assert not healthy(GROUP, doubled)
+    assert not healthy(GROUP, [*rows, {"role": "unreachable"}])
