@@ -31,6 +31,19 @@ def _throughput(m: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _scaling(m: dict[str, Any]) -> list[str]:
+    rows = [
+        f"| scaling: raw drain (one consumer, receive + cumulative ack) | {_rate(m['raw'])} "
+        "| | | baseline |"
+    ]
+    for g in m["groups"]:
+        rows.append(
+            f"| scaling: group of {g['instances']}, {g['reports']:,} reports after the shares "
+            f"were taken | {_rate(g)} | group/raw {g['ratio_to_raw']:.2f} | - | - |"
+        )
+    return rows
+
+
 def _replay(m: dict[str, Any]) -> list[str]:
     d, c = m["drain"], m["copy"]
     return [
@@ -91,6 +104,7 @@ def _latency(m: dict[str, Any]) -> list[str]:
 
 _ROWS = {
     "throughput": _throughput,
+    "scaling": _scaling,
     "replay": _replay,
     "failover": _failover,
     "memory": _memory,

@@ -67,7 +67,7 @@ def server(servers: Servers, mode: str, count: int) -> dict[str, Any]:
     return result | {"preload_reports_per_s": sent["reports_per_s"]}
 
 
-def _raw(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
+def raw(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
     prefix = servers.prefix()
     say(f"raw drain: preloading {count:,} reports")
     preload(servers.activemq.host, prefix, count, id_prefix=f"raw-{prefix}")
@@ -90,11 +90,11 @@ def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> di
     # warm-up backlog first, not counted. The raw drain is then measured before and after the
     # servers, and the limit is the better of the two.
     say("warming the broker up")
-    results["warm_up"] = _raw(servers, min(count, 10_000), broker)
-    results["raw_runs"] = [_raw(servers, count, broker)]
+    results["warm_up"] = raw(servers, min(count, 10_000), broker)
+    results["raw_runs"] = [raw(servers, count, broker)]
     results["standalone"] = server(servers, "standalone", count)
     results["shared"] = server(servers, "shared", count)
-    results["raw_runs"].append(_raw(servers, count, broker))
+    results["raw_runs"].append(raw(servers, count, broker))
     results["raw"] = max(results["raw_runs"], key=lambda run: run["reports_per_s"])
 
     prefix = servers.prefix()
