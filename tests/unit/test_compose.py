@@ -18,6 +18,7 @@ def test_there_is_a_compose_file_per_mode_and_per_scaled_out_system() -> None:
         "segregated.yml",
         "ensemble.yml",
         "pg-standby.yml",
+        "group.yml",
     }
 
 
@@ -47,13 +48,14 @@ def test_servers_use_an_image_that_one_service_builds(path: Path) -> None:
     services = yaml.safe_load(path.read_text())["services"]
     built = {s["image"] for s in services.values() if "build" in s}
     servers = [s for s in services.values() if s.get("image") in built]
-    assert len(servers) == 2, "a pair is two server instances"
+    expected = 3 if path.name == "group.yml" else 2
+    assert len(servers) == expected, "a pair is two server instances, the group three"
 
 
 @pytest.mark.parametrize("path", sorted((COMPOSE / "config").glob("*.toml")), ids=lambda p: p.name)
 def test_server_configs_are_valid(path: Path) -> None:
     config = load_config(path)
-    assert config.ha.mode in ("shared", "segregated")
+    assert config.ha.mode in ("shared", "segregated", "group")
     assert config.database.url.startswith("postgresql+psycopg://")
 
 
