@@ -19,6 +19,9 @@ from tests.integration.conftest import Flow, assert_exactly_once, wait_for
 pytestmark = pytest.mark.integration
 
 SESSION_S = 2.0
+# What a move may take beyond the session's expiry: the watch firing, the new owner draining
+# what the dead one journalled, and its consumer subscribing.
+REBALANCE_S = 2.0
 
 
 def name(instance: Instance) -> str:
@@ -75,6 +78,7 @@ def test_queues_spread_over_three_instances(
     last = members[-1]
     command = [sys.executable, "-m", "reporting.cli", "status", "--config", str(last.config_path)]
     shown = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    print(f"\n{shown.stdout}")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     for instance in members:
         kinds = sorted(q.rpartition(".")[2] for q, o in assignment.items() if o == name(instance))
@@ -118,6 +122,26 @@ def test_kill_9_moves_the_queues_of_the_dead(
     took = time.monotonic() - killed
     print(f"\nkill -9: {orphans} owned again {took:.2f} s after the kill")
     assert all(after[q] != name(victim) for q in orphans)
+    assert took <= SESSION_S + REBALANCE_S, f"the queues moved {took:.2f} s after the kill"
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+
+
+def test_sigterm_hands_the_queues_over_before_any_session_expires(
+    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
+) -> None:
+    members, assignment = start_group(group, 3, queues)
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
+    ).start()
+    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    leaving = members.pop(0)
+    stopped = time.monotonic()
+    leaving.stop()
+    wait_for(lambda: spread(members, queues), 30, "the queues to move", every_s=0.02)
+    took = time.monotonic() - stopped
+    print(f"\nSIGTERM: queues of {name(leaving)} owned again {took:.2f} s after the signal")
+    assert took < SESSION_S, f"the hand-over took {took:.2f} s, as long as a session expiry"
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
 
