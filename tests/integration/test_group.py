@@ -5,6 +5,7 @@ Ownership is read from every instance's /status: a queue is owned by the instanc
 """
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -216,3 +217,36 @@ def test_kill_add_and_pause_never_two_owners(
     print(f"ownership sampled {sampler.ticks} times")
     assert sampler.ticks > 100, "the sampler hardly ran"
     assert not sampler.breaches, f"queues with two owners: {sampler.breaches[:5]}"
+
+
+def test_database_down_then_replay_of_every_queue_journal(
+    group, activemq, postgres, pg_url, queues, queue_prefix, tmp_path: Path
+) -> None:
+    """With the database down, each owner buffers its queues in their own journal folders; a
+    replay with any member's config drains every queue's journal."""
+    members, _ = start_group(group, 2, queues)
+    wait_for(lambda: all(i.status()["database"] == "up" for i in members), 30, "database: up")
+    postgres.kill()
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=400, rate=0)
+    flow.start().join()
+
+    def pending() -> int:
+        return sum(i.status()["journal"]["pending"] for i in members)
+
+    wait_for(lambda: pending() >= 400, 60, "the backlog journalled")
+    assert {i.status()["database"] for i in members} == {"down"}
+    for instance in members:
+        instance.kill()
+    postgres.restart()
+    command = [sys.executable, "-m", "reporting.cli", "replay", "--config"]
+    result = subprocess.run(
+        [*command, str(members[0].config_path), "--timeout", "120"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    # One queue after the other, each with its 100 reports.
+    replayed = re.findall(r"replayed (\d+) records \((\d+) new reports\)", result.stderr)
+    assert replayed == [("100", "100")] * len(queues), result.stderr
+    assert_exactly_once(pg_url, flow.ids(), timeout_s=5)
