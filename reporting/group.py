@@ -168,6 +168,8 @@ class GroupServer:
             "holder": None,
             "owned": owned,
             "members": list(self.election.members),
+            # Members configured with other queues than this one: fix their [broker] queues.
+            "mismatched": list(self.election.mismatched),
             "queues": queues,
             "journal": {
                 "pending": records,

@@ -102,6 +102,10 @@ class GroupElection:
         self.queues = tuple(self._queues)
         # The live members, as last seen by the watch.
         self.members: tuple[str, ...] = ()
+        # Members whose queue list differs from ours: a configuration mistake the assignment
+        # cannot mend (a queue assigned to a member that does not list it goes unconsumed).
+        self.mismatched: tuple[str, ...] = ()
+        self._compared: tuple[str, ...] = ()
         self._member_session = -1
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -254,6 +258,7 @@ class GroupElection:
         if not self._register(session):
             return
         owners = {q.name: q.owner for q in self._queues.values()}
+        self._compare_queues()
         mine = set(assign(self.queues, self.members, owners).get(self.name, ()))
         for q in self._queues.values():
             if self._stopping.is_set():
@@ -306,7 +311,7 @@ class GroupElection:
             return True
         path = f"{self.members_path}/{self.name}"
         try:
-            self.client.create(path, b"", ephemeral=True)
+            self.client.create(path, ",".join(self.queues).encode(), ephemeral=True)
         except NodeExistsError:
             if not self._ours(path):
                 log.error(
@@ -316,6 +321,31 @@ class GroupElection:
                 return False
         self._member_session = session
         return True
+
+    def _compare_queues(self) -> None:
+        """Each member node holds its instance's queue list: all of a group must list the same."""
+        members = self.members
+        if members == self._compared:
+            return
+        ours = ",".join(self.queues)
+        mismatched = []
+        for member in members:
+            try:
+                data, _ = self.client.get(f"{self.members_path}/{member}")
+            except NoNodeError:
+                continue
+            if data.decode() != ours:
+                mismatched.append(member)
+                if member not in self.mismatched:
+                    log.error(
+                        "%s: member %s lists other queues than this instance (%s); every "
+                        "instance of a group must list the same [broker] queues",
+                        self.name,
+                        member,
+                        data.decode() or "none",
+                    )
+        self.mismatched = tuple(mismatched)
+        self._compared = members
 
     def _take(self, q: _Queue, session: int) -> None:
         path = f"{queue_key(self.cluster, q.name)}/owner"

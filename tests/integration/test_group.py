@@ -250,3 +250,13 @@ def test_database_down_then_replay_of_every_queue_journal(
     replayed = re.findall(r"replayed (\d+) records \((\d+) new reports\)", result.stderr)
     assert replayed == [("100", "100")] * len(queues), result.stderr
     assert_exactly_once(pg_url, flow.ids(), timeout_s=5)
+
+
+def test_a_member_listing_other_queues_is_reported(group, queues) -> None:
+    first = group("rs-0")
+    odd = group("rs-odd", broker={"queues": queues[:3]})
+    first.start()
+    odd.start()
+    wait_for(lambda: first.status()["mismatched"] == ["rs-odd"], 30, "rs-odd reported")
+    assert odd.status()["mismatched"] == ["rs-0"]
+    assert "rs-odd lists other queues than this instance" in first.log_tail(200)
