@@ -2,7 +2,7 @@
 
 Under the cluster path:
 
-    members/<name>          ephemeral, one per live instance
+    members/<name>          ephemeral, one per live instance, holding its queue list
     queues/<queue>/owner    ephemeral, the queue's lock: its owner's name, gone with its session
     queues/<queue>/epoch    the queue's fence, bumped by every new owner
 
