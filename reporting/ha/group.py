@@ -6,8 +6,8 @@ Under the cluster path:
     queues/<queue>/owner    ephemeral, the queue's lock: its owner's name, gone with its session
     queues/<queue>/epoch    the queue's fence, bumped by every new owner
 
-Each instance reads the member list and computes the assignment (`assignment.assign`); the same
-list gives every instance the same answer. For each queue it then gives up an owner node it should
+Each instance watches the member list and the owner nodes and computes the assignment from them
+(`assignment.assign`); the same view gives every instance the same answer. For each queue it then gives up an owner node it should
 no longer hold (once the server has stopped that queue) or tries to create the owner node of a
 queue it should own. The owner node, not the assignment, decides who owns a queue: while a queue
 moves, the new owner waits until the old one has deleted its node, or until the old one's session
