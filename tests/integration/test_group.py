@@ -260,3 +260,39 @@ def test_a_member_listing_other_queues_is_reported(group, queues) -> None:
     wait_for(lambda: first.status()["mismatched"] == ["rs-odd"], 30, "rs-odd reported")
     assert odd.status()["mismatched"] == ["rs-0"]
     assert "rs-odd lists other queues than this instance" in first.log_tail(200)
+
+
+@pytest.mark.chaos
+def test_an_owner_cut_off_from_zookeeper_stands_by_before_its_queues_move(
+    group, activemq, zookeeper, tcp_proxy, pg_url, queues, queue_prefix, tmp_path: Path
+) -> None:
+    """A partition, not a pause: rs-0 keeps running while its path to ZooKeeper is dark. It must
+    stop consuming on its own before its session expires and the others take its queues."""
+    zk_proxy = tcp_proxy("127.0.0.1", zookeeper.port)
+    sampler = OwnershipSampler()
+    cut_off = group("rs-0", ha={"zookeeper": f"127.0.0.1:{zk_proxy.port}"})
+    members = [cut_off, group("rs-1"), group("rs-2")]
+    for instance in members:
+        instance.start()
+        sampler.add(instance)
+    wait_for(lambda: spread(members, queues), 30, "every queue owned, once")
+    sampler.start()
+    try:
+        flow = Flow(
+            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
+        ).start()
+        wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+        zk_proxy.blackhole()
+        darkened = time.monotonic()
+        wait_for(lambda: spread(members[1:], queues), 30, "rs-0's queues to move")
+        print(f"\npartition: rs-0's queues owned again {time.monotonic() - darkened:.2f} s later")
+        # Still running, cut off, and owning nothing.
+        assert cut_off.status()["owned"] == []
+        zk_proxy.heal()
+        wait_for(lambda: spread(members, queues), 30, "rs-0 to take a share again")
+        flow.join()
+        assert_exactly_once(pg_url, flow.ids())
+    finally:
+        sampler.stop()
+    assert sampler.ticks > 50, "the sampler hardly ran"
+    assert not sampler.breaches, f"queues with two owners: {sampler.breaches[:5]}"
