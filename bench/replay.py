@@ -3,7 +3,9 @@ plain COPY of the same rows into the same schema (the database's own limit).
 
 The drain runs in this process, as `reporting-server replay` would: journal read, record decode,
 rows, one transaction per `database.batch_records` batch with the fence and the positions. The
-COPY times only the COPY and commit of each batch, rows prepared beforehand.
+journal's records are what the intake writes (bench.backlog), the producer's JSON text in each.
+The COPY times only the COPY and commit of each batch, rows prepared beforehand from the same
+records, the payload column the same text the drain copies.
 """
 
 import json
@@ -88,9 +90,9 @@ def _plain_copy(servers: Servers, count: int) -> dict[str, float]:
             report = from_record(entry.data)
             assert isinstance(report, Report)
             row = report_row(report)
-            batch.append(
-                tuple(json.dumps(row[c]) if c == "payload" else row[c] for c in REPORT_COLUMNS)
-            )
+            # The payload as the drain copies it: the producer's text where the record has it.
+            row["payload"] = report.body if report.body is not None else json.dumps(report.payload)
+            batch.append(tuple(row[c] for c in REPORT_COLUMNS))
             if len(batch) == DatabaseConfig().batch_records:
                 seconds += copy()
                 copied += len(batch)
