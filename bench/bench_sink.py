@@ -57,7 +57,11 @@ class MethodSink(Sink):
         self._method = method
 
     def _insert_reports(
-        self, conn: Connection, rows: list[dict[str, Any]], texts: list[str | None]
+        self,
+        conn: Connection,
+        rows: list[dict[str, Any]],
+        texts: list[str | None],
+        copy_rows: list[list[Any]] | None = None,
     ) -> int:
         return self._method(conn, rows)
 
