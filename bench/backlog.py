@@ -1,9 +1,13 @@
 """Journals full of sample reports, written directly with Journal.append_batch.
 
+Each record is what the server's intake writes for a report that came over the wire: the client's
+JSON body taken through `decode`, so the record carries the producer's text as it was sent.
+
 A backlog of a million records takes a while to build, so each size is built once per run into a
 template directory and copied for every use.
 """
 
+import json
 import random
 import shutil
 from collections.abc import Iterator
@@ -12,7 +16,8 @@ from pathlib import Path
 
 from bench.servers import queues, say
 from reporting.client import sample_report
-from reporting.config import KINDS
+from reporting.config import KINDS, BrokerConfig
+from reporting.wire.decode import decode
 from storage.journal import Journal
 from storage.reports import Report, to_record
 
@@ -22,12 +27,25 @@ _templates: dict[int, Path] = {}
 
 
 def sample_reports(count: int, *, seed: int = 3, prefix: str = "bench.") -> Iterator[Report]:
+    """Reports as the intake decodes them: each from the body `ReportingClient.send` would send."""
     rng = random.Random(seed)
     names = dict(zip(KINDS, queues(prefix), strict=True))
+    known = frozenset(names.values())
     at = datetime.now(UTC)
     for i in range(count):
         kind = KINDS[i % len(KINDS)]
-        yield Report(f"backlog-{seed}-{i:09d}", kind, names[kind], sample_report(kind, rng), at)
+        body = json.dumps(sample_report(kind, rng), separators=(",", ":"), ensure_ascii=False)
+        report = decode(
+            f"/queue/{names[kind]}",
+            {"report-id": f"backlog-{seed}-{i:09d}"},
+            body.encode("utf-8"),
+            queues=known,
+            max_body_bytes=BrokerConfig.max_body_bytes,
+            now=at,
+        )
+        if not isinstance(report, Report) or report.body is None:
+            raise RuntimeError(f"a sample report did not decode as one: {report}")
+        yield report
 
 
 def template(root: Path, count: int) -> Path:

@@ -57,7 +57,11 @@ class MethodSink(Sink):
         self._method = method
 
     def _insert_reports(
-        self, conn: Connection, rows: list[dict[str, Any]], texts: list[str | None]
+        self,
+        conn: Connection,
+        rows: list[dict[str, Any]],
+        texts: list[str | None],
+        copy_rows: list[list[Any]] | None = None,
     ) -> int:
         return self._method(conn, rows)
 
@@ -121,7 +125,8 @@ def main() -> None:
         reports[i : i + args.batch_records] for i in range(0, len(reports), args.batch_records)
     ]
     methods: dict[str, Callable] = {
-        "copy + INSERT SELECT ON CONFLICT": insert.copy_reports,
+        "COPY straight in (staged on a stored id)": insert.copy_reports,
+        "copy + INSERT SELECT ON CONFLICT": insert.copy_reports_staged,
         "executemany (pipeline)": insert.executemany_reports,
         "multi-row VALUES RETURNING": lambda conn, rows: insert.insert_many(
             conn, insert.reports, rows, "report_id"

@@ -3,10 +3,11 @@ plain COPY of the same rows into the same schema (the database's own limit).
 
 The drain runs in this process, as `reporting-server replay` would: journal read, record decode,
 rows, one transaction per `database.batch_records` batch with the fence and the positions. The
-COPY times only the COPY and commit of each batch, rows prepared beforehand.
+journal's records are what the intake writes (bench.backlog), the producer's JSON text in each.
+The COPY times only the COPY and commit of each batch, its rows made beforehand from the same
+records exactly as the drain hands them to COPY (`storage.database.insert.copy_rows`).
 """
 
-import json
 import threading
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from reporting.config import DatabaseConfig
 from reporting.pipeline import Drainer
 from reporting.status.metrics import Metrics
 from storage.database import Sink
+from storage.database.insert import copy_rows
 from storage.database.rows import REPORT_COLUMNS, report_row
 from storage.journal import Journal
 from storage.reports import Report, from_record
@@ -72,14 +74,17 @@ def _plain_copy(servers: Servers, count: int) -> dict[str, float]:
     reader = Journal.open_readonly(template(servers.root, count))
     seconds = 0.0
     copied = 0
-    batch: list[tuple] = []
+    reports: list[Report] = []
     with servers.postgres.connect(database) as conn:
 
         def copy() -> float:
+            # The rows exactly as the drain hands them to COPY (the producer's text for the
+            # payload, times as text), made before the clock starts.
+            rows = copy_rows([report_row(r) for r in reports], [r.body for r in reports])
             started = time.monotonic()
             with conn.cursor() as cursor:
                 with cursor.copy(f"COPY reports ({columns}) FROM STDIN") as writer:
-                    for row in batch:
+                    for row in rows:
                         writer.write_row(row)
             conn.commit()
             return time.monotonic() - started
@@ -87,19 +92,16 @@ def _plain_copy(servers: Servers, count: int) -> dict[str, float]:
         for entry in reader.read():
             report = from_record(entry.data)
             assert isinstance(report, Report)
-            row = report_row(report)
-            batch.append(
-                tuple(json.dumps(row[c]) if c == "payload" else row[c] for c in REPORT_COLUMNS)
-            )
-            if len(batch) == DatabaseConfig().batch_records:
+            reports.append(report)
+            if len(reports) == DatabaseConfig().batch_records:
                 seconds += copy()
-                copied += len(batch)
-                batch = []
+                copied += len(reports)
+                reports = []
                 if copied % 200_000 == 0:
                     say(f"  copied {copied:,}/{count:,}")
-        if batch:
+        if reports:
             seconds += copy()
-            copied += len(batch)
+            copied += len(reports)
     reader.close()
     return {"records": copied, "seconds": seconds, "records_per_s": copied / seconds}
 

@@ -14,15 +14,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from reporting.config import BrokerConfig
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Message
 from reporting.wire.decode import decode
-from storage.database import Sink
+from storage.database import Batch, Sink
 from storage.errors import DatabaseUnavailable, JournalFull, PositionsLost, StaleEpoch
-from storage.journal import Journal
+from storage.journal import Entry, Journal
 from storage.reports import Rejected, Report, from_record, to_record
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # An idle drainer checks this often that the database still holds what it committed.
 VERIFY_IDLE_S = 5.0
+# The read-ahead decodes this many records between chances for the drainer to take the
+# interpreter lock back (a thread that holds it keeps it for up to 5 ms).
+_YIELD_RECORDS = 20
 
 
 class Intake:
@@ -102,6 +106,14 @@ def _decode_record(data: bytes) -> Report | Rejected:
         return Rejected(digest, "", "undecodable journal record", data, datetime.now(UTC))
 
 
+def _reached(entries: list[Entry]) -> dict[str, int]:
+    """The position after the last of `entries` in each segment they come from."""
+    reached: dict[str, int] = {}
+    for entry in entries:
+        reached[entry.position.segment] = entry.position.byte
+    return reached
+
+
 class Drainer:
     """Drains one journal into the database in a thread of its own."""
 
@@ -132,6 +144,8 @@ class Drainer:
         self._thread: threading.Thread | None = None
         self._caught_up = threading.Event()
         self._catching_up = False
+        # The read-ahead: the positions it reads from, and the batch it gives.
+        self._ahead: tuple[dict[str, int], Future[tuple[list[Entry], Batch]]] | None = None
         self.stored = 0
         self.drained_records = 0
 
@@ -208,36 +222,72 @@ class Drainer:
         if positions is None:
             return
         verified = time.monotonic()
-        while not self._stop.is_set():
-            entries = list(self.journal().read(positions, max_records=self.batch_records))
-            if not entries:
+        self._ahead = None
+        reader = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-reader")
+        try:
+            while not self._stop.is_set():
+                entries, batch = self._next_batch(positions)
+                if not entries:
+                    self._release(positions)
+                    self._catching_up = False
+                    self._caught_up.set()
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+                    if time.monotonic() - verified > VERIFY_IDLE_S:
+                        # Nothing to write would reveal a failed-over database that lost our
+                        # last commits, so an idle drainer asks now and then.
+                        verified = time.monotonic()
+                        self._verify(positions)
+                    continue
+                # The next batch is read, decoded and made into rows while this one is in the
+                # database, which is mostly waiting with the interpreter lock released.
+                after = positions | _reached(entries)
+                self._ahead = (after, reader.submit(self._read, after, self.batch_records))
+                if not self._write(entries, batch, positions):
+                    return
                 self._release(positions)
-                self._catching_up = False
-                self._caught_up.set()
-                self._wake.wait(0.2)
-                self._wake.clear()
-                if time.monotonic() - verified > VERIFY_IDLE_S:
-                    # Nothing to write would reveal a failed-over database that lost our last
-                    # commits, so an idle drainer asks now and then.
-                    verified = time.monotonic()
-                    self._verify(positions)
-                continue
-            if not self._write(entries, positions):
-                return
-            self._release(positions)
+        finally:
+            self._ahead = None
+            reader.shutdown(cancel_futures=True)
 
-    def _write(self, entries: list, positions: dict[str, int]) -> bool:
-        items = [_decode_record(entry.data) for entry in entries]
-        reached: dict[str, int] = {}
-        for entry in entries:
-            reached[entry.position.segment] = entry.position.byte
+    def _read(self, positions: dict[str, int], max_records: int) -> tuple[list[Entry], Batch]:
+        entries = list(self.journal().read(positions, max_records=max_records))
+        items = []
+        for start in range(0, len(entries), _YIELD_RECORDS):
+            items.extend(_decode_record(e.data) for e in entries[start : start + _YIELD_RECORDS])
+            time.sleep(0)
+        return entries, self.sink.prepare(items)
+
+    def _next_batch(self, positions: dict[str, int]) -> tuple[list[Entry], Batch]:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return self._read(positions, self.batch_records)
+        start, future = ahead
+        # A rewind drops the read-ahead; otherwise the positions are where it read from, less
+        # the segments released since (all their records drained).
+        if any(start.get(segment) != byte for segment, byte in positions.items()):
+            future.cancel()
+            return self._read(positions, self.batch_records)
+        entries, batch = future.result()
+        if len(entries) < self.batch_records:
+            # It stopped at the journal's end: add what was appended since, so that the batch
+            # is what a read now would give.
+            more, more_batch = self._read(
+                start | _reached(entries), self.batch_records - len(entries)
+            )
+            entries += more
+            batch += more_batch
+        return entries, batch
+
+    def _write(self, entries: list[Entry], batch: Batch, positions: dict[str, int]) -> bool:
+        reached = _reached(entries)
         started = time.monotonic()
         # Where our own earlier commits left the journal: a database that answers with less has
         # lost them (an asynchronous standby promoted), and we replay from there.
         committed = dict(positions)
         try:
             result = self.sink.write_batch_retrying(
-                items,
+                batch,
                 positions=reached,
                 epoch=self.epoch(),
                 stop=self._stop,
@@ -260,7 +310,7 @@ class Drainer:
         self.drained_records += len(entries)
         self.metrics.stored.inc(result.stored)
         self.metrics.duplicates.inc(result.duplicates)
-        for item in items:
+        for item in batch.items:
             if isinstance(item, Rejected):
                 self.metrics.rejected.labels(item.reason.split(":", 1)[0][:40]).inc()
         if self._catching_up:
@@ -280,6 +330,7 @@ class Drainer:
     def _rewind(self, positions: dict[str, int], why: str) -> bool:
         """Goes back to the database's positions: the records after them are drained again."""
         self.metrics.rewound.inc()
+        self._ahead = None  # read from positions that are no longer ours
         log.warning("%s: %s; replaying from the journal's retained segments", self.name, why)
         stored = self._load_positions()
         if stored is None:

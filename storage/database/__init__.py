@@ -1,5 +1,5 @@
 """The database sink: reports, rejected reports, journal positions and fence in one transaction."""
 
-from storage.database.sink import Sink, WriteResult
+from storage.database.sink import Batch, Sink, WriteResult
 
-__all__ = ["Sink", "WriteResult"]
+__all__ = ["Batch", "Sink", "WriteResult"]

@@ -41,7 +41,10 @@ REJECTED_COLUMNS = ("report_id", "queue", "reason", "raw", "received_at", "diges
 
 def utc(at: datetime) -> datetime:
     """An aware UTC datetime; a naive one is taken to be UTC already."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    tz = at.tzinfo
+    if tz is UTC:  # what fromisoformat gives for "+00:00": nothing to convert
+        return at
+    return at.replace(tzinfo=UTC) if tz is None else at.astimezone(UTC)
 
 
 def parse_time(value: Any) -> datetime | None:

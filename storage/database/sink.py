@@ -1,8 +1,8 @@
 """The sink: where drained reports are stored, exactly once, by the writer that holds the fence.
 
-A batch is one transaction: fence check, report rows (`ON CONFLICT DO NOTHING`), rejected rows,
-journal positions. A crash anywhere leaves all of it or none of it, and replaying a batch whose
-commit was lost stores nothing twice.
+A batch is one transaction: fence check, report rows (a report_id stored already is skipped),
+rejected rows, journal positions. A crash anywhere leaves all of it or none of it, and replaying
+a batch whose commit was lost stores nothing twice.
 """
 
 import logging
@@ -49,6 +49,30 @@ class WriteResult:
     rejected: int
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A batch's items with their rows built, ready for `write_batch` (see `Sink.prepare`)."""
+
+    items: Sequence[Report | Rejected]
+    reports: list[Report]
+    report_rows: list[dict[str, Any]]
+    # The report rows as COPY takes them (PostgreSQL), else None.
+    copy_rows: list[list[Any]] | None
+    rejected_rows: list[dict[str, Any]]
+
+    def __add__(self, other: "Batch") -> "Batch":
+        copy_rows = None
+        if self.copy_rows is not None and other.copy_rows is not None:
+            copy_rows = self.copy_rows + other.copy_rows
+        return Batch(
+            [*self.items, *other.items],
+            self.reports + other.reports,
+            self.report_rows + other.report_rows,
+            copy_rows,
+            self.rejected_rows + other.rejected_rows,
+        )
+
+
 class Sink:
     """The database of one drainer: `journal` keys its positions, `cluster` is its fence."""
 
@@ -60,6 +84,23 @@ class Sink:
             self._engine = make_engine(url)
             self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
         self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        self._duplicates_seen = False
+
+    def prepare(self, items: Sequence[Report | Rejected]) -> Batch:
+        """Builds the rows of `items`: pure work, which a caller may do outside the transaction
+        (the drainer does it while the previous batch is in the database)."""
+        report_items = [item for item in items if isinstance(item, Report)]
+        rows = [report_row(report) for report in report_items]
+        copy_rows = None
+        if self._dialect is postgresql:
+            copy_rows = insert.copy_rows(rows, [report.body for report in report_items])
+        return Batch(
+            items,
+            report_items,
+            rows,
+            copy_rows,
+            [rejected_row(item) for item in items if isinstance(item, Rejected)],
+        )
 
     def __repr__(self) -> str:
         return f"Sink({redacted(self.url)!r}, cluster={self.cluster!r}, journal={self.journal!r})"
@@ -113,7 +154,7 @@ class Sink:
 
     def write_batch(
         self,
-        items: Sequence[Report | Rejected],
+        items: Sequence[Report | Rejected] | Batch,
         *,
         positions: Mapping[str, int],
         epoch: int,
@@ -127,14 +168,17 @@ class Sink:
         DatabaseUnavailable if the database cannot be reached (retry the same batch),
         DatabaseError otherwise.
         """
-        report_items = [item for item in items if isinstance(item, Report)]
-        rejected_rows = [rejected_row(item) for item in items if isinstance(item, Rejected)]
+        batch = items if isinstance(items, Batch) else self.prepare(items)
         with translated(self.url), self._engine.begin() as conn:
             self._check_fence(conn, epoch)
             if committed:
                 self._check_positions(conn, committed)
-            stored, refused = self._insert_isolating(conn, report_items)
-            rejected_rows.extend(refused_row(report, reason) for report, reason in refused)
+            stored, refused = self._insert_isolating(
+                conn, batch.reports, batch.report_rows, batch.copy_rows
+            )
+            rejected_rows = batch.rejected_rows + [
+                refused_row(report, reason) for report, reason in refused
+            ]
             rejected = insert.insert_many(conn, rejected_reports, rejected_rows, "digest")
             self._store_positions(conn, positions)
         if refused:
@@ -144,11 +188,11 @@ class Sink:
                 len(refused),
                 ", ".join(report.report_id for report, _ in refused[:5]),
             )
-        return WriteResult(stored, len(items) - stored - rejected, rejected)
+        return WriteResult(stored, len(batch.items) - stored - rejected, rejected)
 
     def write_batch_retrying(
         self,
-        items: Sequence[Report | Rejected],
+        items: Sequence[Report | Rejected] | Batch,
         *,
         positions: Mapping[str, int],
         epoch: int,
@@ -200,29 +244,45 @@ class Sink:
         return retrying(attempt)
 
     def _insert_isolating(
-        self, conn: Connection, items: list[Report]
+        self,
+        conn: Connection,
+        items: list[Report],
+        rows: list[dict[str, Any]],
+        copy_rows: list[list[Any]] | None,
     ) -> tuple[int, list[tuple[Report, str]]]:
         """Insert reports; those the database refuses are found by bisection and returned."""
         if not items:
             return 0, []
-        rows = [report_row(item) for item in items]
         try:
             with conn.begin_nested():
-                return self._insert_reports(conn, rows, [item.body for item in items]), []
+                texts = [item.body for item in items]
+                return self._insert_reports(conn, rows, texts, copy_rows), []
         except _ROW_ERRORS as error:
             if len(items) == 1:
                 return 0, [(items[0], _refusal(error))]
         middle = len(items) // 2
-        stored_a, refused_a = self._insert_isolating(conn, items[:middle])
-        stored_b, refused_b = self._insert_isolating(conn, items[middle:])
+        first, second = (
+            (None, None) if copy_rows is None else (copy_rows[:middle], copy_rows[middle:])
+        )
+        stored_a, refused_a = self._insert_isolating(conn, items[:middle], rows[:middle], first)
+        stored_b, refused_b = self._insert_isolating(conn, items[middle:], rows[middle:], second)
         return stored_a + stored_b, refused_a + refused_b
 
     def _insert_reports(
-        self, conn: Connection, rows: list[dict[str, Any]], texts: list[str | None]
+        self,
+        conn: Connection,
+        rows: list[dict[str, Any]],
+        texts: list[str | None],
+        copy_rows: list[list[Any]] | None = None,
     ) -> int:
-        if conn.dialect.name == "postgresql":
-            return insert.copy_reports(conn, rows, texts)
-        return insert.insert_many(conn, reports, rows, "report_id")
+        if conn.dialect.name != "postgresql":
+            return insert.insert_many(conn, reports, rows, "report_id")
+        # Duplicates come in runs (a redelivery, a replay): after a batch with some, the next
+        # goes the staged way at once rather than after a COPY that fails on the first one.
+        copy = insert.copy_reports_staged if self._duplicates_seen else insert.copy_reports
+        stored = copy(conn, rows, texts, values=copy_rows)
+        self._duplicates_seen = stored < len(rows)
+        return stored
 
     def _check_positions(self, conn: Connection, committed: Mapping[str, int]) -> None:
         query = select(journal_positions.c.segment, journal_positions.c.byte).where(

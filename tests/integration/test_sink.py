@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from reporting.harness import Postgres
-from storage.database import Sink
+from storage.database import Sink, insert
 from storage.database.schema import rejected_reports, reports
 from storage.errors import DatabaseUnavailable, StaleEpoch
 from storage.reports import Rejected, Report, from_record
@@ -74,6 +74,35 @@ def test_same_batch_twice_is_stored_once(sink: Sink) -> None:
     assert sink.count_rejected() == 1
     assert sink.positions() == {"00000001": 4096}
     assert sink.report_id_counts(["r0", "r49", "missing"]) == {"r0": 1, "r49": 1, "missing": 0}
+
+
+def test_batches_after_one_with_duplicates_store_only_new_reports(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a batch with a stored id fails its COPY and goes the staged way, and so
+    # does the batch after it (duplicates come in runs); one without then resets that.
+    staged: list[int] = []
+    copy_staged = insert._copy_staged
+    monkeypatch.setattr(
+        insert,
+        "_copy_staged",
+        lambda driver, rows: staged.append(len(rows)) or copy_staged(driver, rows),
+    )
+    first = sink.write_batch([cdr(f"a{i}") for i in range(5)], positions={}, epoch=1)
+    mixed = sink.write_batch([cdr("a2"), cdr("b1"), cdr("b1"), cdr("b2")], positions={}, epoch=1)
+    new = sink.write_batch([cdr("c1"), cdr("c2")], positions={}, epoch=1)
+    again = sink.write_batch([cdr("d1"), cdr("a0")], positions={}, epoch=1)
+    fresh = sink.write_batch([cdr("e1")], positions={}, epoch=1)
+
+    assert (first.stored, first.duplicates) == (5, 0)
+    assert (mixed.stored, mixed.duplicates) == (2, 2)
+    assert (new.stored, new.duplicates) == (2, 0)
+    assert (again.stored, again.duplicates) == (1, 1)
+    assert (fresh.stored, fresh.duplicates) == (1, 0)
+    assert sink.count_reports() == 11
+    assert sink.count_rejected() == 0
+    if sink.url.startswith("postgresql"):
+        assert staged == [4, 2, 2, 1]  # mixed, new, again (after its COPY failed), fresh
 
 
 def test_duplicate_report_id_within_one_batch_is_stored_once(sink: Sink) -> None:

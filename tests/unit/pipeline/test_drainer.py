@@ -149,3 +149,36 @@ def test_an_idle_drainer_notices_lost_commits(tmp_path: Path, monkeypatch) -> No
         drainer.stop()
         journal.close()
         sink.close()
+
+
+def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> None:
+    # Small segments and batches: the read-ahead crosses segment ends and releases, and the
+    # journal grows while it reads.
+    journal = Journal(tmp_path / "journal", writer="rs", segment_bytes=4096)
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=7,
+        epoch=lambda: 0,
+        metrics=Metrics(),
+        on_fenced=lambda exc: None,
+        on_room=lambda: None,
+        name="rs",
+    )
+    drainer.start()
+    try:
+        for start in range(0, 600, 40):
+            journal.append_batch(batch(start, 40))
+            drainer.wake()
+        wait_until(lambda: drainer.drained_records == 600)
+        with sink._engine.connect() as conn:
+            ids = [r for (r,) in conn.execute(select(reports.c.report_id))]
+        assert sorted(ids) == sorted(f"r{i}" for i in range(600))
+        assert drainer.stored == 600
+        wait_until(lambda: journal.pending.records == 0)
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
