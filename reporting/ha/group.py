@@ -7,12 +7,12 @@ Under the cluster path:
     queues/<queue>/epoch    the queue's fence, bumped by every new owner
 
 Each instance watches the member list and the owner nodes and computes the assignment from them
-(`assignment.assign`); the same view gives every instance the same answer. For each queue it then gives up an owner node it should
-no longer hold (once the server has stopped that queue) or tries to create the owner node of a
-queue it should own. The owner node, not the assignment, decides who owns a queue: while a queue
-moves, the new owner waits until the old one has deleted its node, or until the old one's session
-has expired. A queue therefore never has two owners, and a new owner's epoch fences any write the
-old one still attempts.
+(`assignment.assign`); the same view gives every instance the same answer. For each queue it then
+gives up an owner node it should no longer hold (once the server has stopped that queue) or tries
+to create the owner node of a queue it should own. The owner node, not the assignment, decides who
+owns a queue: while a queue moves, the new owner waits until the old one has deleted its node, or
+until the old one's session has expired. A queue therefore never has two owners, and a new owner's
+epoch fences any write the old one still attempts.
 
 Every queue has a role state machine of its own (`roles.Roles` with the shared policy: the
 connection suspended means standing by at once) and a `Delivery` thread, so that queues are
