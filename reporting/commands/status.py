@@ -1,6 +1,7 @@
 """`reporting-server status --config FILE [--json]`: role and health of the pair."""
 
 import argparse
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -21,7 +22,7 @@ def fetch_status(listen: str, timeout_s: float = 2.0) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(f"http://{listen}/status", timeout=timeout_s) as reply:
             return json.load(reply)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         return {"name": "?", "http": listen, "role": "unreachable", "error": str(reason)}
 

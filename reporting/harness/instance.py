@@ -5,6 +5,7 @@ SIGSTOP and SIGTERM hit the real thing. The config file is written from a dict s
 TOML file (CONTRACT.md).
 """
 
+import http.client
 import json
 import sys
 import urllib.error
@@ -77,7 +78,7 @@ class Instance(Service):
         try:
             with urllib.request.urlopen(f"http://{self.listen}/healthz", timeout=1) as reply:
                 return reply.status == 200
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
             return False
 
     def status(self, timeout_s: float = 2.0) -> dict[str, Any]:
@@ -88,5 +89,6 @@ class Instance(Service):
     def try_status(self, timeout_s: float = 1.0) -> dict[str, Any] | None:
         try:
             return self.status(timeout_s)
-        except (urllib.error.URLError, OSError, ValueError):
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+            # HTTPException: the process went away in the middle of its answer (a stop or a kill).
             return None
