@@ -51,16 +51,8 @@ class GroupServer:
             )
             for queue in self.election.queues
         }
-        session_s = config.ha.session_timeout_s
-        self.pause = PauseDetector(
-            gap_s=session_s / 2,
-            distrust_s=session_s,
-            on_pause=lambda gap: log.warning(
-                "%s: this process did not run for %.1f s; ownership unconfirmed for %.1f s",
-                config.name,
-                gap,
-                session_s,
-            ),
+        self.pause = PauseDetector.for_session(
+            config.name, config.ha.session_timeout_s, what="ownership"
         )
         self._probed: bool | None = None
         # Read when scraped; each lane's drainer would otherwise overwrite the others' figures.

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 
 from reporting.config import Config, queue_key
-from reporting.pipeline import Drainer, Intake
+from reporting.pipeline import Drainer, Intake, open_journal
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Consumer
 from storage.database import Sink
@@ -38,9 +38,10 @@ class Lane:
         self.queue = queue
         self.name = f"{config.name}-{queue.rpartition('.')[2]}"
         self.key = queue_key(config.ha.cluster, queue)
+        self.dir = config.journal.dir / queue
         self._config = config
         self._metrics = metrics
-        self._journal = self._open_journal(epoch=0)
+        self._journal = open_journal(config, self.dir, epoch=0, metrics=metrics)
         self.sink = Sink(config.database.url, cluster=self.key, journal=self.key)
         room = threading.Event()
         self.drainer = Drainer(
@@ -76,7 +77,7 @@ class Lane:
         self.drainer.stop()
         # The lane's own segments carry the epoch under which they were written.
         self._journal.close()
-        self._journal = self._open_journal(epoch=epoch)
+        self._journal = open_journal(self._config, self.dir, epoch=epoch, metrics=self._metrics)
         self.drainer.start()
         # Unless the database is down: then the journal buffers both, and the drain catches up.
         self.drainer.wait_caught_up(CATCH_UP_S)
@@ -102,15 +103,3 @@ class Lane:
                 self.consuming = False
                 self.consumer.stop()
                 log.info("%s: consumer stopped (%s)", self.name, reason)
-
-    def _open_journal(self, *, epoch: int) -> Journal:
-        j = self._config.journal
-        return Journal(
-            j.dir / self.queue,
-            writer=self._config.name,
-            epoch=epoch,
-            max_bytes=j.max_bytes,
-            segment_bytes=j.segment_bytes,
-            retain_s=j.retain_s,
-            on_quarantine=lambda path, reason: self._metrics.quarantined.inc(),
-        )

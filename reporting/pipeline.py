@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
-from reporting.config import BrokerConfig
+from reporting.config import BrokerConfig, Config
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Message
 from reporting.wire.decode import decode
@@ -34,6 +35,20 @@ VERIFY_IDLE_S = 5.0
 # The read-ahead decodes this many records between chances for the drainer to take the
 # interpreter lock back (a thread that holds it keeps it for up to 5 ms).
 _YIELD_RECORDS = 20
+
+
+def open_journal(config: Config, directory: Path, *, epoch: int, metrics: Metrics) -> Journal:
+    """The instance's journal in `directory`, written under `epoch`, with `[journal]`'s limits."""
+    j = config.journal
+    return Journal(
+        directory,
+        writer=config.name,
+        epoch=epoch,
+        max_bytes=j.max_bytes,
+        segment_bytes=j.segment_bytes,
+        retain_s=j.retain_s,
+        on_quarantine=lambda path, reason: metrics.quarantined.inc(),
+    )
 
 
 class Intake:

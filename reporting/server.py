@@ -20,12 +20,11 @@ from reporting.config import Config
 from reporting.errors import BrokerError
 from reporting.ha import Role, RoleChange, make_election
 from reporting.ha.pause import PauseDetector
-from reporting.pipeline import Drainer, Intake
+from reporting.pipeline import Drainer, Intake, open_journal
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Consumer
 from storage.database import Sink
 from storage.errors import StaleEpoch
-from storage.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.started_at = time.time()
-        self._journal = self._open_journal(epoch=0)
+        self._journal = open_journal(config, config.journal.dir, epoch=0, metrics=self.metrics)
         self.sink = Sink(
             config.database.url, cluster=config.fence_cluster, journal=config.journal_key
         )
@@ -83,16 +82,8 @@ class Server:
             auth=config.ha.auth,
         )
         self._stopping = threading.Event()
-        session_s = config.ha.session_timeout_s
-        self.pause = PauseDetector(
-            gap_s=session_s / 2,
-            distrust_s=session_s,
-            on_pause=lambda gap: log.warning(
-                "%s: this process did not run for %.1f s; role unconfirmed for %.1f s",
-                config.name,
-                gap,
-                session_s,
-            ),
+        self.pause = PauseDetector.for_session(
+            config.name, config.ha.session_timeout_s, what="role"
         )
         self._probed: bool | None = None
         # Read when scraped, from the same state /status shows.
@@ -150,7 +141,9 @@ class Server:
         self._stop_consuming("taking the role")
         self.drainer.stop()
         self._journal.close()
-        self._journal = self._open_journal(epoch=epoch)
+        self._journal = open_journal(
+            self.config, self.config.journal.dir, epoch=epoch, metrics=self.metrics
+        )
         self.drainer.start()
         # Reports journalled by an earlier holder go in first, unless the database is down: then
         # the journal buffers both and the drainer catches up later.
@@ -232,18 +225,6 @@ class Server:
             except OSError:
                 continue
         return False
-
-    def _open_journal(self, *, epoch: int) -> Journal:
-        j = self.config.journal
-        return Journal(
-            j.dir,
-            writer=self.config.name,
-            epoch=epoch,
-            max_bytes=j.max_bytes,
-            segment_bytes=j.segment_bytes,
-            retain_s=j.retain_s,
-            on_quarantine=lambda path, reason: self.metrics.quarantined.inc(),
-        )
 
     # -- status -------------------------------------------------------------------------------
 

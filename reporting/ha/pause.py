@@ -8,9 +8,12 @@ process was not running, and for `distrust_s` after it the role is taken as unco
 then the ZooKeeper client has either confirmed the session or reported it lost.
 """
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class PauseDetector:
@@ -51,6 +54,22 @@ class PauseDetector:
             self._paused_until = now + self.distrust_s
             if self.on_pause is not None:
                 self.on_pause(gap)
+
+    @classmethod
+    def for_session(cls, name: str, session_s: float, *, what: str) -> "PauseDetector":
+        """Distrusts `what` (the role, the queues owned) for one session after a pause longer
+        than half of it, and logs each such pause."""
+        return cls(
+            gap_s=session_s / 2,
+            distrust_s=session_s,
+            on_pause=lambda gap: log.warning(
+                "%s: this process did not run for %.1f s; %s unconfirmed for %.1f s",
+                name,
+                gap,
+                what,
+                session_s,
+            ),
+        )
 
     def suspect(self) -> bool:
         """True while the role of this process may have been lost during a pause."""

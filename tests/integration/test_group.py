@@ -51,6 +51,16 @@ def spread(members: list[Instance], queues: list[str]) -> dict[str, str] | None:
     return assignment if set(assignment.values()) == names else None
 
 
+def flowing(
+    members: list[Instance], broker: str, queue_prefix: str, tmp_path: Path, *, count: int
+) -> Flow:
+    """`count` reports sent at 300/s into a ledger, once the members have stored the first 300."""
+    flow = Flow([broker], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=300)
+    flow.start()
+    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    return flow
+
+
 def start_group(group, count: int, queues: list[str]) -> tuple[list[Instance], dict[str, str]]:
     members = [group(f"rs-{i}") for i in range(count)]
     for instance in members:
@@ -110,10 +120,7 @@ def test_kill_9_moves_the_queues_of_the_dead(
     group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
 ) -> None:
     members, assignment = start_group(group, 3, queues)
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
-    ).start()
-    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
     victim = next(i for i in members if list(assignment.values()).count(name(i)) == 2)
     orphans = [q for q, o in assignment.items() if o == name(victim)]
     killed = time.monotonic()
@@ -132,10 +139,7 @@ def test_sigterm_hands_the_queues_over_before_any_session_expires(
     group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
 ) -> None:
     members, assignment = start_group(group, 3, queues)
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
-    ).start()
-    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
     leaving = members.pop(0)
     stopped = time.monotonic()
     leaving.stop()
@@ -151,10 +155,7 @@ def test_an_instance_joining_takes_its_share(
     group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
 ) -> None:
     members, before = start_group(group, 2, queues)
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
-    ).start()
-    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
     newcomer = group("rs-2")
     newcomer.start()
     members.append(newcomer)
@@ -180,10 +181,7 @@ def test_kill_add_and_pause_never_two_owners(
         members, _ = start_group(group, 3, queues)
         for instance in members:
             sampler.add(instance)
-        flow = Flow(
-            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=6000, rate=300
-        ).start()
-        wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+        flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=6000)
 
         killed = members.pop(0)
         killed.kill()
@@ -278,10 +276,7 @@ def test_an_owner_cut_off_from_zookeeper_stands_by_before_its_queues_move(
     wait_for(lambda: spread(members, queues), 30, "every queue owned, once")
     sampler.start()
     try:
-        flow = Flow(
-            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
-        ).start()
-        wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+        flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
         zk_proxy.blackhole()
         darkened = time.monotonic()
         wait_for(lambda: spread(members[1:], queues), 30, "rs-0's queues to move")
