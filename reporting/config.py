@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from reporting.errors import ConfigError
+from storage.reports import DEFAULT_QUEUES, KINDS, kind_of
 
 MODES = ("standalone", "shared", "segregated", "group")
 ROLES = ("primary", "backup")
-KINDS = ("cdr", "or", "sq", "events")
-DEFAULT_QUEUES = tuple(f"gvp.reporting.{kind}" for kind in KINDS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -334,8 +333,7 @@ def parse_config(
         ca_file=_ca_file(sec, base, tls),
     )
     for queue in broker.queues:
-        # The last part of a queue's name is the kind of the reports it carries.
-        if queue.rpartition(".")[2] not in KINDS:
+        if kind_of(queue) not in KINDS:
             raise ConfigError(
                 "broker.queues",
                 f"unknown queue {queue!r}; expected a name ending in .<{'|'.join(KINDS)}>",

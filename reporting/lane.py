@@ -18,6 +18,7 @@ from reporting.wire.consumer import Consumer
 from storage.database import Sink
 from storage.errors import StaleEpoch
 from storage.journal import Journal
+from storage.reports import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class Lane:
         on_fenced: Callable[[StaleEpoch], None],
     ) -> None:
         self.queue = queue
-        self.name = f"{config.name}-{queue.rpartition('.')[2]}"
+        self.name = f"{config.name}-{kind_of(queue)}"
         self.key = queue_key(config.ha.cluster, queue)
         self.dir = config.journal.dir / queue
         self._config = config

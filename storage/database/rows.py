@@ -1,23 +1,32 @@
 """Reports and rejected messages as table rows.
 
-The typed columns are copies of payload fields, taken tolerantly: a value that passed validation
-but does not parse (or has the wrong type) is stored as NULL; the payload keeps it as sent.
+The typed columns are copies of payload fields (`storage.reports.FIELDS` names them), taken
+tolerantly: a value that passed validation but does not parse, has the wrong type or is longer
+than its column's bound is stored as NULL; the payload keeps it as sent.
 """
 
 import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.reports import Rejected, Report, to_record
+from storage.reports import FIELDS, MAX_TEXT_CHARS, Rejected, Report, to_record
 
-# payload field -> reports column, per kind: (column, field, parser)
+# Text, count and number fields are copied from the payload of any kind that has them (an event
+# may carry a tenant); a time only for the kinds that name it, since started_at is a cdr's
+# `start` but an event's `at`.
+_COPIED = {f.name: f for fields in FIELDS.values() for f in fields if f.column and f.type != "time"}
+_TEXT_FIELDS = tuple(
+    (f.column, f.name, f.max_chars or MAX_TEXT_CHARS) for f in _COPIED.values() if f.type == "text"
+)
+_INT_FIELDS = tuple((f.column, f.name) for f in _COPIED.values() if f.type == "count")
+_NUMBER_FIELDS = tuple((f.column, f.name) for f in _COPIED.values() if f.type == "number")
 _TIME_FIELDS = {
-    "cdr": (("started_at", "start"), ("ended_at", "end")),
-    "events": (("started_at", "at"),),
-    "or": (("interval_start", "interval_start"),),
+    kind: tuple((f.column, f.name) for f in fields if f.type == "time")
+    for kind, fields in FIELDS.items()
 }
-_TEXT_FIELDS = ("call_id", "component", "tenant", "metric")
-_INT_FIELDS = ("arrivals", "peak")
+# The id and queue of a rejected row are cut to this (the raw record keeps them whole), so that
+# the row fits its index whatever it came from.
+_REJECTED_ID_CHARS = MAX_TEXT_CHARS
 
 REPORT_COLUMNS = (
     "report_id",
@@ -68,15 +77,16 @@ def report_row(report: Report) -> dict[str, Any]:
         "ended_at": None,
         "interval_start": None,
     }
-    for column in _TEXT_FIELDS:
-        value = payload.get(column)
-        row[column] = value if isinstance(value, str) else None
-    for column in _INT_FIELDS:
+    for column, field, max_chars in _TEXT_FIELDS:
+        value = payload.get(field)
+        row[column] = value if isinstance(value, str) and len(value) <= max_chars else None
+    for column, field in _INT_FIELDS:
         # Passed through unbounded: a value beyond bigint is a row the database refuses, and so
         # lands in rejected_reports rather than being silently cut.
-        value = payload.get(column)
+        value = payload.get(field)
         row[column] = value if isinstance(value, int) and not isinstance(value, bool) else None
-    row["value"] = _number(payload.get("value"))
+    for column, field in _NUMBER_FIELDS:
+        row[column] = _number(payload.get(field))
     for column, field in _TIME_FIELDS.get(report.kind, ()):
         row[column] = parse_time(payload.get(field))
     return row
