@@ -24,8 +24,8 @@ _TIME_FIELDS = {
     kind: tuple((f.column, f.name) for f in fields if f.type == "time")
     for kind, fields in FIELDS.items()
 }
-# The id and queue of a rejected row are cut to this (the raw record keeps them whole), so that
-# the row fits its index whatever it came from.
+# The id of a rejected row is cut to this (the raw record keeps it whole), so that the row
+# fits its index whatever it came from.
 _REJECTED_ID_CHARS = MAX_TEXT_CHARS
 
 REPORT_COLUMNS = (
@@ -102,10 +102,10 @@ def _number(value: Any) -> float | None:
 
 
 def rejected_row(rejected: Rejected) -> dict[str, Any]:
-    # Text scrubbed so that any rejected message can be stored; the digest is of the original,
-    # so a replay of the same record still matches.
+    # Text scrubbed and the id cut so that any rejected message can be stored; the digest is of
+    # the original, so a replay of the same record still matches.
     return {
-        "report_id": scrub_text(rejected.report_id),
+        "report_id": scrub_text(rejected.report_id[:_REJECTED_ID_CHARS]),
         "queue": scrub_text(rejected.queue),
         "reason": scrub_text(rejected.reason),
         "raw": rejected.raw,
@@ -134,5 +134,11 @@ def digest(report_id: str, queue: str, reason: str, raw: bytes) -> str:
 
 
 def scrub_text(value: str) -> str:
-    """Text the database can hold: NUL bytes (which PostgreSQL refuses) written as `\\x00`."""
-    return value.replace("\x00", "\\x00")
+    """Text the database can hold: NUL bytes (which PostgreSQL refuses) written as `\\x00`, lone
+    surrogates (which UTF-8 cannot encode) as `\\udxxx`."""
+    value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
