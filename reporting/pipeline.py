@@ -10,6 +10,7 @@ the journal positions reached and the fence check. The same loop serves normal o
 database outage (it retries, the journal grows) and the replay after it.
 """
 
+import hashlib
 import logging
 import threading
 import time
@@ -117,8 +118,12 @@ def _decode_record(data: bytes) -> Report | Rejected:
         return from_record(data)
     except (ValueError, KeyError, TypeError):
         # A checksummed record that does not decode is a bug, not a reason to stop the drain.
-        digest = f"undecodable-{hash(data) & 0xFFFFFFFF:08x}-{len(data)}"
-        return Rejected(digest, "", "undecodable journal record", data, datetime.now(UTC))
+        # Its id is a digest of its bytes, the same in every process, so that a record drained
+        # again (after a crash or a rewind) is the same rejected row.
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        return Rejected(
+            f"undecodable-{digest}", "", "undecodable journal record", data, datetime.now(UTC)
+        )
 
 
 def _reached(entries: list[Entry]) -> dict[str, int]:

@@ -118,9 +118,13 @@ def refused_row(report: Report, reason: str) -> dict[str, Any]:
     """A report the database refused, kept as a rejected row with its whole journal record."""
     try:
         raw = to_record(report)
-    except ValueError:  # an integer too long to print; keep what can be printed
+    except ValueError:  # an integer too long to print, a lone surrogate: keep what prints
         raw = repr(report).encode("utf-8", "backslashreplace")
-    return rejected_row(Rejected(report.report_id, report.queue, reason, raw, report.received_at))
+    row = rejected_row(Rejected(report.report_id, report.queue, reason, raw, report.received_at))
+    # Keyed without the database's wording, which another statement path, server version or
+    # lc_messages may change: the same record refused again is the same row.
+    row["digest"] = digest(report.report_id, report.queue, "database refused", raw)
+    return row
 
 
 def digest(report_id: str, queue: str, reason: str, raw: bytes) -> str:

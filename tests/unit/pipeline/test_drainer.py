@@ -1,5 +1,8 @@
 """The drainer against a journal and an SQLite sink: what the database loses is replayed."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -10,7 +13,7 @@ from sqlalchemy import delete, func, select, update
 from reporting.pipeline import Drainer
 from reporting.status.metrics import Metrics
 from storage.database import Sink
-from storage.database.schema import journal_positions, reports
+from storage.database.schema import journal_positions, rejected_reports, reports
 from storage.journal import Journal
 from storage.reports import Report, to_record
 
@@ -181,4 +184,59 @@ def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> 
     finally:
         drainer.stop()
         journal.close()
+        sink.close()
+
+
+UNDECODABLE = b"\x00 not a journal record's JSON"
+
+DRAIN_ONCE = """
+import sys
+from pathlib import Path
+from reporting.pipeline import Drainer
+from reporting.status.metrics import Metrics
+from storage.database import Sink
+from storage.journal import Journal
+
+journal = Journal(Path(sys.argv[1]), writer="rs", retain_s=3600)
+sink = Sink(sys.argv[2], cluster="rs", journal="rs")
+sink.upgrade()
+drainer = Drainer(lambda: journal, sink, batch_records=10, epoch=lambda: 0, metrics=Metrics(),
+                  on_fenced=print, on_room=lambda: None, name="rs")
+drainer.start()
+assert drainer.wait_caught_up(30)
+drainer.stop()
+journal.close()
+sink.close()
+"""
+
+
+def test_an_undecodable_record_is_rejected_once_whichever_process_drains_it(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)
+    journal.append_batch([UNDECODABLE, *batch(0, 3)])
+    journal.close()
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    for seed in ("1", "2"):
+        # Another process, another hash seed: as after a restart. The database lost the
+        # positions in between (a standby promoted), so the record is drained again.
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-c", DRAIN_ONCE, str(tmp_path / "journal"), url],
+            check=True,
+            env=env,
+            timeout=60,
+        )
+        sink = Sink(url, cluster="rs", journal="rs")
+        with sink._engine.begin() as conn:
+            conn.execute(delete(journal_positions))
+        sink.close()
+    sink = Sink(url, cluster="rs", journal="rs")
+    try:
+        with sink._engine.connect() as conn:
+            rows = list(conn.execute(select(rejected_reports.c.report_id, rejected_reports.c.raw)))
+        assert len(rows) == 1
+        assert rows[0].report_id.startswith("undecodable-") and bytes(rows[0].raw) == UNDECODABLE
+        assert count(sink) == 3
+    finally:
         sink.close()

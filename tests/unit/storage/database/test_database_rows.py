@@ -72,3 +72,13 @@ def test_text_longer_than_its_column_bound_is_null_and_kept_in_the_payload() -> 
     row = report_row(Report("r", "or", "q", payload, AT))
     assert row["call_id"] is None and row["payload"]["call_id"] == long
     assert row["tenant"] == "t" * MAX_TEXT_CHARS
+
+
+def test_a_refused_report_is_keyed_without_the_database_wording() -> None:
+    # The same record refused again, by another statement path or in another locale, is the
+    # same rejected row.
+    report = Report("r", "sq", "q", {"value": 1}, AT)
+    first = refused_row(report, "database refused: NumericValueOutOfRange: value overflows")
+    again = refused_row(report, "database refused: NumericValueOutOfRange: valeur hors limites")
+    assert first["digest"] == again["digest"] and first["reason"] != again["reason"]
+    assert refused_row(Report("r2", "sq", "q", {"value": 1}, AT), "x")["digest"] != first["digest"]
