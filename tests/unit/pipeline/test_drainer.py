@@ -45,13 +45,12 @@ def test_commits_the_database_lost_are_replayed_from_the_journal(tmp_path: Path)
         lambda: journal,
         sink,
         batch_records=100,
-        epoch=lambda: 0,
         metrics=metrics,
         on_fenced=fenced.append,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     try:
         journal.append_batch(batch(0, 100))
         kept = journal.append_batch(batch(100, 100))
@@ -98,13 +97,12 @@ def test_stop_is_prompt_while_the_database_is_down(tmp_path: Path) -> None:
         lambda: journal,
         sink,
         batch_records=10,
-        epoch=lambda: 0,
         metrics=Metrics(),
         on_fenced=lambda exc: None,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     wait_until(lambda: drainer.database_up is False)
     started = time.monotonic()
     drainer.stop()
@@ -126,13 +124,12 @@ def test_an_idle_drainer_notices_lost_commits(tmp_path: Path, monkeypatch) -> No
         lambda: journal,
         sink,
         batch_records=100,
-        epoch=lambda: 0,
         metrics=metrics,
         on_fenced=lambda exc: None,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     try:
         kept = journal.append_batch(batch(0, 100))
         journal.append_batch(batch(100, 100))
@@ -161,13 +158,12 @@ def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> 
         lambda: journal,
         sink,
         batch_records=7,
-        epoch=lambda: 0,
         metrics=Metrics(),
         on_fenced=lambda exc: None,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     try:
         for start in range(0, 600, 40):
             journal.append_batch(batch(start, 40))
