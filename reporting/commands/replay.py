@@ -5,6 +5,7 @@ fence's current epoch, so a newer active instance still fences it off.
 """
 
 import argparse
+import logging
 import sys
 import threading
 import time
@@ -57,6 +58,8 @@ def _live_holder(config: Config) -> str | None:
     from reporting.ha.holders import journal_holder
     from reporting.ha.session import make_client
 
+    # A look, not a session worth telling about: kazoo's connection lines would bury the answer.
+    logging.getLogger("kazoo.client").setLevel(logging.WARNING)
     client = make_client(
         config.ha.zookeeper, session_timeout_s=config.ha.session_timeout_s, auth=config.ha.auth
     )

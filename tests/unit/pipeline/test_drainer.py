@@ -178,3 +178,61 @@ def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> 
         drainer.stop()
         journal.close()
         sink.close()
+
+
+def test_a_drainer_started_under_a_fenced_off_epoch_ends_and_the_wait_says_so_at_once(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs")
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    sink.claim_epoch(7)  # a newer holder took the role meanwhile
+    fenced: list[Exception] = []
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=100,
+        metrics=Metrics(),
+        on_fenced=fenced.append,
+        on_room=lambda: None,
+        name="rs",
+    )
+    journal.append_batch(batch(0, 10))
+    drainer.start(3)
+    try:
+        started = time.monotonic()
+        assert drainer.wait_caught_up(30) is False
+        assert time.monotonic() - started < 5, "the wait outlived the drainer"
+        assert not drainer.running
+        assert fenced and fenced[0].epoch == 3
+        assert drainer.stopped_because is not None and "fenced" in drainer.stopped_because
+        # Nothing was written under the stale epoch.
+        assert count(sink) == 0
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+def test_a_new_holder_raises_the_fence_before_its_first_batch(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs")
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=100,
+        metrics=Metrics(),
+        on_fenced=lambda exc: None,
+        on_room=lambda: None,
+        name="rs",
+    )
+    drainer.start(5)
+    try:
+        assert drainer.wait_caught_up(30)
+        # Nothing was drained, and yet a stale holder's write of epoch 4 is refused already.
+        assert sink.fence_epoch() == 5
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
