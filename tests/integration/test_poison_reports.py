@@ -165,7 +165,6 @@ def test_a_batch_that_meets_the_statement_timeout_is_split(
         lambda: journal,
         sink,
         batch_records=40,
-        epoch=lambda: 1,
         metrics=Metrics(),
         on_fenced=lambda exc: None,
         on_room=lambda: None,
@@ -178,7 +177,7 @@ def test_a_batch_that_meets_the_statement_timeout_is_split(
         return drainer.drained_records == 40
 
     started = time.monotonic()
-    drainer.start()
+    drainer.start(1)
     try:
         wait_for(drained, 60, "every record drained", every_s=0.05)
         # Two batches met the timeout, 40 and 20 records, each tried once; then batches of 10.
