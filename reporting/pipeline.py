@@ -414,6 +414,8 @@ class Drainer:
         for item in batch.items:
             if isinstance(item, Rejected):
                 self.metrics.rejected.labels(item.reason.split(":", 1)[0][:40]).inc()
+        if result.refused:
+            self.metrics.rejected.labels("database refused").inc(result.refused)
         if self._catching_up:
             self.metrics.replayed.inc(len(entries))
         return True

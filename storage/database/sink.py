@@ -50,12 +50,14 @@ class WriteResult:
     """What a batch did; every item of the batch is counted in exactly one field.
 
     stored: new rows in `reports`; rejected: new rows in `rejected_reports` (rejected messages
-    and reports the database refused); duplicates: items that were already stored.
+    and reports the database refused); duplicates: items that were already stored. refused: of
+    `rejected`, the reports the database refused.
     """
 
     stored: int
     duplicates: int
     rejected: int
+    refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +195,9 @@ class Sink:
             stored, refused = self._insert_isolating(
                 conn, batch.reports, batch.report_rows, batch.copy_rows
             )
-            rejected_rows = batch.rejected_rows + [
-                refused_row(report, reason) for report, reason in refused
-            ]
-            rejected = insert.insert_many(conn, rejected_reports, rejected_rows, "digest")
+            rejected = insert.insert_many(conn, rejected_reports, batch.rejected_rows, "digest")
+            refused_rows = [refused_row(report, reason) for report, reason in refused]
+            new_refused = insert.insert_many(conn, rejected_reports, refused_rows, "digest")
             self._store_positions(conn, positions)
         if refused:
             log.warning(
@@ -205,7 +206,8 @@ class Sink:
                 len(refused),
                 ", ".join(report.report_id for report, _ in refused[:5]),
             )
-        return WriteResult(stored, len(batch.items) - stored - rejected, rejected)
+        rejected += new_refused
+        return WriteResult(stored, len(batch.items) - stored - rejected, rejected, new_refused)
 
     def write_batch_retrying(
         self,

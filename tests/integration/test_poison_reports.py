@@ -11,6 +11,7 @@ import json
 import random
 import threading
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,9 @@ def test_each_poison_report_is_rejected_once_and_the_reports_after_it_are_stored
     for report_id, reason in rejected.items():
         assert reason.startswith(expected[report_id]), (report_id, reason)
     assert large == 5_200_000
+    with urllib.request.urlopen(f"http://{server.listen}/metrics", timeout=5) as reply:
+        metrics = reply.read().decode()
+    assert 'reporting_rejected_reports_total{reason="database refused"} 1.0' in metrics
     assert sampler.seen and set(sampler.seen) == {"up"}, sorted(set(sampler.seen))
     assert server.is_running()
 

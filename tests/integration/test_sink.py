@@ -226,7 +226,7 @@ def test_rows_no_retry_could_fix_are_rejected_and_the_rest_of_the_batch_stored(
     expected = set(bad) if url.startswith("postgresql") else {"surrogate"}
 
     assert result.stored == len(batch) - len(expected)
-    assert result.rejected == len(expected)
+    assert result.rejected == result.refused == len(expected)
     assert sink.report_id_counts(r.report_id for r in good) == {r.report_id: 1 for r in good}
     assert sink.positions() == {"00000004": 900}
     rejected = _rejected(sink)
@@ -241,7 +241,7 @@ def test_rows_no_retry_could_fix_are_rejected_and_the_rest_of_the_batch_stored(
         assert rejected["numeric"][0].endswith("(SQLSTATE 22003)")
 
     again = sink.write_batch(batch, positions={"00000004": 900}, epoch=1)
-    assert (again.stored, again.rejected, again.duplicates) == (0, 0, len(batch))
+    assert (again.stored, again.rejected, again.refused, again.duplicates) == (0, 0, 0, len(batch))
     assert sink.count_rejected() == len(expected)
 
 
