@@ -378,3 +378,26 @@ def test_an_undecodable_record_is_rejected_once_whichever_process_drains_it(
         assert count(sink) == 3
     finally:
         sink.close()
+
+
+def test_a_record_whose_payload_is_not_an_object_is_rejected_and_the_drain_goes_on(
+    tmp_path: Path,
+) -> None:
+    # Valid JSON and checksum, wrong shape: the rows of its batch could never be built.
+    odd = b'{"t":"r","id":"odd","k":"sq","q":"gvp.reporting.sq","p":[1],"at":"2024-05-01T00:00"}'
+    journal = Journal(tmp_path / "journal", writer="rs")
+    journal.append_batch([*batch(0, 5), odd, *batch(5, 5)])
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    drainer = drainer_for(journal, sink, batch_records=100)
+    drainer.start(1)
+    try:
+        wait_until(lambda: drainer.drained_records == 11)
+        assert count(sink) == 10
+        with sink._engine.connect() as conn:
+            rows = list(conn.execute(select(rejected_reports.c.report_id, rejected_reports.c.raw)))
+        assert len(rows) == 1 and bytes(rows[0].raw) == odd
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
