@@ -218,7 +218,8 @@ def test_rows_no_retry_could_fix_are_rejected_and_the_rest_of_the_batch_stored(
         "numeric": Report("numeric", "sq", "gvp.reporting.sq", {}, AT, '{"value": 1e-20000}'),
         "surrogate": cdr("surrogate", call_id="\ud800x"),
     }
-    good = [cdr(f"ok-{i}") for i in range(30)]
+    # A typed text copy past its bound is stored as NULL (the payload keeps it): not refused.
+    good = [cdr(f"ok-{i}") for i in range(29)] + [cdr("long-call-id", call_id=long_id)]
     batch = [*good[:10], bad[long_id], *good[10:20], bad["numeric"], bad["surrogate"], *good[20:]]
 
     result = sink.write_batch(batch, positions={"00000004": 900}, epoch=1)
@@ -236,6 +237,9 @@ def test_rows_no_retry_could_fix_are_rejected_and_the_rest_of_the_batch_stored(
         assert reason.startswith("database refused:"), reason
         if report_id != "surrogate":
             assert from_record(raw).report_id.startswith(report_id)
+    with sink._engine.connect() as conn:
+        call_id = select(reports.c.call_id).where(reports.c.report_id == "long-call-id")
+        assert conn.scalar(call_id) is None
     if url.startswith("postgresql"):
         assert rejected[long_id[:MAX_TEXT_CHARS]][0].endswith("(SQLSTATE 54000)")
         assert rejected["numeric"][0].endswith("(SQLSTATE 22003)")
