@@ -251,6 +251,8 @@ class Server:
                 "paused": self.intake.paused,
             },
             "database": "up" if self._database_up() else "down",
+            # Why it is down, as the database driver said it (no password in it).
+            "database_error": None if self._database_up() else self.sink.last_error,
             "broker": "connected" if self.consumer.connected else "disconnected",
             "broker_host": self.consumer.connected_host,
             "stored": self.drainer.stored,

@@ -6,7 +6,7 @@ Both are needed for `INSERT ... ON CONFLICT`, on which "no duplicates" rests.
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
@@ -21,6 +21,7 @@ IDLE_IN_TRANSACTION_TIMEOUT_S = 5
 # A database that accepts connections but does not answer is an outage, not a wait for ever.
 STATEMENT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_S = 5
+REASON_MAX_CHARS = 300
 # The connection parameters libpq itself keeps out of sight (its "*" display flag).
 SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
 _AUTHORITY_PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
@@ -115,6 +116,27 @@ def is_unavailable(error: BaseException) -> bool:
         error,
         exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError,
     )
+
+
+def watch_availability(engine: Engine, note: Callable[[str | None], None]) -> None:
+    """Calls `note(reason)` whenever `engine` cannot reach its database, and `note(None)` when it
+    connects: every caller of the engine reports, so the reason is known wherever it arose."""
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if is_unavailable(context.sqlalchemy_exception):
+            note(reason(context.original_exception))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, _record: Any) -> None:
+        note(None)
+
+
+def reason(error: BaseException) -> str:
+    """A driver's error as one line: its type and text (which name no password)."""
+    cause = getattr(error, "orig", None) or error
+    text = " ".join(line.strip() for line in str(cause).strip().splitlines() if line.strip())
+    return f"{type(cause).__name__}: {text[:REASON_MAX_CHARS]}"
 
 
 @contextlib.contextmanager

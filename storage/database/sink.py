@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database import insert, migrate
-from storage.database.engine import make_engine, redacted, translated
+from storage.database.engine import make_engine, reason, redacted, translated, watch_availability
 from storage.database.rows import refused_row, rejected_row, report_row
 from storage.database.schema import fence, journal_positions, rejected_reports, reports
 from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
@@ -85,6 +85,11 @@ class Sink:
             self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
         self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         self._duplicates_seen = False
+        # Why the database could not be reached, as last seen by any caller; None once it was.
+        self.last_error: str | None = None
+        self._error_lock = threading.Lock()
+        for engine in (self._engine, self._probe_engine):
+            watch_availability(engine, self._note)
 
     def prepare(self, items: Sequence[Report | Rejected]) -> Batch:
         """Builds the rows of `items`: pure work, which a caller may do outside the transaction
@@ -112,18 +117,31 @@ class Sink:
             migrate.upgrade(self._engine)
 
     def probe(self) -> bool:
-        """True if a new connection answers `SELECT 1` within a couple of seconds."""
+        """True if a new connection answers `SELECT 1` within a couple of seconds; otherwise
+        `last_error` says why."""
         try:
             with self._probe_engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+            self._note(None)
             return True
         except Exception as error:  # a probe reports, it never raises
-            log.debug("database %s: probe failed: %s", redacted(self.url), error)
+            self._note(reason(error))
             return False
         finally:
             # A fresh connection each time: a pooled one would answer for a database that no
             # longer accepts new ones.
             self._probe_engine.dispose()
+
+    def _note(self, error: str | None) -> None:
+        # Logged once per change: an outage of hours is one line, a new reason another.
+        with self._error_lock:
+            if error == self.last_error:
+                return
+            self.last_error = error
+        if error is not None:
+            log.warning("database %s: cannot reach it: %s", redacted(self.url), error)
+        else:
+            log.info("database %s: reachable", redacted(self.url))
 
     # -- the fence ----------------------------------------------------------------------------
 
