@@ -76,7 +76,11 @@ class Batch:
 class Sink:
     """The database of one drainer: `journal` keys its positions, `cluster` is its fence."""
 
-    def __init__(self, url: str, *, cluster: str, journal: str) -> None:
+    def __init__(
+        self, url: str, *, cluster: str, journal: str, warn_unreachable: bool = True
+    ) -> None:
+        """`warn_unreachable`: log why the database cannot be reached (off for one-shot commands,
+        whose error line says it)."""
         self.url = url
         self.cluster = cluster
         self.journal = journal
@@ -87,6 +91,7 @@ class Sink:
         self._duplicates_seen = False
         # Why the database could not be reached, as last seen by any caller; None once it was.
         self.last_error: str | None = None
+        self._warn_unreachable = warn_unreachable
         self._error_lock = threading.Lock()
         for engine in (self._engine, self._probe_engine):
             watch_availability(engine, self._note)
@@ -138,6 +143,8 @@ class Sink:
             if error == self.last_error:
                 return
             self.last_error = error
+        if not self._warn_unreachable:
+            return
         if error is not None:
             log.warning("database %s: cannot reach it: %s", redacted(self.url), error)
         else:
