@@ -88,7 +88,7 @@ def _cut_body(record: logging.LogRecord) -> bool:
             command = re.match(r"\[?b?['\"]?([A-Z]*)", str(record.args[0]))
             record.msg, record.args = (
                 "sending frame: %s (headers and body not logged)",
-                (command.group(1) if command else "?",),
+                ((command.group(1) if command else "") or "-",),
             )
     elif record.name.startswith("sqlalchemy") and record.msg == _SQLALCHEMY_ROW:
         return False  # result rows may be reports
