@@ -203,3 +203,44 @@ def test_grant_says_so_when_it_cannot_take_create_away(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert 'REVOKE CREATE ON SCHEMA "public" FROM PUBLIC' in err and "every role" in err
+
+
+def test_why_the_database_is_down_is_logged_once_and_shown_in_status(
+    secure_postgres, activemq, queues, tmp_path: Path, instances
+) -> None:
+    pg = secure_postgres
+    wrong = "wrong-Pw-77c1"
+    with connect(pg, "postgres", SUPER_PW) as conn:
+        conn.autocommit = True
+        conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
+        conn.execute("CREATE DATABASE reporting OWNER rs_server")
+    server = Instance(
+        tmp_path / "rs-wrong",
+        {
+            "name": "rs-wrong",
+            "broker": {"hosts": [activemq.host], "queues": queues},
+            "database": {
+                "url": f"postgresql+psycopg://rs_server@{pg.address}:{pg.port}/reporting",
+                "password_file": secret(tmp_path / "server.pw", wrong),
+            },
+            "journal": {"dir": str(tmp_path / "rs-wrong" / "journal")},
+        },
+    )
+    instances.append(server)
+    server.start()
+    refused = 'password authentication failed for user "rs_server"'
+    wait_for(lambda: refused in (server.status().get("database_error") or ""), 30, "the reason")
+    assert server.status()["database"] == "down"
+    # The drainer and the probe keep trying; the reason is logged once all the same.
+    wait_for(lambda: pg.log_path.read_text().count(refused) >= 5, 30, "five refused logins")
+    lines = [line for line in server.log_path.read_text().splitlines() if refused in line]
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+
+    # The password the instance has becomes the right one: up, and no reason any more.
+    with connect(pg, "postgres", SUPER_PW) as conn:
+        conn.autocommit = True
+        conn.execute(f"ALTER ROLE rs_server PASSWORD '{wrong}'")
+    wait_for(lambda: server.status()["database"] == "up", 30, "the database to be up")
+    assert server.status()["database_error"] is None
+    assert "reachable" in server.log_path.read_text()
+    assert wrong not in server.log_path.read_text()
