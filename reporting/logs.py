@@ -96,9 +96,12 @@ def _cut_body(record: logging.LogRecord) -> bool:
 
 
 def setup(level: str) -> None:
-    """The root handler for a command, at `level` (one of LEVELS), every line redacted."""
-    formatter = logging.Formatter(FORMAT)
-    logging.basicConfig(level=getattr(logging, level), format=FORMAT, force=True)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
-        handler.addFilter(RedactingFilter(formatter))
+    """The root handler for a command, at `level` (one of LEVELS), every line redacted. Where the
+    root logger has handlers already (a test calling the CLI in-process) they are kept as they
+    are, and only get the filter."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=getattr(logging, level), format=FORMAT)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter(handler.formatter))
