@@ -5,6 +5,7 @@ rejected rows, journal positions. A crash anywhere leaves all of it or none of i
 a batch whose commit was lost stores nothing twice.
 """
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,11 +91,20 @@ class Sink:
         self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         self._duplicates_seen = False
         # Why the database could not be reached, as last seen by any caller; None once it was.
-        self.last_error: str | None = None
+        # A list of one, so that views (copies) share it with this sink.
+        self._last_error: list[str | None] = [None]
         self._warn_unreachable = warn_unreachable
         self._error_lock = threading.Lock()
         for engine in (self._engine, self._probe_engine):
             watch_availability(engine, self._note)
+
+    def view(self, *, cluster: str, journal: str) -> "Sink":
+        """The same database under another fence and positions key, sharing this sink's engines
+        (which only this sink closes)."""
+        other = copy.copy(self)
+        other.cluster = cluster
+        other.journal = journal
+        return other
 
     def prepare(self, items: Sequence[Report | Rejected]) -> Batch:
         """Builds the rows of `items`: pure work, which a caller may do outside the transaction
@@ -137,12 +147,17 @@ class Sink:
             # longer accepts new ones.
             self._probe_engine.dispose()
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the database could not be reached when last tried; None if it could."""
+        return self._last_error[0]
+
     def _note(self, error: str | None) -> None:
         # Logged once per change: an outage of hours is one line, a new reason another.
         with self._error_lock:
-            if error == self.last_error:
+            if error == self._last_error[0]:
                 return
-            self.last_error = error
+            self._last_error[0] = error
         if not self._warn_unreachable:
             return
         if error is not None:
