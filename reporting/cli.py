@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"reporting-server: config error: {exc}", file=sys.stderr)
+        print(f"reporting-server: config error: {logs.redact(str(exc))}", file=sys.stderr)
         return 2
     except (ReportingError, StorageError) as exc:
-        print(f"reporting-server: {exc}", file=sys.stderr)
+        # Error lines are held to the same rule as log lines.
+        print(f"reporting-server: {logs.redact(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

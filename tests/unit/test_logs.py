@@ -11,7 +11,9 @@ import stomp.utils
 from stomp.utils import Frame, convert_frame
 
 from reporting import logs
-from reporting.cli import build_parser
+from reporting.cli import build_parser, main
+from reporting.errors import ConfigError, ReportingError
+from storage.errors import DatabaseError
 
 SECRET = "zk-S3cret/+&=x"
 BODY = '{"call_id": "body-canary-71"}'
@@ -125,3 +127,26 @@ def test_unknown_log_level_is_an_error(tmp_path: Path) -> None:
         )
         assert done.returncode == 2
         assert "invalid choice: 'LOUD'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConfigError("database.url", f"bad: {SECRET}"), 2),
+        (ReportingError(f"broker refused passcode:{SECRET}"), 1),
+        (DatabaseError(f"database postgresql://u:{SECRET}@h/db: no"), 1),
+    ],
+)
+def test_error_lines_are_redacted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error, code: int
+) -> None:
+    logs.remember_secret(SECRET)
+
+    def fail(_args: object) -> int:
+        raise error
+
+    # register() looks the function up when the parser is built.
+    monkeypatch.setattr("reporting.commands.status.status", fail)
+    assert main(["status", "--config", "f"]) == code
+    err = capsys.readouterr().err
+    assert SECRET not in err and "***" in err and err.count("\n") == 1
