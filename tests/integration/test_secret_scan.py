@@ -4,6 +4,8 @@ then no log, no /status or /metrics answer and no text or bytea column of the da
 of the passwords. At the default log level and at DEBUG, where stomp.py and kazoo write the
 frames and requests that carry the passwords, and the bodies of reports."""
 
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -176,6 +178,20 @@ def test_no_password_in_logs_http_or_database(
             assert answer, endpoint
             leaks += [f"{instance.name}{endpoint}: {n}" for n in found_in(answer, PASSWORDS)]
     leaks += database_hits(scram_postgres, PASSWORDS)
+    journal_dir = Path(pair[0].config["journal"]["dir"])
+    for extra in ([], ["--json"]):
+        inspect = [sys.executable, "-m", "reporting.cli", "--log-level", log_level, "journal"]
+        done = subprocess.run(
+            [*inspect, "inspect", str(journal_dir), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0 and "segments" in done.stdout.lower(), done.stderr
+        needles = {**PASSWORDS, "report body": BODY_CANARY}
+        leaks += [
+            f"journal inspect {extra}: {n}" for n in found_in(done.stdout + done.stderr, needles)
+        ]
     assert not leaks, leaks
     # The scans see what is there: each log names the broker it consumed from, each /status its
     # instance (and the database scan found the canary above).
