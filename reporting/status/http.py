@@ -93,7 +93,12 @@ class _Server(HTTPServer):
                     if key.fileobj is self._wake_r:
                         self._wake_r.recv(4096)
                     elif key.fileobj in self._waiting:  # else dropped while select() returned
-                        self._read(key.fileobj)
+                        try:
+                            self._read(key.fileobj)
+                        except Exception:  # one client's trouble must not end this thread
+                            log.warning("http: reading a request failed", exc_info=True)
+                            if key.fileobj in self._waiting:
+                                self._drop(key.fileobj)
                 expired = time.monotonic() - REQUEST_TIMEOUT_S
                 while self._waiting and next(iter(self._waiting.values())).since < expired:
                     self._drop(next(iter(self._waiting)))
