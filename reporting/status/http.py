@@ -132,7 +132,9 @@ class _Server(HTTPServer):
             self.shutdown_request(sock)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("http: request from %s failed", client_address, exc_info=True)
+        # Reads and writes that fail are the client's business and handled on the way; what
+        # arrives here is an error in answering (a /status that raised).
+        log.warning("http: request from %s failed", client_address, exc_info=True)
 
     def server_close(self) -> None:
         super().server_close()
