@@ -197,8 +197,8 @@ class StatusServer:
             handler.send_header("Content-Length", str(len(body)))
             handler.end_headers()
             handler.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up waiting; nothing to tell it
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the client gave up waiting, or does not read; nothing to tell it
 
     def start(self) -> None:
         self._thread.start()
