@@ -11,7 +11,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from reporting.config import Config, queue_key
+from reporting.config import Config
+from reporting.ha.group import queue_key
 from reporting.pipeline import Drainer, Intake, open_journal
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Consumer

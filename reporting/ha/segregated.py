@@ -14,14 +14,15 @@ from typing import Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
 
+from reporting.ha.contest import POLL_S
 from reporting.ha.epoch import bump_epoch
+from reporting.ha.pair import PairElection
 from reporting.ha.roles import Acquired, HolderSeen, Policy, PrimaryBack, Released, Role, StoodDown
-from reporting.ha.session import POLL_S, ZooKeeperElection
 
 log = logging.getLogger(__name__)
 
 
-class PrimaryElection(ZooKeeperElection):
+class PrimaryElection(PairElection):
     """Active while `healthy()` holds and the primary node is ours; standby otherwise.
 
     A suspended connection changes nothing (the backup cannot take this broker's traffic); a lost
@@ -32,6 +33,8 @@ class PrimaryElection(ZooKeeperElection):
         super().__init__(policy=Policy.SEGREGATED, **kwargs)
         self.primary_path = f"{self.cluster}/primary"
         self.epoch_path = f"{self.cluster}/epoch-{self.name}"
+        self.contest.relies_on(self.epoch_path)
+        self.contest.relies_on(self.primary_path, ephemeral=True)
         self._healthy = healthy
         # The session our node was created in; None while we hold no node.
         self._node_session: int | None = None
@@ -47,7 +50,7 @@ class PrimaryElection(ZooKeeperElection):
             log.exception("%s: health check failed", self.name)
             return False
 
-    def _contest(self) -> None:
+    def _round(self) -> None:
         healthy = self._is_healthy()
         if not healthy:
             # Stand by first, give the node up second: the backup must not find it gone while
@@ -72,9 +75,7 @@ class PrimaryElection(ZooKeeperElection):
         if self._node_session is None:
             self._create_node(session)
         if self._node_session is not None:
-            with self._mutex:
-                standby = self._roles.role is Role.STANDBY
-            if standby:
+            if self.role is Role.STANDBY:
                 epoch = bump_epoch(self.client, self.epoch_path)
                 self._apply(Acquired(epoch, f"healthy, holding {self.primary_path}"))
         self._wait()
@@ -105,7 +106,7 @@ class PrimaryElection(ZooKeeperElection):
         self._node_session = session
 
 
-class BackupElection(ZooKeeperElection):
+class BackupElection(PairElection):
     """Standby while the primary node exists; active once it has been gone for `grace_s`.
 
     When the node comes back while active, the server is told to drain first (a RoleChange
@@ -118,6 +119,8 @@ class BackupElection(ZooKeeperElection):
         super().__init__(policy=Policy.SEGREGATED, **kwargs)
         self.primary_path = f"{self.cluster}/primary"
         self.epoch_path = f"{self.cluster}/epoch-{self.name}"
+        self.contest.relies_on(self.epoch_path)
+        self.contest.relies_on(self.primary_path, ephemeral=True)
         self.grace_s = grace_s
         # Since when (monotonic) the node has been seen missing without a break.
         self._absent_since: float | None = None
@@ -128,7 +131,7 @@ class BackupElection(ZooKeeperElection):
     def stood_down(self) -> None:
         self._apply(StoodDown())
 
-    def _contest(self) -> None:
+    def _round(self) -> None:
         if not self.client.connected:
             self._absent_since = None
             self._wait()
@@ -152,9 +155,7 @@ class BackupElection(ZooKeeperElection):
         if remaining_s > 0:
             self._wait(min(POLL_S, remaining_s))
             return
-        with self._mutex:
-            active = self._roles.role is Role.ACTIVE
-        if active:
+        if self.role is Role.ACTIVE:
             # Draining after the primary came back, and it went again: no new epoch.
             self._apply(Acquired(None, "primary gone again"))
         else:
@@ -163,4 +164,4 @@ class BackupElection(ZooKeeperElection):
         self._wait()
 
     def _on_primary_event(self, event: WatchedEvent) -> None:
-        self._wake.set()
+        self.contest.wake()
