@@ -58,7 +58,8 @@ def check_nodes(
     client: KazooClient, hosts: str, paths: Iterable[str], *, auth: tuple[str, str] | None
 ) -> None:
     """Raise ZooKeeperRefused for the first existing node of `paths` that this instance cannot
-    read, or, with credentials, whose ACL grants anything to anyone but the pair."""
+    read, or, with credentials, whose ACL is not the pair's own: all rights to the pair's digest
+    user, none to anyone else."""
     for path in paths:
         try:
             acls, _ = client.get_acls(path)
@@ -66,12 +67,21 @@ def check_nodes(
             continue
         except NoAuthError:
             raise ZooKeeperRefused(hosts, path, no_access(auth)) from None
-        if auth is not None and any(acl.id != own_id(auth) for acl in acls):
+        if auth is not None and not _own(acls, own_id(auth)):
             reason = (
                 f"has ACL {describe(acls)}, not this pair's own (digest:{auth[0]}:***:cdrwa); "
-                "someone created it before the pair: delete it with ZooKeeper's super user"
+                "delete it as ZooKeeper's super user and the pair makes it again"
             )
             raise ZooKeeperRefused(hosts, path, reason)
+
+
+def _own(acls: list[ACL], ident: Id) -> bool:
+    perms = 0
+    for acl in acls:
+        if acl.id != ident:
+            return False
+        perms |= acl.perms
+    return perms == Permissions.ALL
 
 
 def no_access(auth: tuple[str, str] | None) -> str:
