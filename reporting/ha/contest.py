@@ -100,7 +100,7 @@ class Contest:
     `round` talks to ZooKeeper and applies what it finds to the slots; it returns soon, waiting
     with `wait` when it has nothing to do. `interrupt` makes a blocking step of it return (stop()
     was called). A node this instance has no access to, in a round or at the check, ends the
-    contest: every slot stands by, `error` says why, and the `watch_refusals` callback runs.
+    contest: every slot stands by, `refusal` says why, and the `watch_refusals` callback runs.
     """
 
     def __init__(
@@ -292,7 +292,11 @@ class Contest:
             self.wait()
             return
         if self.auth is not None:
-            open_parents(self.client, self.cluster)
+            try:
+                open_parents(self.client, self.cluster)
+            except NoAuthError:
+                parent = self.cluster.rsplit("/", 1)[0]
+                raise ZooKeeperRefused(self.hosts, parent, "cannot create it: no access") from None
         failed = None
         for path in self._nodes:
             try:
