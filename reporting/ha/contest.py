@@ -339,25 +339,10 @@ class Participant:
     """An election over a contest of its own: `_round` is one round of its recipe, `_interrupt`
     makes a blocking step of it return. Offers the server what every election shares."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        zookeeper: str,
-        cluster: str,
-        session_timeout_s: float,
-        auth: tuple[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.contest = Contest(
-            name=name,
-            zookeeper=zookeeper,
-            cluster=cluster,
-            session_timeout_s=session_timeout_s,
-            round=self._round,
-            interrupt=self._interrupt,
-            auth=auth,
-        )
+    def __init__(self, **session: Any) -> None:
+        """`session`: Contest's name, zookeeper, cluster, session_timeout_s and auth."""
+        self.contest = Contest(round=self._round, interrupt=self._interrupt, **session)
+        self.name = self.contest.name
         self.cluster = self.contest.cluster
         self.client = self.contest.client
 
