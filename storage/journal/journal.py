@@ -692,7 +692,7 @@ class Journal:
             self._scan(seg, mtime, now, truncate=opening)
         else:
             seg.checked_size = size
-            if seg.unsaved and self._may_repair(seg, mtime, now):
+            if seg.unsaved and (self.readonly or self._may_repair(seg, mtime, now)):
                 self._save_holes(seg, "damaged header")
         if seg.quarantined:
             return False
@@ -753,7 +753,7 @@ class Journal:
         fresh = [h for h in holes if h not in known]
         seg.holes += fresh
         seg.unsaved += fresh
-        if seg.unsaved and repair:
+        if seg.unsaved and (repair or self.readonly):
             self._save_holes(
                 seg,
                 "checksum failure, valid records after" if found.holes else "damaged last record",
@@ -799,6 +799,8 @@ class Journal:
         try:
             if target.is_file() and target.stat().st_size == size:
                 return True  # saved by an earlier open: only the records around it are read
+            if self.readonly:
+                return False
             make_private_dir(quarantine)
             src = os.open(self.dir / seg.name, os.O_RDONLY | os.O_CLOEXEC)
             try:
