@@ -27,6 +27,7 @@ from reporting.wire.decode import decode
 from storage.database import Batch, Sink
 from storage.errors import (
     DatabaseUnavailable,
+    DiskFull,
     JournalError,
     JournalFull,
     PositionsLost,
@@ -109,6 +110,7 @@ class Intake:
     def _append(self, records: list[bytes]) -> bool:
         """True once every record is journalled (fsynced); False to leave the batch unacked."""
         parts = [records]
+        waited = False  # for room, since the last part went in
         while parts:
             part = parts[0]
             self.room.clear()
@@ -116,13 +118,17 @@ class Intake:
                 with self.metrics.append_seconds.time():
                     self.journal().append_batch(part)
             except JournalFull as exc:
-                if len(part) > 1 and self.journal().pending.records == 0:
+                # A full disk with everything drained gets one wait first: the journal frees
+                # its drained open segment for it.
+                drained = self.journal().pending.records == 0
+                if len(part) > 1 and drained and (waited or not isinstance(exc, DiskFull)):
                     # Nothing is left to drain, so no drain can make room for the whole batch:
                     # it goes in halves. Only the whole batch is acked; a part journalled
                     # twice after a redelivery is stored once, by its report id.
                     half = len(part) // 2
                     parts[0:1] = [part[:half], part[half:]]
                     continue
+                waited = True
                 if not self.paused:
                     self.paused = True
                     self.metrics.journal_full.inc()
@@ -141,6 +147,7 @@ class Intake:
                 self.room.wait(1.0)  # a journal that keeps failing must not spin
                 return False
             parts.pop(0)
+            waited = False
         return True
 
 
