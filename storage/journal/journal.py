@@ -820,8 +820,10 @@ class Journal:
             return False  # released meanwhile by the other writer, which saw the hole too
         except OSError as exc:
             # A full or read-only disk must not stop the drain; the segment is kept until this
-            # copy is made, so the bytes are not lost meanwhile.
-            log.error("journal %s: cannot quarantine %s: %s", self.dir, target.name, exc)
+            # copy is made, so the bytes are not lost meanwhile. Tried again on every look.
+            if f"save:{target.name}" not in self._warned:
+                self._warned.add(f"save:{target.name}")
+                log.error("journal %s: cannot quarantine %s: %s", self.dir, target.name, exc)
             return False
         log.warning(
             "journal %s: %s: bytes %d-%d of %s set aside in %s; reading goes on after them",
