@@ -234,8 +234,8 @@ def find_record(fd: int, start: int, limit: int) -> int | None:
 
 def count_records(fd: int, start: int, stop: int, holes: Sequence[Hole] = ()) -> int | None:
     """How many records lie in [start, stop) of a segment already checked, jumping over its
-    `holes`; None when `stop` is not the end of a record. Follows lengths only: no checksums,
-    one pread per chunk."""
+    `holes`; None when `stop` is neither the end of a record nor inside a hole. Follows lengths
+    only: no checksums, one pread per chunk."""
     unpack = FRAME.unpack_from
     count = 0
     pos = start
@@ -259,5 +259,9 @@ def count_records(fd: int, start: int, stop: int, holes: Sequence[Hole] = ()) ->
             break
         if pos != hole.start:
             return None
+        if stop <= hole.end:
+            # A position inside damage found after it was stored: the records around it were
+            # read, those in the hole are lost either way.
+            return count
         pos = hole.end
     return count if pos == stop else None

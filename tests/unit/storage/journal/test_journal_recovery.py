@@ -365,3 +365,23 @@ def test_a_segment_that_cannot_be_moved_is_skipped_not_fatal(
     monkeypatch.undo()
     assert datas(journal) == [b"other"]  # moved on the next look
     assert journal.quarantined == [journal_dir / "quarantine" / bad.name]
+
+
+def test_a_stored_position_inside_later_damage_does_not_stop_the_drain(
+    open_journal: Open, journal_dir: Path
+) -> None:
+    records = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 10]
+    path = write_segment(journal_dir, "00000001-e0000000-rs-a.seg", records)
+    write_segment(journal_dir, "00000002-e0000000-rs-a.seg", [b"newest"])
+    frame = FRAME_SIZE + 10
+    stored = HEADER_SIZE + 2 * frame  # "a" and "b" are in the database
+    data = bytearray(path.read_bytes())
+    data[HEADER_SIZE + frame + 3] ^= 0x01  # then "b" and "c" are damaged, one block
+    data[HEADER_SIZE + 2 * frame + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    journal = open_journal()
+    assert journal.release({path.name: stored}) == []
+    assert journal.pending.records == 2  # "d" and "newest"
+    assert datas(journal) == [b"a" * 10, b"d" * 10, b"newest"]
+    assert [e.data for e in journal.read({path.name: stored})] == [b"d" * 10, b"newest"]
+    assert journal.release({path.name: path.stat().st_size}) == [path.name]
