@@ -107,7 +107,6 @@ def test_a_full_disk_pause_ends_once_everything_is_stored(
         lambda: journal,
         sink,
         batch_records=50,
-        epoch=lambda: 0,
         metrics=Metrics(),
         on_fenced=lambda exc: None,
         on_room=room.set,
@@ -124,7 +123,7 @@ def test_a_full_disk_pause_ends_once_everything_is_stored(
     consumer = threading.Thread(target=consume, daemon=True)
     try:
         consumer.start()
-        drainer.start()
+        drainer.start(0)
         consumer.join(60)
         assert not consumer.is_alive(), f"paused for good after {len(acked)} batches"
         assert len(acked) == 20
