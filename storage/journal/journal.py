@@ -233,6 +233,17 @@ class Journal:
             os.close(fd)
             pid = int(words[0]) if words and words[0].isdigit() else None
             raise JournalLocked(str(self.dir), self.writer, pid) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                os.close(fd)
+                raise JournalError(f"journal {self.dir}: cannot lock {path}: {exc}") from None
+            # Some network file systems have no locks: run, but say what is not guarded.
+            log.warning(
+                "journal %s: no file locks here (%s); a second process named %r is not refused",
+                self.dir,
+                exc.strerror,
+                self.writer,
+            )
         except BaseException:
             os.close(fd)
             raise
