@@ -1,9 +1,10 @@
 """The disk journal: where every acknowledged report lives until it is in the database.
 
-One class over ~600 lines, on purpose: appending, reading, releasing and recovery all change one
-table of segments under one lock, and its invariants (`end` is checked from the header on, our
-open segment is never scanned, truncated or deleted) are easier to keep in one place. The byte
-format is in record.py, naming and file operations in segment.py.
+One class over ~850 lines, on purpose: appending, reading, releasing and recovery (with its holes
+and quarantine copies) all change one table of segments under one lock, and its invariants (`end`
+is checked from the header on, our open segment is never scanned, truncated or deleted) are easier
+to keep in one place. The byte format is in record.py, naming and file operations in segment.py,
+the writer lock in lock.py.
 
 Durability policy
 -----------------
@@ -52,7 +53,6 @@ Durability policy
 """
 
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -69,9 +69,9 @@ from storage.errors import (
     JournalError,
     JournalExposed,
     JournalFull,
-    JournalLocked,
     SegmentLost,
 )
+from storage.journal.lock import LOCKS, WriterLock
 from storage.journal.position import Position
 from storage.journal.record import (
     HEADER,
@@ -102,7 +102,6 @@ from storage.journal.segment import (
 log = logging.getLogger(__name__)
 
 QUARANTINE = "quarantine"
-LOCKS = "locks"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -182,8 +181,7 @@ class Journal:
         self._warned: set[str] = set()
         self._current: _Segment | None = None
         self._fd: int | None = None
-        self._writer_lock: int | None = None
-        self._highest = 0  # sequence numbers up to this one are never used again
+        self._writer_lock: WriterLock | None = None
         # The last append found no room: release may then free our open segment.
         self._starved = False
         self._closed = False
@@ -197,7 +195,7 @@ class Journal:
                 raise JournalExposed(str(self.dir), mode)
         try:
             if not readonly:
-                self._take_writer_lock()
+                self._writer_lock = WriterLock(self.dir, self.writer)
             with self._lock:
                 self._refresh(opening=True)
         except BaseException:
@@ -217,52 +215,6 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"Journal({str(self.dir)!r}, writer={self.writer!r}, epoch={self.epoch})"
-
-    def _take_writer_lock(self) -> None:
-        locks = self.dir / LOCKS
-        path = locks / f"{self.writer}.lock"
-        try:
-            make_private_dir(locks)
-            fd = create_private(path, os.O_RDWR)
-        except OSError as exc:
-            raise JournalError(f"journal {self.dir}: cannot open {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            words = pread_full(fd, 64, 0).decode("ascii", "replace").split()
-            os.close(fd)
-            pid = int(words[0]) if words and words[0].isdigit() else None
-            raise JournalLocked(str(self.dir), self.writer, pid) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
-                os.close(fd)
-                raise JournalError(f"journal {self.dir}: cannot lock {path}: {exc}") from None
-            # Some network file systems have no locks: run, but say what is not guarded.
-            log.warning(
-                "journal %s: no file locks here (%s); a second process named %r is not refused",
-                self.dir,
-                exc.strerror,
-                self.writer,
-            )
-        except BaseException:
-            os.close(fd)
-            raise
-        self._writer_lock = fd
-        # The highest sequence this writer used, so that a name is not handed out again even
-        # after its segment was deleted from under us.
-        lines = pread_full(fd, 64, 0).decode("ascii", "replace").split()
-        self._highest = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0
-        try:
-            self._write_lock_file()
-        except OSError as exc:
-            raise JournalError(f"journal {self.dir}: cannot write {path}: {exc.strerror}") from None
-
-    def _write_lock_file(self) -> None:
-        # Who holds it (for the one that is refused) and the highest sequence used.
-        assert self._writer_lock is not None
-        text = f"{os.getpid()}\n{self._highest}\n".encode().ljust(64)
-        os.pwrite(self._writer_lock, text, 0)
-        os.fdatasync(self._writer_lock)
 
     # -- appending ---------------------------------------------------------------------------
 
@@ -359,10 +311,9 @@ class Journal:
         self._retire_current()
         parsed = parse_name(name)
         assert parsed is not None
-        if self._writer_lock is not None and parsed.sequence > self._highest:
-            self._highest = parsed.sequence
+        if self._writer_lock is not None:
             try:
-                self._write_lock_file()
+                self._writer_lock.note_sequence(parsed.sequence)
             except OSError as exc:
                 log.warning("journal %s: cannot note sequence %d: %s", self.dir, sequence, exc)
         seg = _Segment(name, parsed.sequence, parsed.epoch, parsed.writer)
@@ -381,7 +332,7 @@ class Journal:
         return JournalError(f"journal {self.dir}: cannot write {name}: {exc.strerror}")
 
     def _next_sequence(self) -> int:
-        highest = self._highest
+        highest = self._writer_lock.highest if self._writer_lock is not None else 0
         if self._current is not None:
             highest = max(highest, self._current.sequence)
         for name in os.listdir(self.dir):
@@ -633,7 +584,7 @@ class Journal:
         with self._lock:
             self._retire_current()
             if self._writer_lock is not None:
-                os.close(self._writer_lock)  # and with it the flock
+                self._writer_lock.release()
                 self._writer_lock = None
             self._closed = True
 
