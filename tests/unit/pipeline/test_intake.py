@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from reporting.client import sample_report
 from reporting.config import BrokerConfig
 from reporting.pipeline import Drainer, Intake
+from reporting.samples import sample_report
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Message
 from storage.database import Sink
