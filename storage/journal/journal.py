@@ -161,6 +161,7 @@ class Journal:
         retain_s: float = 0.0,
         on_quarantine: Callable[[Path, str], None] | None = None,
         readonly: bool = False,
+        held_lock: WriterLock | None = None,
     ) -> None:
         self.dir = Path(dir)
         self.writer = validate_writer(writer)
@@ -195,7 +196,7 @@ class Journal:
                 raise JournalExposed(str(self.dir), mode)
         try:
             if not readonly:
-                self._writer_lock = WriterLock(self.dir, self.writer)
+                self._writer_lock = held_lock or WriterLock(self.dir, self.writer)
             with self._lock:
                 self._refresh(opening=True)
         except BaseException:
@@ -579,6 +580,26 @@ class Journal:
         if not quarantine.is_dir():
             return []
         return sorted(p for p in quarantine.iterdir() if not p.name.startswith("."))
+
+    def reopen(self, *, epoch: int) -> "Journal":
+        """This journal written under `epoch` from now on: a new journal that takes the writer
+        lock over without letting go of it, so that no process of the same name slips in."""
+        with self._lock:
+            self._retire_current()
+            held, self._writer_lock = self._writer_lock, None
+            self._closed = True
+        return Journal(
+            self.dir,
+            writer=self.writer,
+            epoch=epoch,
+            max_bytes=self.max_bytes,
+            segment_bytes=self.segment_bytes,
+            foreign_grace_s=self.foreign_grace_s,
+            retain_s=self.retain_s,
+            on_quarantine=self.on_quarantine,
+            readonly=self.readonly,
+            held_lock=held,
+        )
 
     def close(self) -> None:
         with self._lock:

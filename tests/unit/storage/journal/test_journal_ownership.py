@@ -113,3 +113,18 @@ def test_a_directory_open_to_others_is_refused(journal_dir: Path, mode: int) -> 
     assert f"{mode:04o}" in str(caught.value) and "chmod 700" in str(caught.value)
     assert list(journal_dir.iterdir()) == []  # nothing written, no lock taken
     Journal.open_readonly(journal_dir).close()  # inspecting it is still allowed
+
+
+def test_reopening_under_a_new_epoch_keeps_the_writer_lock(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", writer="rs-a", epoch=1)
+    journal.append_batch([b"one"])
+    reopened = journal.reopen(epoch=2)
+    try:
+        # No moment without the lock: a second process (here, a second open) is refused.
+        with pytest.raises(JournalLocked):
+            Journal(tmp_path / "j", writer="rs-a")
+        reopened.append_batch([b"two"])
+        assert any(s.name.endswith("-e0000002-rs-a.seg") for s in reopened.segments())
+    finally:
+        reopened.close()
+    Journal(tmp_path / "j", writer="rs-a").close()
