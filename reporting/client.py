@@ -31,6 +31,7 @@ from typing import Any
 import stomp
 import stomp.exception
 
+from reporting.config import HostPort
 from reporting.errors import BrokerError
 from reporting.ledger import Ledger
 from reporting.wire import tls
@@ -58,11 +59,13 @@ def queues_by_kind(queues: Iterable[str]) -> dict[str, str]:
     return routes
 
 
-def parse_host(host: str) -> tuple[str, int]:
-    name, _, port = host.rpartition(":")
-    if not name or not port.isdigit():
-        raise BrokerError(f"broker address {host!r} is not host:port")
-    return name, int(port)
+def parse_host(host: str | HostPort) -> tuple[str, int]:
+    if isinstance(host, str):
+        try:
+            host = HostPort.parse(host)
+        except ValueError:
+            raise BrokerError(f"broker address {host!r} is not host:port") from None
+    return host.host, host.port
 
 
 @dataclass
@@ -121,7 +124,7 @@ class ReportClient:
 
     def __init__(
         self,
-        hosts: Sequence[str],
+        hosts: Sequence[str | HostPort],
         *,
         user: str | None = None,
         password: str | None = None,

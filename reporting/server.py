@@ -217,10 +217,9 @@ class Server:
     def _broker_reachable(self) -> bool:
         if self.consumer.connected:
             return True
-        for host_port in self.config.broker.hosts:
-            host, port = host_port.rsplit(":", 1)
+        for address in self.config.broker.hosts:
             try:
-                socket.create_connection((host, int(port)), timeout=0.5).close()
+                socket.create_connection((address.host, address.port), timeout=0.5).close()
                 return True
             except OSError:
                 continue

@@ -59,7 +59,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    addresses = (config.http.listen, *config.ha.peers)
+    addresses = [str(a) for a in (config.http.listen, *config.ha.peers)]
     rows = []
     for address in addresses:
         row = fetch_status(address)

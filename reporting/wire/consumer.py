@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import stomp
 import stomp.exception
 
-from reporting.config import BrokerConfig
+from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerError, BrokerRefused, BrokerUntrusted
 from reporting.wire import headers, tls
 
@@ -126,20 +126,20 @@ def check_login(config: BrokerConfig, *, timeout_s: float = 5.0) -> bool:
     the consumer waits for one), True if the login worked.
     """
     for host_port in config.hosts:
-        host, port = host_port.rsplit(":", 1)
+        host, port = host_port.host, host_port.port
         if config.tls and config.ca_file is not None:
             try:
-                reason = tls.untrusted(host, int(port), config.ca_file, timeout_s=timeout_s)
+                reason = tls.untrusted(host, port, config.ca_file, timeout_s=timeout_s)
             except OSError:
                 continue
             if reason is not None:
-                raise BrokerUntrusted(host_port, str(config.ca_file), reason)
+                raise BrokerUntrusted(str(host_port), str(config.ca_file), reason)
         listener = _LoginListener()
         conn = stomp.Connection12(
-            [(host, int(port))], reconnect_attempts_max=1, timeout=timeout_s, auto_decode=False
+            [(host, port)], reconnect_attempts_max=1, timeout=timeout_s, auto_decode=False
         )
         if config.tls and config.ca_file is not None:
-            tls.use_tls(conn, host, int(port), config.ca_file)
+            tls.use_tls(conn, host, port, config.ca_file)
         conn.set_listener("login", listener)
         try:
             conn.connect(config.user, config.password, wait=False)
@@ -152,7 +152,7 @@ def check_login(config: BrokerConfig, *, timeout_s: float = 5.0) -> bool:
             except Exception:  # already closed by the broker
                 log.debug("closing login check connection", exc_info=True)
         if listener.error is not None and is_refusal(listener.error):
-            raise BrokerRefused(host_port, config.user, listener.error)
+            raise BrokerRefused(str(host_port), config.user, listener.error)
         if listener.connected:
             return True
     return False
@@ -272,13 +272,13 @@ class Consumer:
             pause_s = min(pause_s * 2, 5.0)
         return False
 
-    def _connect_to(self, host_port: str) -> bool:
-        host, port = host_port.rsplit(":", 1)
+    def _connect_to(self, host_port: HostPort) -> bool:
+        host, port = host_port.host, host_port.port
         if not self._trusted(host_port):
             return False
         hb = self.config.heartbeat_ms
         conn = stomp.Connection12(
-            [(host, int(port))],
+            [(host, port)],
             heartbeats=(hb, hb),
             reconnect_attempts_max=1,
             timeout=5.0,
@@ -286,13 +286,13 @@ class Consumer:
             heart_beat_receive_scale=2.0,
         )
         if self.config.tls and self.config.ca_file is not None:
-            tls.use_tls(conn, host, int(port), self.config.ca_file)
+            tls.use_tls(conn, host, port, self.config.ca_file)
         with self._ack_lock:
             if self._stop.is_set():
                 return False
             self._generation += 1
             generation = self._generation
-            self._host_of = {generation: host_port}
+            self._host_of = {generation: str(host_port)}
         listener = _Listener(self, generation)
         conn.set_listener("consumer", listener)
         try:
@@ -327,27 +327,27 @@ class Consumer:
                 return False
             self._conn = conn
             self._lost.clear()
-            self.connected_host = host_port
+            self.connected_host = str(host_port)
         log.info(
             "%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host_port
         )
         return True
 
-    def _trusted(self, host_port: str) -> bool:
+    def _trusted(self, host_port: HostPort) -> bool:
         """False when the broker is not reachable, or its certificate not trusted (then the
         consumer gives up); True without TLS."""
         ca_file = self.config.ca_file
         if not self.config.tls or ca_file is None:
             return True
-        host, port = host_port.rsplit(":", 1)
+        host, port = host_port.host, host_port.port
         try:
-            reason = tls.untrusted(host, int(port), ca_file, timeout_s=5.0)
+            reason = tls.untrusted(host, port, ca_file, timeout_s=5.0)
         except OSError as exc:
             log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
             return False
         if reason is None:
             return True
-        error = BrokerUntrusted(host_port, str(ca_file), reason)
+        error = BrokerUntrusted(str(host_port), str(ca_file), reason)
         self._give_up(error, "fix [broker] ca_file or the broker's certificate")
         return False
 
