@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.servers import queues, say
-from reporting.client import sample_report
 from reporting.config import KINDS, BrokerConfig
 from reporting.wire.decode import decode
+from reporting.wire.producer import sample_report
 from storage.journal import Journal
 from storage.reports import Report, to_record
 

@@ -10,7 +10,6 @@ its own around them.
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from reporting.ha import Role, RoleChange, make_election
 from reporting.ha.pause import PauseDetector
 from reporting.pipeline import Drainer, Intake, open_journal
 from reporting.status.metrics import Metrics
+from reporting.wire.connection import reachable
 from reporting.wire.consumer import Consumer
 from storage.database import Sink
 from storage.errors import StaleEpoch
@@ -215,15 +215,7 @@ class Server:
         return self._broker_reachable() and os.access(self.config.journal.dir, os.W_OK)
 
     def _broker_reachable(self) -> bool:
-        if self.consumer.connected:
-            return True
-        for address in self.config.broker.hosts:
-            try:
-                socket.create_connection((address.host, address.port), timeout=0.5).close()
-                return True
-            except OSError:
-                continue
-        return False
+        return self.consumer.connected or reachable(self.config.broker.hosts, timeout_s=0.5)
 
     # -- status -------------------------------------------------------------------------------
 

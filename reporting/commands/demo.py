@@ -51,10 +51,10 @@ def _wait(condition, timeout_s: float, what: str):
 
 
 def demo(args: argparse.Namespace) -> int:
-    from reporting.client import ReportClient, sample_report
     from reporting.config import KINDS
     from reporting.harness import ActiveMQ, ZooKeeper
     from reporting.harness.instance import Instance
+    from reporting.wire.producer import ReportClient, sample_report
     from storage.database import Sink
 
     root = Path(args.dir).resolve()

@@ -17,7 +17,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from reporting.client import (
+from reporting.errors import ConfigError
+from reporting.ledger import Ledger
+from reporting.wire.producer import (
     DEFAULT_QUEUES,
     KINDS,
     QUEUE_PREFIX,
@@ -25,8 +27,6 @@ from reporting.client import (
     queues_by_kind,
     sample_report,
 )
-from reporting.errors import ConfigError
-from reporting.ledger import Ledger
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 PROGRESS_EVERY_S = 1.0

@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from reporting.client import ReportClient, queues_by_kind, sample_report
 from reporting.config import KINDS
+from reporting.wire.producer import ReportClient, queues_by_kind, sample_report
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ class Flow:
         rate: float,
         **client_options: Any,
     ) -> None:
-        from reporting.client import ReportClient
+        from reporting.wire.producer import ReportClient
 
         self.client = ReportClient(hosts, ledger=ledger, in_flight=50, **client_options)
         self.queue_prefix = queue_prefix
@@ -98,7 +98,7 @@ class Flow:
         import random
         import time
 
-        from reporting.client import sample_report
+        from reporting.wire.producer import sample_report
 
         rng = random.Random(7)
         started = time.monotonic()

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 
-from reporting.client import ReportClient, sample_report
 from reporting.config import KINDS
 from reporting.wire.decode import MAX_DEPTH, REQUIRED_FIELDS, body_id
+from reporting.wire.producer import ReportClient, sample_report
 from storage.database.schema import rejected_reports
 from tests.integration.conftest import assert_exactly_once, wait_for
 
