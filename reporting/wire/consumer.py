@@ -182,7 +182,7 @@ class Consumer:
             old = self._run
             if old is not None and not old.stop.is_set():
                 return
-            if old is not None and old.thread is not None:
+            if old is not None and old.thread not in (None, threading.current_thread()):
                 old.thread.join()
             self.refused = None
             run = self._run = _Run()

@@ -15,17 +15,17 @@ from reporting.config import BrokerConfig, HostPort
 from reporting.harness import ActiveMQ
 from reporting.wire.consumer import Consumer, Message
 from reporting.wire.producer import ReportClient, sample_report
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import Flow, active_of, assert_exactly_once, roles, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 class StatsWatch:
-    """Samples a queue's statistics in a thread of its own; keeps the highest consumer count."""
+    """Samples queues' statistics in a thread of its own; keeps the highest consumer count."""
 
-    def __init__(self, activemq: ActiveMQ, queue: str) -> None:
+    def __init__(self, activemq: ActiveMQ, *queues: str) -> None:
         self.activemq = activemq
-        self.queue = queue
+        self.queues = queues
         self.most_consumers = 0
         self.samples = 0
         self._stop = threading.Event()
@@ -33,8 +33,9 @@ class StatsWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            count = self.activemq.queue_stats(self.queue).get("consumerCount", 0)
-            self.most_consumers = max(self.most_consumers, count)
+            for queue in self.queues:
+                count = self.activemq.queue_stats(queue).get("consumerCount", 0)
+                self.most_consumers = max(self.most_consumers, count)
             self.samples += 1
             self._stop.wait(0.05)
 
@@ -121,3 +122,59 @@ def test_a_dark_broker_path_with_stop_and_start_never_shows_two_consumers(
         assert watch.most_consumers == 1
     finally:
         consumer.stop()
+
+
+def role(instance) -> str:
+    return roles([instance])[instance.name]
+
+
+def in_flight(activemq: ActiveMQ, queues: list[str]) -> int:
+    return sum(activemq.queue_stats(queue).get("inflightCount", 0) for queue in queues)
+
+
+def test_zookeeper_cuts_shorter_than_the_session_on_a_dark_broker_path_keep_one_consumer(
+    shared_pair, activemq: ActiveMQ, zookeeper, tcp_proxy, pg_url, queues, queue_prefix, tmp_path
+) -> None:
+    """rs-a, active, loses ZooKeeper for less than its session (it stands by, then takes the role
+    up again) while its broker path is dark too, round after round. rs-b never becomes active, so
+    every consumer the broker counts is rs-a's: never two on a queue, none while it stands by."""
+    zk_proxy = tcp_proxy("127.0.0.1", zookeeper.port)
+    broker = HostPort.parse(activemq.host)
+    broker_proxy = tcp_proxy(broker.host, broker.port)
+    # Kazoo gives a silent connection up after 2/3 of the session: rs-a stands by a third of the
+    # session (2 s) before its lock could expire.
+    session = {"session_timeout": 6.0}
+    rs_a = {
+        "ha": {**session, "zookeeper": zk_proxy.host},
+        "broker": {"hosts": [broker_proxy.host]},
+    }
+    a, b = shared_pair(**{"rs-a": rs_a, "rs-b": {"ha": session}})
+    a.start()
+    wait_for(lambda: role(a) == "active", 30, "rs-a to be active")
+    b.start()
+    wait_for(lambda: role(b) == "standby", 30, "rs-b to be standby")
+    wait_for(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume")
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=1500, rate=100
+    )
+    with StatsWatch(activemq, *queues) as watch:
+        flow.start()
+        for _ in range(3):
+            broker_proxy.blackhole()
+            zk_proxy.blackhole()
+            wait_for(lambda: role(a) == "standby", 10, "rs-a to stand by")
+            # What the broker had dispatched to rs-a over the dark path is back in the queue
+            # (the broker's heartbeat check ended that connection): nothing in flight to a standby.
+            wait_for(lambda: in_flight(activemq, queues) == 0, 1.5, "nothing in flight")
+            zk_proxy.heal()
+            wait_for(lambda: role(a) == "active", 20, "rs-a active again")
+            # rs-a's consumer tries its dark broker path a while before the path lights up.
+            time.sleep(1.5)
+            broker_proxy.heal()
+            wait_for(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume again")
+            assert active_of([a, b]) is a
+        flow.join()
+        assert_exactly_once(pg_url, flow.ids())
+    assert watch.samples > 10
+    assert watch.most_consumers == 1
+    wait_for(lambda: in_flight(activemq, queues) == 0, 10, "every report acknowledged")
