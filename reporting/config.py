@@ -128,6 +128,18 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class LaneSpec:
+    """One journal and what it is drained under: consumed from `queues` into `dir`, fenced in
+    the domain `fence`, its drained positions stored under `key`."""
+
+    id: str
+    dir: Path
+    fence: str
+    key: str
+    queues: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "rs"
     ha: HAConfig = HAConfig()
@@ -138,15 +150,23 @@ class Config:
     path: Path | None = None
 
     @property
-    def journals(self) -> tuple[tuple[Path, str, str], ...]:
-        """(folder, fencing domain, positions key) of each journal: one per queue in group mode."""
+    def lanes(self) -> tuple["LaneSpec", ...]:
+        """The instance's lanes: one over all queues, or one per queue in group mode."""
         if self.ha.mode == "group":
             return tuple(
-                (self.journal.dir / queue, key, key)
+                LaneSpec(queue, self.journal.dir / queue, key, key, (queue,))
                 for queue in self.broker.queues
                 for key in [queue_key(self.ha.cluster, queue)]
             )
-        return ((self.journal.dir, self.fence_cluster, self.journal_key),)
+        return (
+            LaneSpec(
+                self.name,
+                self.journal.dir,
+                self.fence_cluster,
+                self.journal_key,
+                self.broker.queues,
+            ),
+        )
 
     @property
     def fence_cluster(self) -> str:

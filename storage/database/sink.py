@@ -5,6 +5,7 @@ rejected rows, journal positions. A crash anywhere leaves all of it or none of i
 a batch whose commit was lost stores nothing twice.
 """
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,6 +86,14 @@ class Sink:
             self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
         self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         self._duplicates_seen = False
+
+    def view(self, *, cluster: str, journal: str) -> "Sink":
+        """The same database under another fence and positions key, sharing this sink's engines
+        (which only this sink closes)."""
+        other = copy.copy(self)
+        other.cluster = cluster
+        other.journal = journal
+        return other
 
     def prepare(self, items: Sequence[Report | Rejected]) -> Batch:
         """Builds the rows of `items`: pure work, which a caller may do outside the transaction

@@ -142,11 +142,12 @@ def test_group_mode_has_a_journal_and_a_fence_per_queue(tmp_path: Path) -> None:
     path = tmp_path / "rs.toml"
     path.write_text('name = "rs-1"\n[ha]\nmode = "group"\ncluster = "/g/1"\n[journal]\ndir = "j"\n')
     config = load_config(path)
-    journals = config.journals
-    assert len(journals) == len(config.broker.queues) == 4
-    for (folder, fence, key), queue in zip(journals, config.broker.queues, strict=True):
-        assert folder == tmp_path / "j" / queue
-        assert fence == key == f"/g/1/queues/{queue}"
+    lanes = config.lanes
+    assert len(lanes) == len(config.broker.queues) == 4
+    for lane, queue in zip(lanes, config.broker.queues, strict=True):
+        assert lane.dir == tmp_path / "j" / queue
+        assert lane.fence == lane.key == f"/g/1/queues/{queue}"
+        assert lane.queues == (queue,)
 
 
 @pytest.mark.parametrize(
