@@ -122,7 +122,7 @@ class Connection:
         self._lock = threading.Lock()
         # Set by CONNECTED, a login ERROR, a lost connection or close(): open() waits on it.
         self._answered = threading.Event()
-        self._logged_in_ = False
+        self._login_done = False
         self._login_error: str | None = None
         self._lost: str | None = None
         self._closed = False
@@ -155,7 +155,7 @@ class Connection:
     def alive(self) -> bool:
         """Logged in, not lost, not closed."""
         return (
-            self._logged_in_
+            self._login_done
             and self._lost is None
             and not self._closed
             and self._stomp.is_connected()
@@ -196,7 +196,7 @@ class Connection:
             raise
         self._answered.wait(self.timeout_s)
         with self._lock:
-            if self._logged_in_ and self._lost is None and not self._closed:
+            if self._login_done and self._lost is None and not self._closed:
                 return
             login_error, lost, closed = self._login_error, self._lost, self._closed
         self._shutdown()
@@ -243,7 +243,7 @@ class Connection:
 
     def _logged_in(self) -> None:
         with self._lock:
-            self._logged_in_ = True
+            self._login_done = True
         self._answered.set()
 
     def _receipt(self, frame: stomp.utils.Frame) -> None:
@@ -254,7 +254,7 @@ class Connection:
 
     def _error(self, frame: stomp.utils.Frame) -> None:
         with self._lock:
-            logging_in = not self._logged_in_
+            logging_in = not self._login_done
             if logging_in:
                 self._login_error = str(frame.headers.get("message", "(no message)"))
         if logging_in:
