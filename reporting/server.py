@@ -196,6 +196,8 @@ class Server:
             "name": self.config.name,
             "mode": self.config.ha.mode,
             "database": "up" if self._database_up() else "down",
+            # Why it is down, as the database driver said it (no password in it).
+            "database_error": None if self._database_up() else self.sink.last_error,
             "broker": "connected" if self._broker_connected() else "disconnected",
             "stored": sum(lane.drainer.stored for lane in self.lanes.values()),
             "drainers": {lane_id: lane.drainer_status() for lane_id, lane in self.lanes.items()},

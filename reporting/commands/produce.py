@@ -17,8 +17,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from reporting.config import HostPort
 from reporting.errors import ConfigError
 from reporting.ledger import Ledger
+from reporting.logs import remember_secret
 from reporting.wire.producer import (
     DEFAULT_QUEUES,
     KINDS,
@@ -138,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @dataclass(frozen=True)
 class _Target:
-    hosts: list[str]
+    hosts: list[str | HostPort]
     user: str | None
     password: str | None
     queues: dict[str, str]  # kind -> queue name, for the kinds to send
@@ -174,6 +176,7 @@ def _target(args: argparse.Namespace) -> _Target:
         if args.password_env not in os.environ:
             raise ConfigError("--password-env", f"environment variable {args.password_env} unset")
         password = os.environ[args.password_env]
+        remember_secret(password)
     queues = {k: f"{args.queue_prefix}{QUEUE_PREFIX}{k}" for k in kinds}
     return _Target(
         hosts, args.user, password, queues, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES

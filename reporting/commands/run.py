@@ -19,11 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reporting.exposure import plaintext_passwords
     from reporting.server import Server
     from reporting.status.http import StatusServer
     from reporting.wire.consumer import check_login
 
     config = load_config(args.config)
+    for line in plaintext_passwords(config):
+        log.warning("%s: %s", config.name, line)
     if config.broker.user is not None or config.broker.tls:
         # Wrong credentials or an untrusted certificate stop start-up here, not at the first
         # failover to this instance.

@@ -85,6 +85,11 @@ def test_every_restart_order_with_reports_waiting_in_both_brokers(
     nothing_stranded(pair, [activemq, backup_broker], queues)
 
 
+def replay(config_path: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "reporting.cli", "replay", "--config", str(config_path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+
+
 def fence_epoch(pg_url: str, cluster: str) -> int | None:
     engine = create_engine(pg_url)
     try:
@@ -123,12 +128,7 @@ def test_replay_refuses_while_an_instance_holds_the_role(shared_pair) -> None:
     wait_for(lambda: roles([a])[a.name] == "active", 30, "rs-a active")
     b.start()
     # The standby's own configuration: the journal is the one rs-a is writing.
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "replay", "--config", str(b.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = replay(b.config_path, 60)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "rs-a holds the role" in lines[0], done.stderr
@@ -144,12 +144,7 @@ def test_replay_drains_once_nobody_holds_the_role(
     ids = send(activemq, tmp_path, queue_prefix, count=100, name="ids")
     assert_exactly_once(pg_url, ids, timeout_s=60)
     a.stop()
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "replay", "--config", str(a.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = replay(a.config_path, 120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "replayed" in done.stderr
     assert_exactly_once(pg_url, ids, timeout_s=10)
