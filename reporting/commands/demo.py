@@ -51,11 +51,12 @@ def _wait(condition, timeout_s: float, what: str):
 
 
 def demo(args: argparse.Namespace) -> int:
-    from reporting.config import KINDS
     from reporting.harness import ActiveMQ, ZooKeeper
     from reporting.harness.instance import Instance
-    from reporting.wire.producer import ReportClient, sample_report
+    from reporting.samples import sample_report
+    from reporting.wire.producer import ReportClient
     from storage.database import Sink
+    from storage.reports import KINDS
 
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)

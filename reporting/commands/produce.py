@@ -21,14 +21,9 @@ from reporting.config import HostPort
 from reporting.errors import ConfigError
 from reporting.ledger import Ledger
 from reporting.logs import remember_secret
-from reporting.wire.producer import (
-    DEFAULT_QUEUES,
-    KINDS,
-    QUEUE_PREFIX,
-    ReportClient,
-    queues_by_kind,
-    sample_report,
-)
+from reporting.samples import sample_report
+from reporting.wire.producer import ReportClient, queues_by_kind
+from storage.reports import DEFAULT_QUEUES, KINDS, QUEUE_PREFIX
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 PROGRESS_EVERY_S = 1.0

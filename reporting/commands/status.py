@@ -8,6 +8,7 @@ import urllib.request
 from typing import Any
 
 from reporting.config import Config, load_config
+from storage.reports import kind_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def fetch_status(listen: str, timeout_s: float = 2.0) -> dict[str, Any]:
 
 
 def _kinds(queues: list[str]) -> str:
-    return ",".join(sorted(queue.rpartition(".")[2] for queue in queues))
+    return ",".join(sorted(kind_of(queue) for queue in queues))
 
 
 COLUMNS = (

@@ -51,6 +51,7 @@ from reporting.ha.roles import (
     describe,
 )
 from reporting.ha.session import POLL_S, STOP_DELIVERY_S, make_client, open_parents
+from storage.reports import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class GroupElection:
             queue: _Queue(
                 queue,
                 Roles(f"{name}[{queue}]", policy=Policy.SHARED),
-                Delivery(f"{name}-{queue.rpartition('.')[2]}", functools.partial(on_change, queue)),
+                Delivery(f"{name}-{kind_of(queue)}", functools.partial(on_change, queue)),
             )
             for queue in sorted(set(queues))
         }

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from reporting.config import KINDS, HostPort
+from reporting.config import HostPort
 from reporting.harness import ActiveMQ
 from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.probes import StompSession
 from reporting.wire.producer import ReportClient
+from storage.reports import KINDS
 from tests.integration.conftest import assert_exactly_once, wait_for
 
 pytestmark = pytest.mark.integration
@@ -96,7 +97,7 @@ def _valid_body(kind: str) -> bytes:
     import json
     import random
 
-    from reporting.wire.producer import sample_report
+    from reporting.samples import sample_report
 
     return json.dumps(sample_report(kind, random.Random(kind))).encode()
 

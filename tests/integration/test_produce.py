@@ -18,7 +18,9 @@ import stomp
 
 from reporting.config import HostPort
 from reporting.ledger import read_ledger
-from reporting.wire.producer import KINDS, ClientStats, ReportClient, destination_for, sample_report
+from reporting.samples import sample_report
+from reporting.wire.producer import ClientStats, ReportClient, destination_for
+from storage.reports import KINDS
 
 pytestmark = pytest.mark.integration
 READ_TIMEOUT_S = 60.0
