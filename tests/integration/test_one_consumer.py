@@ -13,8 +13,9 @@ import pytest
 
 from reporting.config import BrokerConfig, HostPort
 from reporting.harness import ActiveMQ
+from reporting.samples import sample_report
 from reporting.wire.consumer import Consumer, Message
-from reporting.wire.producer import ReportClient, sample_report
+from reporting.wire.producer import ReportClient
 from tests.integration.conftest import Flow, active_of, assert_exactly_once, roles, wait_for
 
 pytestmark = pytest.mark.integration
