@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reporting.errors import ConfigError
+from reporting.ha.group import queue_key
 from reporting.logs import remember_secret
 from storage.reports import DEFAULT_QUEUES, KINDS, kind_of
 
@@ -187,11 +188,6 @@ class Config:
     def journal_key(self) -> str:
         """The key of this instance's drained positions: one journal per store."""
         return f"{self.ha.cluster}/shared" if self.ha.mode == "shared" else self.name
-
-
-def queue_key(cluster: str, queue: str) -> str:
-    """Group mode: a queue's ZooKeeper folder, also its fencing domain and positions key."""
-    return f"{cluster.rstrip('/')}/queues/{queue}"
 
 
 def _host_port(key: str, value: str) -> HostPort:

@@ -201,6 +201,8 @@ class Server:
             "database_error": None if self._database_up() else self.sink.last_error,
             "broker": "connected" if self._broker_connected() else "disconnected",
             "stored": sum(lane.drainer.stored for lane in self.lanes.values()),
+            # Why this instance cannot take part in its election (a refused ZooKeeper login).
+            "election_error": self.election.error,
             "drainers": {lane_id: lane.drainer_status() for lane_id, lane in self.lanes.items()},
             "uptime_s": round(time.time() - self.started_at, 1),
         }
