@@ -187,6 +187,30 @@ class Server:
             size += pending.bytes
         return records, size
 
+    # -- for the service manager (reporting.notify) -------------------------------------------
+
+    @property
+    def joined(self) -> bool:
+        """The journals are open (since __init__) and the election has run its first round."""
+        return bool(self.election.joined)
+
+    def describe_role(self) -> str:
+        """One line for systemd's STATUS=: the role, the epoch, the holder or the queues owned."""
+        if self.election.error:
+            return f"cannot take part: {self.election.error}"
+        if self.group:
+            owned = self._active_lanes()
+            return f"active, owns {', '.join(owned)}" if owned else "standby, owns no queue"
+        role = self.election.role
+        if role is Role.ACTIVE:
+            return f"active, epoch {self.election.epoch}"
+        holder = self.election.holder
+        return f"standby, active is {holder}" if holder else "standby"
+
+    def working(self, within_s: float) -> bool:
+        """Every running consumer thread has shown progress in the last `within_s` seconds."""
+        return all(lane.consumer.stalled_for() <= within_s for lane in self.lanes.values())
+
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:

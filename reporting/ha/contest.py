@@ -133,6 +133,8 @@ class Contest:
         # Set whenever the round thread has something new to look at.
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # Set once a round has run to its end: this instance has taken its place in the election.
+        self.joined = threading.Event()
         self.client = make_client(zookeeper, session_timeout_s=session_timeout_s, auth=auth)
         self.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, name=f"{name}-election", daemon=True)
@@ -274,6 +276,7 @@ class Contest:
                     self._check()
                     continue
                 self._round()
+                self.joined.set()
             except ZooKeeperRefused as refusal:
                 self._refuse(refusal)
             except NoAuthError:
@@ -345,6 +348,11 @@ class Participant:
         self.name = self.contest.name
         self.cluster = self.contest.cluster
         self.client = self.contest.client
+
+    @property
+    def joined(self) -> bool:
+        """A round has run to its end: the instance has taken its place in the election."""
+        return self.contest.joined.is_set()
 
     @property
     def error(self) -> str | None:
