@@ -9,7 +9,18 @@ from reporting.errors import ConfigError, ReportingError
 from storage.errors import StorageError
 
 # Each module defines register(subparsers), which adds its parser(s) with set_defaults(func=...).
-COMMAND_MODULES = ("run", "status", "replay", "db", "produce", "verify", "stack", "journal", "demo")
+COMMAND_MODULES = (
+    "run",
+    "check_config",
+    "status",
+    "replay",
+    "db",
+    "produce",
+    "verify",
+    "stack",
+    "journal",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

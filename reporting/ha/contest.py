@@ -20,11 +20,12 @@ from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
-from reporting.errors import ZooKeeperRefused
+from reporting.errors import ZooKeeperRefused, ZooKeeperUnreachable
 from reporting.ha.acl import check_nodes, no_access, open_parents
 from reporting.ha.delivery import Delivery
 from reporting.ha.roles import (
@@ -289,6 +290,22 @@ class Contest:
                 log.exception("%s: election round failed", self.name)
                 self.wait()
 
+    def check_access(self, timeout_s: float) -> None:
+        """For `check-config`, instead of start(): connect, check every node the election relies
+        on that exists, as the first round would, creating nothing; then close. Raises
+        ZooKeeperRefused, or ZooKeeperUnreachable if no server answered within timeout_s."""
+        try:
+            self.client.start(timeout=timeout_s)
+        except KazooTimeoutError:
+            self.client.stop()
+            self.client.close()
+            raise ZooKeeperUnreachable(self.hosts, timeout_s) from None
+        try:
+            check_nodes(self.client, self.hosts, self._nodes + self._ephemeral, auth=self.auth)
+        finally:
+            self.client.stop()
+            self.client.close()
+
     def _check(self) -> None:
         """Once connected: create the nodes the election relies on, then check every one."""
         if not self.client.connected:
@@ -362,6 +379,10 @@ class Participant:
     def watch_refusals(self, callback: Callable[[ZooKeeperRefused], None]) -> None:
         """`callback` runs once, if this instance cannot take part: a configuration to fix."""
         self.contest.watch_refusals(callback)
+
+    def check_access(self, timeout_s: float) -> None:
+        """Instead of start(): may this instance take part? (see Contest.check_access)"""
+        self.contest.check_access(timeout_s)
 
     def stop(self) -> None:
         """Stand by, let the server act on it, then close the session: the hand-over."""

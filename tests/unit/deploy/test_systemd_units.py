@@ -36,6 +36,9 @@ def test_notify_unit_with_watchdog_restart_and_hardening() -> None:
     assert credentials == {"broker-password", "zookeeper-password", "database-password"}
     command = "reporting-server run --config /etc/reporting-server/%i.toml"
     assert service["ExecStart"][0].endswith(command)
+    assert service["ExecStartPre"][0].endswith(
+        "reporting-server check-config --local --config /etc/reporting-server/%i.toml"
+    )
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
