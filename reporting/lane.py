@@ -166,7 +166,12 @@ class Lane:
             if self.consuming:
                 self.consuming = False
                 self.consumer.stop()
-                log.info("%s: consumer stopped (%s)", self.name, reason)
+                log.info(
+                    "%s: consumer stopped (%s)",
+                    self.name,
+                    reason,
+                    extra={"queue": ",".join(self.spec.queues)},
+                )
 
     def _sweep(self) -> None:
         # A segregated backup in standby still owns its broker: producers that failed over to it

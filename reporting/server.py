@@ -127,7 +127,13 @@ class Server:
             return
         self.lanes[lane].on_role(change)
         if self.group and change.role is Role.ACTIVE and self._role_of(lane) is Role.ACTIVE:
-            log.info("%s: owns %s (epoch %d)", self.config.name, lane, change.epoch)
+            log.info(
+                "%s: owns %s (epoch %d)",
+                self.config.name,
+                lane,
+                change.epoch,
+                extra={"queue": lane, "epoch": change.epoch},
+            )
 
     def _fenced(self, lane: str, exc: StaleEpoch) -> None:
         self.lanes[lane].stand_by(f"fenced: {exc}")
@@ -193,6 +199,11 @@ class Server:
     def joined(self) -> bool:
         """The journals are open (since __init__) and the election has run its first round."""
         return bool(self.election.joined)
+
+    @property
+    def role(self) -> str:
+        """`active` while the instance (a group member: for any queue) is active, else `standby`."""
+        return "active" if self._active_lanes() else "standby"
 
     def describe_role(self) -> str:
         """One line for systemd's STATUS=: the role, the epoch, the holder or the queues owned."""

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 
+from reporting import logs
 from reporting.config import load_config
 from reporting.errors import ConfigError, ReportingError
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     server = Server(config)
+    logs.describe_instance(config.name, lambda: server.role)
     refused: list[ReportingError] = []
 
     def on_refused(error: ReportingError) -> None:

@@ -244,7 +244,7 @@ class Contest:
         # Called with the mutex held, so that the order of delivery is that of the transitions.
         change = slot.roles.apply(event)
         if change is not None:
-            log.info("%s", describe(slot.label, change))
+            log.info("%s", describe(slot.label, change), extra={"epoch": change.epoch})
             slot.delivery.put(change)
         return change
 

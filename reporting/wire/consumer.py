@@ -332,7 +332,10 @@ class Consumer:
             if self.refused is None and not run.stop.is_set():
                 log.info("broker %s not reachable: %s", host, exc.reason)
             return None
-        log.info("%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host)
+        queues = ",".join(self.config.queues)
+        log.info(
+            "%s: consuming %s from broker %s", self.name, queues, host, extra={"queue": queues}
+        )
         return conn
 
     def _consume_run(self, run: _Run) -> None:
