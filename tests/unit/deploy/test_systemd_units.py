@@ -58,3 +58,15 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 0 and not output, output
+
+
+def test_the_example_config_is_valid_and_reads_its_secrets_from_credentials() -> None:
+    from reporting.config import load_config
+
+    config = load_config(UNITS / "rs-a.toml.example", secrets=False)
+    assert config.name == "rs-a" and config.ha.mode == "shared"
+    text = (UNITS / "rs-a.toml.example").read_text()
+    for credential in ("zookeeper-password", "broker-password", "database-password"):
+        assert f"/run/credentials/reporting-server@rs-a.service/{credential}" in text
+    assert str(config.journal.dir).startswith("/srv/reporting-journal")
+    assert "ReadWritePaths=-/srv/reporting-journal" in UNIT.read_text()
