@@ -90,6 +90,11 @@ class Server:
         m.epoch.set_function(lambda: self.election.epoch)
         m.pending_records.set_function(lambda: self._pending()[0])
         m.pending_bytes.set_function(lambda: self._pending()[1])
+        if self.group:
+            for queue in self.lanes:
+                m.queue_owned.labels(queue).set_function(
+                    lambda queue=queue: 1 if self._role_of(queue) is Role.ACTIVE else 0
+                )
 
     def watch_refusals(self, callback: Callable[[BrokerError], None]) -> None:
         """`callback` runs once the broker refuses this instance's credentials or certificate."""

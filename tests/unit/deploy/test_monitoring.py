@@ -82,6 +82,8 @@ def test_the_alerts_the_issue_lists() -> None:
         "ReportingDatabaseDown",
         "ReportingFencedWrite",
         "ReportingRejectedReports",
+        "ReportingQueueUnowned",
+        "ReportingQueueTwoOwners",
     } <= set(rules)
     assert rules["ReportingDatabaseDown"]["for"] == "5m"
     assert rules["ReportingJournalGrowing"]["for"] == "10m"
@@ -99,4 +101,20 @@ def test_promtool_check_rules() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 7 rules found" in done.stdout, done.stdout
+    assert "SUCCESS: 9 rules found" in done.stdout, done.stdout
+
+
+def test_promtool_test_rules() -> None:
+    """The rules' behaviour against made-up series (alerts.test.yml): a healthy pair and group
+    page nobody; no active, two active, a queue unowned, the database down, a fenced write do."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    done = subprocess.run(
+        [promtool, "test", "rules", "alerts.test.yml"],
+        cwd=MONITORING,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
