@@ -6,15 +6,23 @@ measures the failovers it causes against the limit the guarantees set. The runne
 pair to settle again after each one. `modes` says which pairs a fault applies to.
 """
 
+import json
 import random
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
 from reporting.errors import HarnessError
 from reporting.harness.instance import Instance
+from reporting.samples import sample_report
+from reporting.wire.producer import ReportClient, queues_by_kind
 from storage.database import Sink
+from storage.database.schema import rejected_reports
 from storage.journal import Journal
 from storage.reports import from_record
 from tests.chaos.pair import Pair, short_name
@@ -329,6 +337,54 @@ class RestartOrder(Fault):
             stage.start_instance(active)
 
 
+class PoisonReport(Fault):
+    """Reports no database can store sent to the active's broker amid the flow: an 8 KB
+    `call_id` (refused at decode) and a number jsonb cannot hold (refused by the database). Each
+    is rejected once into rejected_reports and the flow goes on: the ledger check at the end
+    counts every ordinary report sent around them."""
+
+    name = "poison-report"
+
+    def apply(self, stage: Stage) -> None:
+        broker = stage.pair.brokers[short_name(stage.active())]
+        queues = queues_by_kind(stage.pair.queues)
+        ids = [f"poison-{uuid.uuid4().hex}" for _ in range(2)]
+        cdr = sample_report("cdr", stage.rng) | {"call_id": stage.rng.randbytes(4096).hex()}
+        sq = json.dumps(sample_report("sq", stage.rng)).encode()[:-1] + b', "tiny": 1e-20000}'
+        client = ReportClient([broker.host], in_flight=10)
+        try:
+            client.send_raw(f"/queue/{queues['cdr']}", json.dumps(cdr).encode(), report_id=ids[0])
+            client.send_raw(f"/queue/{queues['sq']}", sq, report_id=ids[1])
+            client.flush()
+        finally:
+            client.close()
+        stage.mark("2 poison reports")
+        deadline = time.monotonic() + 60
+        rejected = 0
+        while time.monotonic() < deadline:
+            rejected = rejected_count(stage.pair.db_url, ids)
+            if rejected == len(ids):
+                break
+            time.sleep(0.5)  # polling the database, not synchronising the run
+        stage.note(poison_rejected=rejected, poison_sent=len(ids))
+        if rejected != len(ids):
+            # Counted among the run's errors: a poison report that is not rejected in a minute
+            # is stuck in front of the flow, or was stored.
+            raise AssertionError(f"{rejected} of {len(ids)} poison reports rejected after 60 s")
+
+
+def rejected_count(db_url: str, ids: list[str]) -> int:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            query = select(func.count()).where(rejected_reports.c.report_id.in_(ids))
+            return conn.scalar(query) or 0
+    except SQLAlchemyError:
+        return 0  # the database is down: counted on the next look
+    finally:
+        engine.dispose()
+
+
 ALL_FAULTS: tuple[Fault, ...] = (
     KillActive(),
     TermActive(),
@@ -339,6 +395,7 @@ ALL_FAULTS: tuple[Fault, ...] = (
     ZooKeeperPathDark(),
     HostDown(),
     RestartOrder(),
+    PoisonReport(),
     DamagedSegment(),
     DuplicateInstance(),
 )
