@@ -20,7 +20,7 @@ from reporting.harness.service import Service
 from reporting.harness.tls import TlsBundle
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-INSTALL_HINT = "apt-get install -y postgresql-15"
+INSTALL_HINT = "scripts/setup (the packages of scripts/packages)"
 # PostgreSQL refuses to run as root; the packages create this account.
 RUN_AS = "postgres"
 
