@@ -36,7 +36,11 @@ def test_commits_lost_by_a_promoted_async_standby_are_replayed(
 ) -> None:
     url = async_pair.create_database("reports_async")
     # Small segments, so that drained ones would be released if they were not retained.
-    server = standalone(database={"url": url}, journal={"retain": 600.0, "segment_bytes": 65536})
+    server = standalone(
+        database={"url": url},
+        broker={"max_body_bytes": 16384},
+        journal={"retain": 600.0, "segment_bytes": 65536},
+    )
     server.start()
     flow = Flow(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=200

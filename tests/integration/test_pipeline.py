@@ -163,9 +163,11 @@ def test_malformed_reports_are_rejected_and_the_stream_goes_on(
 def test_full_journal_pauses_consumption_and_loses_nothing(
     standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
 ) -> None:
+    # Large enough for one batch of the largest bodies (start-up refuses less), small enough
+    # for 1,500 reports to fill it.
     server = standalone(
-        journal={"max_bytes": 64 * 1024, "segment_bytes": 16 * 1024},
-        broker={"prefetch": 50, "batch_records": 50},
+        journal={"max_bytes": 256 * 1024, "segment_bytes": 16 * 1024},
+        broker={"prefetch": 50, "batch_records": 50, "max_body_bytes": 1024},
     )
     server.start()
     wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
@@ -173,7 +175,7 @@ def test_full_journal_pauses_consumption_and_loses_nothing(
     flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=1500, rate=0)
     flow.start()
     wait_for(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
-    assert server.status()["journal"]["pending_bytes"] <= 64 * 1024
+    assert server.status()["journal"]["pending_bytes"] <= 256 * 1024
     postgres.restart()
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
