@@ -19,9 +19,10 @@ from typing import Any
 import psycopg
 
 from bench.load import PacedSender
-from bench.servers import SESSION_TIMEOUT_S, Servers, role_of, say, wait_until
+from bench.servers import SESSION_TIMEOUT_S, Servers, role_of, say
 from reporting.harness import ActiveMQ
 from reporting.harness.instance import Instance
+from reporting.harness.waiting import wait_until
 
 POLL_S = 0.02
 RATE = 200  # reports/s of load during the rounds
@@ -185,9 +186,7 @@ def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
     db_url = servers.database("failover_segregated")
     brokers = [ActiveMQ(servers.workdir(f"activemq-{side}")) for side in ("primary", "backup")]
     hosts = [b.host for b in brokers]
-    pair = servers.pair(
-        mode="segregated", prefix=prefix, db_url=db_url, hosts=[[hosts[0]], [hosts[1]]]
-    )
+    pair = servers.pair(mode="segregated", prefix=prefix, db_url=db_url, brokers=brokers)
     primary, backup = pair
     sender = None
     to_active: list[float] = []
