@@ -12,7 +12,7 @@ import urllib.request
 from typing import Protocol
 
 from reporting.harness.instance import Instance
-from tests.chaos.pair import Pair, short_name
+from reporting.harness.pair import Pair, short_name
 
 
 class Stage(Protocol):

@@ -14,7 +14,8 @@ from reporting.cli import main
 from reporting.client import ReportClient
 from reporting.harness import Postgres
 from reporting.harness.instance import Instance, to_toml
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from reporting.harness.waiting import wait_until
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,7 @@ def test_server_role_stores_reports_but_cannot_drop_or_truncate(
             query = "SELECT count(*) FROM rejected_reports WHERE report_id = 'bad-1'"
             return conn.execute(query).fetchone()[0]
 
-    wait_for(rejected, 30, "the rejected report to be stored")
+    wait_until(rejected, 30, "the rejected report to be stored")
     assert server.status()["database"] == "up"
 
     with connect(pg, "rs_server", SERVER_PW, "reporting") as conn:

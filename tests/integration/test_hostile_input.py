@@ -21,9 +21,10 @@ from sqlalchemy import create_engine, select
 
 from reporting.client import ReportClient, sample_report
 from reporting.config import KINDS
+from reporting.harness.waiting import wait_until
 from reporting.wire.decode import MAX_DEPTH, REQUIRED_FIELDS, body_id
 from storage.database.schema import rejected_reports
-from tests.integration.conftest import assert_exactly_once, wait_for
+from tests.integration.conftest import assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +171,7 @@ def test_hostile_frames_never_win(
 ) -> None:
     server = standalone(broker={"max_body_bytes": MAX_BODY_BYTES})
     server.start()
-    wait_for(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
     pid = server.pid
     rss_start = rss_kib(pid)
     rss_peak = rss_start
@@ -247,7 +248,7 @@ def test_hostile_frames_never_win(
         ]
 
     try:
-        wait_for(lambda: not missing(), 60, "every hostile frame to be rejected", every_s=0.5)
+        wait_until(lambda: not missing(), 60, "every hostile frame to be rejected", every_s=0.5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; not rejected: {sorted(missing())}") from None
     rows = rejected_rows()

@@ -12,7 +12,7 @@ from kazoo.security import make_digest_acl
 
 from reporting.ha import Election, Role, make_election
 from reporting.harness import ZooKeeper
-from tests.integration.conftest import wait_for
+from reporting.harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def elect(zookeeper: ZooKeeper, cluster: str) -> Iterator[Callable[..., Election
 
 def test_without_credentials_the_lock_and_epoch_cannot_be_touched(elect, zk, cluster) -> None:
     election = elect("rs-a", "shared")
-    wait_for(lambda: election.role is Role.ACTIVE, 30, "rs-a to take the lock")
+    wait_until(lambda: election.role is Role.ACTIVE, 30, "rs-a to take the lock")
     owner, stranger = zk(auth=True), zk(auth=False)
     lock, epoch = f"{cluster}/lock", f"{cluster}/epoch"
     contenders = owner.get_children(lock)
@@ -116,7 +116,7 @@ def test_without_credentials_the_lock_and_epoch_cannot_be_touched(elect, zk, clu
 
 def test_without_credentials_the_primary_node_cannot_be_removed(elect, zk, cluster) -> None:
     primary = elect("rs-p", "segregated", "primary")
-    wait_for(lambda: primary.role is Role.ACTIVE, 30, "the primary to hold its node")
+    wait_until(lambda: primary.role is Role.ACTIVE, 30, "the primary to hold its node")
     owner, stranger = zk(auth=True), zk(auth=False)
     node = f"{cluster}/primary"
     assert owner.get_acls(node)[0] == [make_digest_acl(USER, PASSWORD, all=True)]
