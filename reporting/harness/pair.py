@@ -216,16 +216,17 @@ def build_pair(
     """Two instances that know each other (built, not started) under `workdir`.
 
     Shared: one broker, one journal directory. Segregated: the first instance is the primary,
-    each has its own broker (`brokers` in the same order) and journal. With `zookeeper_paths`
+    each has its own broker (`brokers` in the same order; a benchmark of the drain may give one
+    for both) and journal. With `zookeeper_paths`
     each instance reaches ZooKeeper through a TcpProxy of its own, for faults to darken.
     `settings` are laid over both configs, then `overrides[name]` over that instance's."""
     if mode not in NAMES:
         raise HarnessError(f"pair: mode must be one of {', '.join(NAMES)}, got {mode!r}")
-    wanted = 1 if mode == "shared" else 2
-    if len(brokers) != wanted:
+    wanted = (1,) if mode == "shared" else (1, 2)
+    if len(brokers) not in wanted:
         raise HarnessError(f"pair: a {mode} pair runs on {wanted} broker(s), got {len(brokers)}")
     names = names or NAMES[mode]
-    own_broker = dict(zip(names, brokers if mode == "segregated" else brokers * 2, strict=True))
+    own_broker = dict(zip(names, brokers if len(brokers) == 2 else brokers * 2, strict=True))
     paths: dict[str, TcpProxy] = {}
     instances = []
     for index, name in enumerate(names):

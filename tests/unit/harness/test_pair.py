@@ -60,7 +60,7 @@ def test_zookeeper_paths_give_each_instance_its_own_proxy(tmp_path: Path) -> Non
         assert a.config["ha"]["zookeeper"] != b.config["ha"]["zookeeper"]
 
 
-@pytest.mark.parametrize(("mode", "brokers"), [("shared", 2), ("segregated", 1), ("group", 1)])
+@pytest.mark.parametrize(("mode", "brokers"), [("shared", 2), ("segregated", 3), ("group", 1)])
 def test_a_pair_on_the_wrong_brokers_or_mode_is_refused(
     tmp_path: Path, mode: str, brokers: int
 ) -> None:
