@@ -42,6 +42,16 @@ def producing(pair: Pair, tmp_path: Path, queue_prefix: str, *, count: int, rate
     ).start()
 
 
+def started_and_flowing(
+    pair: Pair, tmp_path: Path, queue_prefix: str, *, count: int, rate: int, stored: int
+) -> tuple[Instance, Instance, Flow]:
+    """(active, standby, flow) once the pair is at rest and its active has stored `stored`."""
+    active, standby = pair.start()
+    flow = producing(pair, tmp_path, queue_prefix, count=count, rate=rate)
+    wait_until(lambda: active.status()["stored"] > stored, 30, "reports flowing")
+    return active, standby, flow
+
+
 def at_rest(pair: Pair, returned: Instance) -> dict[str, str]:
     """The roles of the pair once `returned` is back after losing the role."""
     if pair.mode == "segregated":
@@ -72,9 +82,9 @@ def nothing_left(pair: Pair) -> None:
 
 def test_kill_9_of_the_active(pair_of, pg_url, queue_prefix, tmp_path: Path) -> None:
     pair = pair_of()
-    active, standby = pair.start()
-    flow = producing(pair, tmp_path, queue_prefix, count=3000, rate=300)
-    wait_until(lambda: active.status()["stored"] > 200, 30, "reports flowing")
+    active, standby, flow = started_and_flowing(
+        pair, tmp_path, queue_prefix, count=3000, rate=300, stored=200
+    )
     killed = time.monotonic()
     active.kill()
     wait_until(lambda: pair.active() is standby, 30, f"{standby.name} active", every_s=0.02)
@@ -87,9 +97,9 @@ def test_kill_9_of_the_active(pair_of, pg_url, queue_prefix, tmp_path: Path) -> 
 
 def test_sigterm_hands_over_within_a_second(pair_of, pg_url, queue_prefix, tmp_path: Path) -> None:
     pair = pair_of()
-    active, standby = pair.start()
-    flow = producing(pair, tmp_path, queue_prefix, count=2000, rate=300)
-    wait_until(lambda: active.status()["stored"] > 200, 30, "reports flowing")
+    active, standby, flow = started_and_flowing(
+        pair, tmp_path, queue_prefix, count=2000, rate=300, stored=200
+    )
     # Timed from the signal, not from the old process's exit, which the handover does not wait on.
     asked = time.monotonic()
     os.kill(active.pid, signal.SIGTERM)
@@ -138,9 +148,9 @@ def test_database_down_during_failover_is_replayed(
     pair_of, postgres, pg_url, queue_prefix, tmp_path: Path
 ) -> None:
     pair = pair_of()
-    active, standby = pair.start()
-    flow = producing(pair, tmp_path, queue_prefix, count=2000, rate=200)
-    wait_until(lambda: active.status()["stored"] > 100, 30, "reports flowing")
+    active, standby, flow = started_and_flowing(
+        pair, tmp_path, queue_prefix, count=2000, rate=200, stored=100
+    )
     postgres.kill()
     wait_until(lambda: active.status()["journal"]["pending"] > 0, 30, "a backlog in the journal")
     # Segregated: its broker goes too, so that producers fail over to the other's.
@@ -213,9 +223,9 @@ def test_primary_host_lost_with_its_broker(
     segregated_pair, pg_url, queue_prefix, tmp_path: Path
 ) -> None:
     pair = segregated_pair()
-    primary, backup = pair.start()
-    flow = producing(pair, tmp_path, queue_prefix, count=3000, rate=150)
-    wait_until(lambda: primary.status()["stored"] > 100, 30, "reports flowing")
+    primary, backup, flow = started_and_flowing(
+        pair, tmp_path, queue_prefix, count=3000, rate=150, stored=100
+    )
     # The whole primary host goes: its instance and its broker together.
     pair.lose_host(primary)
     wait_until(lambda: pair.active() is backup, 30, "the backup active")
@@ -231,9 +241,9 @@ def test_paused_primary_resumes_and_the_backup_stands_down(
     # primary has no stale writes to refuse: it takes its role back and the backup drains its
     # own broker, then stands down.
     pair = segregated_pair()
-    primary, backup = pair.start()
-    flow = producing(pair, tmp_path, queue_prefix, count=2000, rate=200)
-    wait_until(lambda: primary.status()["stored"] > 100, 30, "reports flowing")
+    primary, backup, flow = started_and_flowing(
+        pair, tmp_path, queue_prefix, count=2000, rate=200, stored=100
+    )
     primary.pause()
     paused = time.monotonic()
     wait_until(lambda: pair.roles()[backup.name] == "active", 30, "the backup active")
