@@ -36,7 +36,6 @@ def _drain(servers: Servers, count: int) -> dict[str, float]:
         lambda: journal,
         sink,
         batch_records=DatabaseConfig().batch_records,
-        epoch=lambda: 1,
         metrics=Metrics(),
         on_fenced=lambda exc: fenced.set(),
         on_room=lambda: None,
@@ -44,7 +43,7 @@ def _drain(servers: Servers, count: int) -> dict[str, float]:
     )
     say(f"  draining {count:,} records")
     started = time.monotonic()
-    drainer.start()
+    drainer.start(1)
     try:
         deadline = started + max(300, count / 1000)
         last_said = started

@@ -138,7 +138,6 @@ class Drainer:
         sink: Sink,
         *,
         batch_records: int,
-        epoch: Callable[[], int],
         metrics: Metrics,
         on_fenced: Callable[[StaleEpoch], None],
         on_room: Callable[[], None],
@@ -147,7 +146,12 @@ class Drainer:
         self.journal = journal
         self.sink = sink
         self.batch_records = batch_records
-        self.epoch = epoch
+        # The epoch this drainer writes under: given by the role change that started it, never
+        # read again from the election, so that a drainer never writes with an epoch its
+        # instance took after it (nor one it has lost: the fence refuses that, and it stops).
+        self.epoch: int | None = None
+        # Why the drainer is not running, for /status; None while it runs.
+        self.stopped_because: str | None = "not started"
         self.metrics = metrics
         self.on_fenced = on_fenced
         self.on_room = on_room
@@ -164,7 +168,8 @@ class Drainer:
         self.stored = 0
         self.drained_records = 0
 
-    def start(self) -> None:
+    def start(self, epoch: int) -> None:
+        """Drain under `epoch`, which the caller holds; the fence is raised to it first."""
         old = self._thread
         if old is not None and old.is_alive():
             # Stuck in a database call that stop() could not interrupt: two drainers must
@@ -173,10 +178,14 @@ class Drainer:
             old.join()
         self._stop.clear()
         self._caught_up.clear()
+        self.epoch = epoch
+        self.stopped_because = None
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-drainer", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        if self.running and self.stopped_because is None:
+            self.stopped_because = "stopped"
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -186,12 +195,18 @@ class Drainer:
         self._wake.set()
 
     def wait_caught_up(self, timeout_s: float) -> bool:
-        """True once a pass found nothing left to drain; False on time-out or a database outage."""
+        """True once a pass found nothing left to drain; False on time-out, a database outage or
+        the drainer's end (fenced, stopped), which ends the wait at once."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             if self._caught_up.wait(0.05):
                 return True
             if self.database_up is False:
+                return False
+            if not self.running:
+                log.warning(
+                    "%s: drainer ended while waited for (%s)", self.name, self.stopped_because
+                )
                 return False
         return False
 
@@ -213,6 +228,9 @@ class Drainer:
             try:
                 # The schema may be missing when the server started while the database was down.
                 self.sink.upgrade()
+                # The fence moves when the role does: from here on, a stale holder's next
+                # commit is refused, not only from this drainer's first write.
+                self.sink.claim_epoch(self._epoch())
                 positions = self.sink.positions()
                 self._mark(True)
                 return positions
@@ -221,10 +239,17 @@ class Drainer:
                 self._stop.wait(0.5)
         return None
 
+    def _epoch(self) -> int:
+        assert self.epoch is not None, "a drainer runs only under an epoch"
+        return self.epoch
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._drain()
+                return
+            except StaleEpoch as exc:
+                self._refused(exc)
                 return
             except Exception:
                 # Whatever went wrong, the journal still holds every record: start over from
@@ -304,7 +329,7 @@ class Drainer:
             result = self.sink.write_batch_retrying(
                 batch,
                 positions=reached,
-                epoch=self.epoch(),
+                epoch=self._epoch(),
                 stop=self._stop,
                 on_retry=lambda attempt, exc: self._mark(False),
                 committed=committed,
@@ -312,9 +337,7 @@ class Drainer:
         except PositionsLost as exc:
             return self._rewind(positions, str(exc))
         except StaleEpoch as exc:
-            self.metrics.fenced.inc()
-            log.warning("%s: write refused by the fence: %s", self.name, exc)
-            self.on_fenced(exc)
+            self._refused(exc)
             return False
         except DatabaseUnavailable:
             return False  # only raised once stop is set
@@ -331,6 +354,14 @@ class Drainer:
         if self._catching_up:
             self.metrics.replayed.inc(len(entries))
         return True
+
+    def _refused(self, exc: StaleEpoch) -> None:
+        # The drainer ends here; the instance goes back to its election, and a drainer runs
+        # again once a role change gives it an epoch it holds.
+        self.stopped_because = f"fenced: {exc}"
+        self.metrics.fenced.inc()
+        log.warning("%s: write refused by the fence: %s", self.name, exc)
+        self.on_fenced(exc)
 
     def _verify(self, positions: dict[str, int]) -> None:
         try:
@@ -365,6 +396,3 @@ class Drainer:
                 # Kept rows name segments that no longer exist; they are forgotten next time.
                 pass
             self.on_room()
-        pending = self.journal().pending
-        self.metrics.pending_records.set(pending.records)
-        self.metrics.pending_bytes.set(pending.bytes)

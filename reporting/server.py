@@ -1,11 +1,9 @@
-"""One Reporting Server instance: the election decides the role, the role decides what runs.
+"""One Reporting Server instance: its election decides the role of each lane, the role decides what
+the lane runs (`lane.Lane`).
 
-- active: the consumer takes reports from the broker into the journal; the drainer stores them.
-- standby: no consumer. In segregated mode the drainer keeps draining this instance's own journal;
-  in shared mode only the active drains the shared journal.
-
-Role changes arrive from the election's own thread, one at a time, so this class needs no lock of
-its own around them.
+Standalone, shared and segregated instances have one lane over all queues, whose role is the
+instance's; a group instance has a lane per queue, whose role is the ownership of that queue.
+Role changes reach `_on_role` from the election's delivery threads, one at a time per lane.
 """
 
 import logging
@@ -19,21 +17,15 @@ from typing import Any
 from reporting.config import Config
 from reporting.errors import BrokerError
 from reporting.ha import Role, RoleChange, make_election
+from reporting.ha.group import GroupElection
 from reporting.ha.pause import PauseDetector
-from reporting.pipeline import Drainer, Intake, open_journal
+from reporting.lane import Lane
 from reporting.status.metrics import Metrics
-from reporting.wire.consumer import Consumer
 from storage.database import Sink
 from storage.errors import StaleEpoch
 
 log = logging.getLogger(__name__)
 
-# How long a new active lets the drainer catch up with the journal before it consumes.
-CATCH_UP_S = 30.0
-# Segregated backup standing down: the broker counts as drained after this long without a message.
-BROKER_IDLE_S = 1.0
-# Segregated backup in standby: how often it looks for reports left in its own broker.
-SWEEP_S = 5.0
 # How often the database is probed while no drainer reports on it.
 PROBE_S = 2.0
 
@@ -41,181 +33,141 @@ PROBE_S = 2.0
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.group = config.ha.mode == "group"
         self.metrics = Metrics()
         self.started_at = time.time()
-        self._journal = open_journal(config, config.journal.dir, epoch=0, metrics=self.metrics)
+        self._stopping = threading.Event()
+        # One engine per process; each lane's sink is a view of it with the lane's fence and key.
         self.sink = Sink(
             config.database.url, cluster=config.fence_cluster, journal=config.journal_key
         )
-        self._room = threading.Event()
-        self.drainer = Drainer(
-            lambda: self._journal,
-            self.sink,
-            batch_records=config.database.batch_records,
-            epoch=lambda: self.election.epoch,
-            metrics=self.metrics,
-            on_fenced=self._fenced,
-            on_room=self._room.set,
-            name=config.name,
-        )
-        self.intake = Intake(
-            lambda: self._journal,
-            config.broker,
-            metrics=self.metrics,
-            room=self._room,
-            appended=self.drainer.wake,
-            may_continue=lambda: self.consuming,
-        )
-        self.consumer = Consumer(config.broker, self.intake, name=config.name)
-        self.consuming = False
-        self._consumer_lock = threading.RLock()
-        self.election = make_election(
-            mode=config.ha.mode,
-            name=config.name,
-            role=config.ha.role,
-            zookeeper=config.ha.zookeeper,
-            cluster=config.ha.cluster,
-            session_timeout_s=config.ha.session_timeout_s,
-            grace_s=config.ha.grace_s,
-            healthy=self._healthy,
-            on_change=self._on_role,
-            auth=config.ha.auth,
-        )
-        self._stopping = threading.Event()
+        if self.group:
+            self.election: Any = GroupElection(
+                name=config.name,
+                zookeeper=config.ha.zookeeper,
+                cluster=config.ha.cluster,
+                queues=config.broker.queues,
+                session_timeout_s=config.ha.session_timeout_s,
+                on_change=self._on_role,
+                auth=config.ha.auth,
+            )
+        else:
+            self.election = make_election(
+                mode=config.ha.mode,
+                name=config.name,
+                role=config.ha.role,
+                zookeeper=config.ha.zookeeper,
+                cluster=config.ha.cluster,
+                session_timeout_s=config.ha.session_timeout_s,
+                grace_s=config.ha.grace_s,
+                healthy=self._healthy,
+                on_change=lambda change: self._on_role(config.name, change),
+                auth=config.ha.auth,
+            )
+        self.lanes: dict[str, Lane] = {
+            spec.id: Lane(
+                config,
+                spec,
+                name=f"{config.name}-{spec.id.rpartition('.')[2]}" if self.group else config.name,
+                sink=self.sink.view(cluster=spec.fence, journal=spec.key),
+                metrics=self.metrics,
+                role=lambda lane=spec.id: self._role_of(lane),
+                on_fenced=lambda exc, lane=spec.id: self._fenced(lane, exc),
+                stood_down=self.election.stood_down,
+            )
+            for spec in config.lanes
+        }
         self.pause = PauseDetector.for_session(
-            config.name, config.ha.session_timeout_s, what="role"
+            config.name, config.ha.session_timeout_s, what="ownership" if self.group else "role"
         )
         self._probed: bool | None = None
         # Read when scraped, from the same state /status shows.
-        self.metrics.database_up.set_function(lambda: 1 if self._database_up() else 0)
-        self.metrics.broker_connected.set_function(lambda: 1 if self.consumer.connected else 0)
+        m = self.metrics
+        m.database_up.set_function(lambda: 1 if self._database_up() else 0)
+        m.broker_connected.set_function(lambda: 1 if self._broker_connected() else 0)
+        m.active.set_function(lambda: 1 if self._active_lanes() else 0)
+        m.epoch.set_function(lambda: self.election.epoch)
+        m.pending_records.set_function(lambda: self._pending()[0])
+        m.pending_bytes.set_function(lambda: self._pending()[1])
 
     def watch_refusals(self, callback: Callable[[BrokerError], None]) -> None:
         """`callback` runs once the broker refuses this instance's credentials or certificate."""
-        self.consumer.on_refused = callback
+        for lane in self.lanes.values():
+            lane.consumer.on_refused = callback
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.pause.start()
         threading.Thread(target=self._probe, name="probe", daemon=True).start()
-        if self.config.ha.mode == "segregated":
-            # Every instance drains its own journal, whatever its role.
-            self.drainer.start()
-            if self.config.ha.role == "backup":
-                threading.Thread(target=self._sweep, name="sweep", daemon=True).start()
+        for lane in self.lanes.values():
+            lane.start()
         self.election.start()
 
     def stop(self) -> None:
         """Stops consuming without acking anything unsaved, hands the role over, then exits."""
         self._stopping.set()
         self.pause.stop()
-        self._stop_consuming("shutting down")
+        for lane in self.lanes.values():
+            lane.stand_by("shutting down")
         self.election.stop()
-        self.drainer.stop()
-        self._journal.close()
+        for lane in self.lanes.values():
+            lane.close()
         self.sink.close()
         log.info("%s: stopped", self.config.name)
 
     # -- roles --------------------------------------------------------------------------------
 
-    def _on_role(self, change: RoleChange) -> None:
+    def _role_of(self, lane: str) -> Role:
+        return self.election.role_of(lane) if self.group else self.election.role
+
+    def _on_role(self, lane: str, change: RoleChange) -> None:
         if self._stopping.is_set():
             return
-        self.metrics.epoch.set(change.epoch)
-        if change.role is Role.ACTIVE:
-            self.metrics.active.set(1)
-            self._activate(change.epoch)
-        elif change.drain_first:
-            self._drain_broker_then_stand_down()
+        self.lanes[lane].on_role(change)
+        if self.group and change.role is Role.ACTIVE and self._role_of(lane) is Role.ACTIVE:
+            log.info("%s: owns %s (epoch %d)", self.config.name, lane, change.epoch)
+
+    def _fenced(self, lane: str, exc: StaleEpoch) -> None:
+        self.lanes[lane].stand_by(f"fenced: {exc}")
+        if self.group:
+            self.election.lost_fence(lane, exc.epoch)
         else:
-            self.metrics.active.set(0)
-            self._stop_consuming(change.reason)
-            if self.config.ha.mode == "shared":
-                self.drainer.stop()
+            self.election.lost_fence(exc.epoch)
 
-    def _activate(self, epoch: int) -> None:
-        # Our own segments carry the epoch under which they were written: the journal is
-        # reopened for it, with nothing reading or appending meanwhile (a segregated backup's
-        # standby sweep may be consuming, and its drainer always runs).
-        self._stop_consuming("taking the role")
-        self.drainer.stop()
-        self._journal.close()
-        self._journal = open_journal(
-            self.config, self.config.journal.dir, epoch=epoch, metrics=self.metrics
-        )
-        self.drainer.start()
-        # Reports journalled by an earlier holder go in first, unless the database is down: then
-        # the journal buffers both and the drainer catches up later.
-        self.drainer.wait_caught_up(CATCH_UP_S)
-        if self.election.role is Role.ACTIVE:
-            self._start_consuming()
+    def _active_lanes(self) -> list[str]:
+        return [lane for lane in self.lanes if self._role_of(lane) is Role.ACTIVE]
 
-    def _start_consuming(self) -> None:
-        with self._consumer_lock:
-            if not self.consuming and not self._stopping.is_set():
-                self.consuming = True
-                self.consumer.start()
-
-    def _stop_consuming(self, reason: str) -> None:
-        with self._consumer_lock:
-            if self.consuming:
-                self.consuming = False
-                self.consumer.stop()
-                log.info("%s: consumer stopped (%s)", self.config.name, reason)
-
-    def _sweep(self) -> None:
-        # A segregated backup in standby still owns its broker: producers that failed over to it
-        # may go on sending there for a while after it stood down. It takes what arrives, every
-        # few seconds, so that nothing is stranded in its store; its role stays standby.
-        while not self._stopping.wait(SWEEP_S):
-            if self.election.role is not Role.STANDBY or self.consuming:
-                continue
-            before = self.intake.records
-            self._start_consuming()
-            self.consumer.idle_for(BROKER_IDLE_S)
-            if self.election.role is Role.STANDBY:
-                self._stop_consuming("standby sweep of the own broker done")
-            taken = self.intake.records - before
-            if taken:
-                log.info(
-                    "%s: standby sweep took %d reports left in the own broker",
-                    self.config.name,
-                    taken,
-                )
-
-    def _drain_broker_then_stand_down(self) -> None:
-        # Segregated backup with the primary back: what producers sent here during the outage is
-        # still in this broker; take it all, then stop.
-        if self.consuming:
-            self.consumer.idle_for(BROKER_IDLE_S)
-        self.metrics.active.set(0)
-        self._stop_consuming("primary is back; own broker drained")
-        self.election.stood_down()
-
-    def _fenced(self, exc: StaleEpoch) -> None:
-        self._stop_consuming(f"fenced: {exc}")
-        self.election.lost_fence(exc.epoch)
+    # -- health -------------------------------------------------------------------------------
 
     def _probe(self) -> None:
         # /status answers at once: while no drainer runs (a shared-mode standby), the database's
         # health comes from this probe, not from a connection made inside the request.
         while True:
-            if not self.drainer.running:
+            if not any(lane.drains for lane in self.lanes.values()):
                 self._probed = self.sink.probe()
             if self._stopping.wait(PROBE_S):
                 return
 
     def _database_up(self) -> bool:
-        # The drainer knows from its last write; while none runs, the background probe tells.
-        return bool(self.drainer.database_up if self.drainer.running else self._probed)
+        # The drainers know from their last write; while none runs, the background probe tells.
+        drainers = [lane.drainer for lane in self.lanes.values() if lane.drains]
+        if drainers:
+            return all(d.database_up for d in drainers)
+        return bool(self._probed)
+
+    def _broker_connected(self) -> bool:
+        if not self.group:
+            return all(lane.consumer.connected for lane in self.lanes.values())
+        owned = [self.lanes[lane] for lane in self._active_lanes()]
+        return bool(owned) and all(lane.consumer.connected for lane in owned)
 
     def _healthy(self) -> bool:
         # The segregated primary holds its node only while it can do its job.
         return self._broker_reachable() and os.access(self.config.journal.dir, os.W_OK)
 
     def _broker_reachable(self) -> bool:
-        if self.consumer.connected:
+        if any(lane.consumer.connected for lane in self.lanes.values()):
             return True
         for host_port in self.config.broker.hosts:
             host, port = host_port.rsplit(":", 1)
@@ -226,33 +178,98 @@ class Server:
                 continue
         return False
 
+    def _reads_journal(self, lane: str) -> bool:
+        # A journal on shared storage is known only to the one who drains it: a standby cannot
+        # tell what of it is stored, the active's /status has the figure.
+        return self.config.ha.mode != "shared" or self.lanes[lane].drains
+
+    def _pending(self) -> tuple[int, int]:
+        records = size = 0
+        for lane_id, lane in self.lanes.items():
+            if self.group and self._role_of(lane_id) is not Role.ACTIVE:
+                continue
+            pending = lane.journal.pending
+            records += pending.records
+            size += pending.bytes
+        return records, size
+
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        pending = self._journal.pending
-        # A shared-mode standby does not drain the shared journal, so it cannot tell what of it
-        # is stored: the active's /status has the figure.
-        own_figures = self.config.ha.mode != "shared" or self.drainer.running
+        return self._group_status() if self.group else self._pair_status()
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "mode": self.config.ha.mode,
+            "database": "up" if self._database_up() else "down",
+            # Why it is down, as the database driver said it (no password in it).
+            "database_error": None if self._database_up() else self.sink.last_error,
+            "broker": "connected" if self._broker_connected() else "disconnected",
+            "stored": sum(lane.drainer.stored for lane in self.lanes.values()),
+            "drainers": {lane_id: lane.drainer_status() for lane_id, lane in self.lanes.items()},
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    def _pair_status(self) -> dict[str, Any]:
+        (lane,) = self.lanes.values()
+        pending = lane.journal.pending
+        own = self._reads_journal(lane.spec.id)
         role = self.election.role
         if role is Role.ACTIVE and self.config.ha.mode != "standalone" and self.pause.suspect():
             # Just resumed from a pause longer than half the session: the role may be gone
             # already, and the ZooKeeper client is about to say so.
             role = Role.STANDBY
         return {
-            "name": self.config.name,
-            "mode": self.config.ha.mode,
+            **self._common(),
             "role": str(role),
             "epoch": self.election.epoch,
             "holder": self.election.holder,
             "journal": {
-                "pending": pending.records if own_figures else None,
-                "pending_bytes": pending.bytes if own_figures else None,
+                "pending": pending.records if own else None,
+                "pending_bytes": pending.bytes if own else None,
                 "dir": str(self.config.journal.dir),
-                "paused": self.intake.paused,
+                "paused": lane.intake.paused,
             },
-            "database": "up" if self._database_up() else "down",
-            "broker": "connected" if self.consumer.connected else "disconnected",
-            "broker_host": self.consumer.connected_host,
-            "stored": self.drainer.stored,
-            "uptime_s": round(time.time() - self.started_at, 1),
+            "broker_host": lane.consumer.connected_host,
+        }
+
+    def _group_status(self) -> dict[str, Any]:
+        suspect = self.pause.suspect()
+        queues: dict[str, dict[str, Any]] = {}
+        for queue, lane in self.lanes.items():
+            # Just resumed from a long pause: the queue may be gone already, and the ZooKeeper
+            # client is about to say so.
+            ours = self._role_of(queue) is Role.ACTIVE and not suspect
+            owner = self.election.owner_of(queue)
+            queues[queue] = {
+                "owner": self.config.name
+                if ours
+                else (None if owner == self.config.name else owner),
+                "role": "active" if ours else "standby",
+                "epoch": self.election.epoch_of(queue),
+                "pending": lane.journal.pending.records if ours else None,
+                "broker": ("connected" if lane.consumer.connected else "disconnected")
+                if ours
+                else None,
+                "stored": lane.drainer.stored,
+            }
+        owned = [queue for queue, q in queues.items() if q["role"] == "active"]
+        records, size = self._pending()
+        return {
+            **self._common(),
+            "role": "active" if owned else "standby",
+            "epoch": self.election.epoch,
+            "holder": None,
+            "owned": owned,
+            "members": list(self.election.members),
+            # Members configured with other queues than this one: fix their [broker] queues.
+            "mismatched": list(self.election.mismatched),
+            "queues": queues,
+            "journal": {
+                "pending": records,
+                "pending_bytes": size,
+                "dir": str(self.config.journal.dir),
+                "paused": any(lane.intake.paused for lane in self.lanes.values()),
+            },
         }

@@ -27,6 +27,7 @@ from reporting.client import (
 )
 from reporting.errors import ConfigError
 from reporting.ledger import Ledger
+from reporting.logs import remember_secret
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 PROGRESS_EVERY_S = 1.0
@@ -174,6 +175,7 @@ def _target(args: argparse.Namespace) -> _Target:
         if args.password_env not in os.environ:
             raise ConfigError("--password-env", f"environment variable {args.password_env} unset")
         password = os.environ[args.password_env]
+        remember_secret(password)
     queues = {k: f"{args.queue_prefix}{QUEUE_PREFIX}{k}" for k in kinds}
     return _Target(
         hosts, args.user, password, queues, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES

@@ -5,12 +5,16 @@ fence's current epoch, so a newer active instance still fences it off.
 """
 
 import argparse
+import logging
 import sys
 import threading
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from reporting.config import Config, load_config
+from reporting.config import Config, LaneSpec, load_config
+
+if TYPE_CHECKING:
+    from storage.database import Sink
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,51 +33,102 @@ def _bar(done: int, total: int, width: int = 30) -> str:
 
 def replay(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    busy = _live_holder(config)
+    if busy:
+        print(f"replay: {busy}; stop it first (or let it drain)", file=sys.stderr)
+        return 1
     started = time.monotonic()
-    for folder, cluster, key in config.journals:
+    for lane in config.lanes:
         remaining = args.timeout - (time.monotonic() - started) if args.timeout else 0.0
         if args.timeout and remaining <= 0:
             print(f"replay: gave up after {args.timeout:.0f} s", file=sys.stderr)
             return 1
-        if len(config.journals) > 1:
-            print(f"replay: {folder}", file=sys.stderr)
-        code = _replay_one(config, folder, cluster, key, timeout_s=remaining)
+        if len(config.lanes) > 1:
+            print(f"replay: {lane.dir}", file=sys.stderr)
+        code = _replay_one(config, lane, timeout_s=remaining)
         if code:
             return code
     return 0
 
 
-def _replay_one(config: Config, folder: Path, cluster: str, key: str, *, timeout_s: float) -> int:
-    from reporting.pipeline import Drainer
+def _live_holder(config: Config) -> str | None:
+    """Why replay must not run now: an instance holds the role for one of the journals."""
+    if config.ha.mode == "standalone":
+        return None
+    from reporting.ha.holders import journal_holder
+    from reporting.ha.session import make_client
+
+    # A look, not a session worth telling about: kazoo's connection lines would bury the answer.
+    logging.getLogger("kazoo.client").setLevel(logging.WARNING)
+    client = make_client(
+        config.ha.zookeeper, session_timeout_s=config.ha.session_timeout_s, auth=config.ha.auth
+    )
+    try:
+        client.start(timeout=max(5.0, config.ha.session_timeout_s))
+    except Exception:
+        return f"zookeeper {config.ha.zookeeper} cannot be reached to tell who holds the role"
+    try:
+        for lane in config.lanes:
+            holder = journal_holder(client, config, lane)
+            if holder:
+                return f"{holder} holds the role for the journal {lane.dir}"
+    finally:
+        client.stop()
+        client.close()
+    return None
+
+
+def _fence_epoch(sink: "Sink", started: float, timeout_s: float) -> int | None:
+    from storage.errors import DatabaseUnavailable
+
+    warned = False
+    while not timeout_s or time.monotonic() - started < timeout_s:
+        try:
+            sink.upgrade()
+            return sink.fence_epoch() or 0
+        except DatabaseUnavailable as exc:
+            if not warned:
+                print(f"replay: database down, retrying ({exc})", file=sys.stderr)
+                warned = True
+            time.sleep(0.5)
+    return None
+
+
+def _replay_one(config: Config, lane: LaneSpec, *, timeout_s: float) -> int:
+    from reporting.pipeline import Drainer, open_journal
     from reporting.status.metrics import Metrics
     from storage.database import Sink
-    from storage.journal import Journal
 
-    journal = Journal(
-        folder,
-        writer=f"{config.name}-replay",
-        max_bytes=config.journal.max_bytes,
-        segment_bytes=config.journal.segment_bytes,
-    )
-    sink = Sink(config.database.url, cluster=cluster, journal=key)
+    metrics = Metrics()
+    # Written as the instance itself: its journal's writer lock keeps replay and a running
+    # instance of the same name apart.
+    journal = open_journal(config, lane.dir, epoch=0, metrics=metrics)
+    sink = Sink(config.database.url, cluster=lane.fence, journal=lane.key)
     fenced: list[Exception] = []
     done = threading.Event()
     drainer = Drainer(
         lambda: journal,
         sink,
         batch_records=config.database.batch_records,
-        epoch=lambda: sink.fence_epoch() or 0,
-        metrics=Metrics(),
+        metrics=metrics,
         on_fenced=lambda exc: (fenced.append(exc), done.set()),
         on_room=lambda: None,
         name=config.name,
     )
     total = journal.pending.records
     started = time.monotonic()
-    drainer.start()
     try:
+        # The fence's epoch as it is now: an instance that takes the role later raises it, and
+        # this replay's next write is refused.
+        epoch = _fence_epoch(sink, started, timeout_s)
+        if epoch is None:
+            print(f"\nreplay: gave up after {timeout_s:.0f} s", file=sys.stderr)
+            return 1
+        drainer.start(epoch)
         while not done.is_set():
             if drainer.wait_caught_up(0.5):
+                break
+            if not drainer.running:
                 break
             if timeout_s and time.monotonic() - started > timeout_s:
                 print(f"\nreplay: gave up after {timeout_s:.0f} s", file=sys.stderr)

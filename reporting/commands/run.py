@@ -19,12 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reporting.group import GroupServer
+    from reporting.exposure import plaintext_passwords
     from reporting.server import Server
     from reporting.status.http import StatusServer
     from reporting.wire.consumer import check_login
 
     config = load_config(args.config)
+    for line in plaintext_passwords(config):
+        log.warning("%s: %s", config.name, line)
     if config.broker.user is not None or config.broker.tls:
         # Wrong credentials or an untrusted certificate stop start-up here, not at the first
         # failover to this instance.
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    server = GroupServer(config) if config.ha.mode == "group" else Server(config)
+    server = Server(config)
     refused: list[BrokerError] = []
 
     def on_refused(error: BrokerError) -> None:

@@ -118,6 +118,14 @@ class HolderSeen:
 
 
 @dataclass(frozen=True)
+class EpochTaken:
+    """Segregated: `epoch` is the instance's own for its own journal, which it drains whatever
+    its role; taken at its first connection and again after the fence refused the last one."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
 class Stopping:
     """The instance is shutting down and hands the role over."""
 
@@ -134,6 +142,7 @@ Event = (
     | PrimaryBack
     | StoodDown
     | HolderSeen
+    | EpochTaken
     | Stopping
 )
 
@@ -207,6 +216,11 @@ class Roles:
                 if self.role is Role.STANDBY:
                     self.holder = holder
                 return None
+            case EpochTaken(epoch=epoch):
+                if self.role is Role.ACTIVE or epoch <= self.epoch:
+                    return None  # an activation took a newer one meanwhile
+                self.epoch = epoch
+                return RoleChange(Role.STANDBY, epoch, self.holder, "own journal's epoch taken")
             case Stopping():
                 change = self._stand_by("stopping")
                 self.held = False

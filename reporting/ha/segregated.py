@@ -15,13 +15,45 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
 
 from reporting.ha.epoch import bump_epoch
-from reporting.ha.roles import Acquired, HolderSeen, Policy, PrimaryBack, Released, Role, StoodDown
+from reporting.ha.roles import (
+    Acquired,
+    EpochTaken,
+    HolderSeen,
+    Policy,
+    PrimaryBack,
+    Released,
+    Role,
+    StoodDown,
+)
 from reporting.ha.session import POLL_S, ZooKeeperElection
 
 log = logging.getLogger(__name__)
 
 
-class PrimaryElection(ZooKeeperElection):
+class _OwnEpoch(ZooKeeperElection):
+    """Each segregated instance drains its own journal whatever its role, and a drainer writes
+    only under an epoch its instance holds: the epoch node is bumped once connected, and again
+    whenever the fence refused the one held, so that a restarted standby drains at once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(policy=Policy.SEGREGATED, **kwargs)
+        self.epoch_path = f"{self.cluster}/epoch-{self.name}"
+        self._epoch_needed = True
+
+    def _fenced(self) -> None:
+        self._epoch_needed = True
+
+    def _take_own_epoch(self) -> None:
+        with self._mutex:
+            if self._roles.role is Role.ACTIVE:
+                # The activation's epoch is held, and serves the drainer after standing down.
+                self._epoch_needed = False
+        if self._epoch_needed and self.client.connected:
+            self._epoch_needed = False
+            self._apply(EpochTaken(bump_epoch(self.client, self.epoch_path)))
+
+
+class PrimaryElection(_OwnEpoch):
     """Active while `healthy()` holds and the primary node is ours; standby otherwise.
 
     A suspended connection changes nothing (the backup cannot take this broker's traffic); a lost
@@ -29,9 +61,8 @@ class PrimaryElection(ZooKeeperElection):
     """
 
     def __init__(self, *, healthy: Callable[[], bool], **kwargs: Any) -> None:
-        super().__init__(policy=Policy.SEGREGATED, **kwargs)
+        super().__init__(**kwargs)
         self.primary_path = f"{self.cluster}/primary"
-        self.epoch_path = f"{self.cluster}/epoch-{self.name}"
         self._healthy = healthy
         # The session our node was created in; None while we hold no node.
         self._node_session: int | None = None
@@ -67,6 +98,7 @@ class PrimaryElection(ZooKeeperElection):
                 except NoNodeError:
                     pass
                 self._node_session = None
+            self._take_own_epoch()
             self._wait()
             return
         if self._node_session is None:
@@ -77,6 +109,7 @@ class PrimaryElection(ZooKeeperElection):
             if standby:
                 epoch = bump_epoch(self.client, self.epoch_path)
                 self._apply(Acquired(epoch, f"healthy, holding {self.primary_path}"))
+        self._take_own_epoch()
         self._wait()
 
     def _create_node(self, session: int) -> None:
@@ -105,7 +138,7 @@ class PrimaryElection(ZooKeeperElection):
         self._node_session = session
 
 
-class BackupElection(ZooKeeperElection):
+class BackupElection(_OwnEpoch):
     """Standby while the primary node exists; active once it has been gone for `grace_s`.
 
     When the node comes back while active, the server is told to drain first (a RoleChange
@@ -115,9 +148,8 @@ class BackupElection(ZooKeeperElection):
     """
 
     def __init__(self, *, grace_s: float, **kwargs: Any) -> None:
-        super().__init__(policy=Policy.SEGREGATED, **kwargs)
+        super().__init__(**kwargs)
         self.primary_path = f"{self.cluster}/primary"
-        self.epoch_path = f"{self.cluster}/epoch-{self.name}"
         self.grace_s = grace_s
         # Since when (monotonic) the node has been seen missing without a break.
         self._absent_since: float | None = None
@@ -133,6 +165,7 @@ class BackupElection(ZooKeeperElection):
             self._absent_since = None
             self._wait()
             return
+        self._take_own_epoch()
         if self.client.exists(self.primary_path, watch=self._on_primary_event) is not None:
             try:
                 data, _ = self.client.get(self.primary_path)

@@ -5,7 +5,8 @@ Both are needed for `INSERT ... ON CONFLICT`, on which "no duplicates" rests.
 """
 
 import contextlib
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
@@ -20,6 +21,13 @@ IDLE_IN_TRANSACTION_TIMEOUT_S = 5
 # A database that accepts connections but does not answer is an outage, not a wait for ever.
 STATEMENT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_S = 5
+REASON_MAX_CHARS = 300
+# The connection parameters libpq itself keeps out of sight (its "*" display flag).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
+_AUTHORITY_PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
+_SECRET_QUERY = re.compile(
+    r"([?&](?:" + "|".join(sorted(SECRET_PARAMETERS)) + r")=)[^&#]*", re.IGNORECASE
+)
 
 
 def dialect_of(url: str) -> str:
@@ -33,10 +41,15 @@ def dialect_of(url: str) -> str:
 
 
 def redacted(url: str) -> str:
+    """`url` for a log line or an error: its password and secret query parameters as ***."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except exc.ArgumentError:
         return "<unparsable URL>"
+    # Edited as text: rendering the parsed URL would reorder and escape its query.
+    if parsed.password is not None:
+        url = _AUTHORITY_PASSWORD.sub(r"\1***@", url, count=1)
+    return _SECRET_QUERY.sub(r"\1***", url)
 
 
 def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
@@ -62,12 +75,20 @@ def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
         "keepalives_count": 3,
     }
     return create_engine(
-        parsed, connect_args=connect_args, pool_pre_ping=True, pool_size=2, max_overflow=2
+        parsed,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+        # A report's values never reach an error message or a log line.
+        hide_parameters=True,
     )
 
 
 def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": timeout_s or SQLITE_BUSY_TIMEOUT_S})
+    engine = create_engine(
+        url, connect_args={"timeout": timeout_s or SQLITE_BUSY_TIMEOUT_S}, hide_parameters=True
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -95,6 +116,27 @@ def is_unavailable(error: BaseException) -> bool:
         error,
         exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError,
     )
+
+
+def watch_availability(engine: Engine, note: Callable[[str | None], None]) -> None:
+    """Calls `note(reason)` whenever `engine` cannot reach its database, and `note(None)` when it
+    connects: every caller of the engine reports, so the reason is known wherever it arose."""
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if is_unavailable(context.sqlalchemy_exception):
+            note(reason(context.original_exception))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, _record: Any) -> None:
+        note(None)
+
+
+def reason(error: BaseException) -> str:
+    """A driver's error as one line: its type and text (which name no password)."""
+    cause = getattr(error, "orig", None) or error
+    text = " ".join(line.strip() for line in str(cause).strip().splitlines() if line.strip())
+    return f"{type(cause).__name__}: {text[:REASON_MAX_CHARS]}"
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ rejected rows, journal positions. A crash anywhere leaves all of it or none of i
 a batch whose commit was lost stores nothing twice.
 """
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database import insert, migrate
-from storage.database.engine import make_engine, redacted, translated
+from storage.database.engine import make_engine, reason, redacted, translated, watch_availability
 from storage.database.rows import refused_row, rejected_row, report_row
 from storage.database.schema import fence, journal_positions, rejected_reports, reports
 from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
@@ -76,7 +77,11 @@ class Batch:
 class Sink:
     """The database of one drainer: `journal` keys its positions, `cluster` is its fence."""
 
-    def __init__(self, url: str, *, cluster: str, journal: str) -> None:
+    def __init__(
+        self, url: str, *, cluster: str, journal: str, warn_unreachable: bool = True
+    ) -> None:
+        """`warn_unreachable`: log why the database cannot be reached (off for one-shot commands,
+        whose error line says it)."""
         self.url = url
         self.cluster = cluster
         self.journal = journal
@@ -85,6 +90,21 @@ class Sink:
             self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
         self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         self._duplicates_seen = False
+        # Why the database could not be reached, as last seen by any caller; None once it was.
+        # A list of one, so that views (copies) share it with this sink.
+        self._last_error: list[str | None] = [None]
+        self._warn_unreachable = warn_unreachable
+        self._error_lock = threading.Lock()
+        for engine in (self._engine, self._probe_engine):
+            watch_availability(engine, self._note)
+
+    def view(self, *, cluster: str, journal: str) -> "Sink":
+        """The same database under another fence and positions key, sharing this sink's engines
+        (which only this sink closes)."""
+        other = copy.copy(self)
+        other.cluster = cluster
+        other.journal = journal
+        return other
 
     def prepare(self, items: Sequence[Report | Rejected]) -> Batch:
         """Builds the rows of `items`: pure work, which a caller may do outside the transaction
@@ -112,18 +132,38 @@ class Sink:
             migrate.upgrade(self._engine)
 
     def probe(self) -> bool:
-        """True if a new connection answers `SELECT 1` within a couple of seconds."""
+        """True if a new connection answers `SELECT 1` within a couple of seconds; otherwise
+        `last_error` says why."""
         try:
             with self._probe_engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+            self._note(None)
             return True
         except Exception as error:  # a probe reports, it never raises
-            log.debug("database %s: probe failed: %s", redacted(self.url), error)
+            self._note(reason(error))
             return False
         finally:
             # A fresh connection each time: a pooled one would answer for a database that no
             # longer accepts new ones.
             self._probe_engine.dispose()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the database could not be reached when last tried; None if it could."""
+        return self._last_error[0]
+
+    def _note(self, error: str | None) -> None:
+        # Logged once per change: an outage of hours is one line, a new reason another.
+        with self._error_lock:
+            if error == self._last_error[0]:
+                return
+            self._last_error[0] = error
+        if not self._warn_unreachable:
+            return
+        if error is not None:
+            log.warning("database %s: cannot reach it: %s", redacted(self.url), error)
+        else:
+            log.info("database %s: reachable", redacted(self.url))
 
     # -- the fence ----------------------------------------------------------------------------
 

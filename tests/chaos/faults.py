@@ -221,6 +221,35 @@ class HostDown(Fault):
         stage.start_instance(active)
 
 
+class RestartOrder(Fault):
+    """The active killed -9, the other takes over, then both restart in a drawn order (the
+    survivor stopped cleanly): each instance drains its own journal whatever its role and the
+    order it came back in, and the pair settles with nothing stranded."""
+
+    name = "restart-order"
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        survivor = next(i for i in stage.pair.instances if i is not active)
+        stage.mark(f"kill -9 {short_name(active)}")
+        since = time.monotonic()
+        active.kill()
+        limit_s = stage.pair.session_timeout_s + FAILOVER_SLACK_S
+        stage.failover(self.name, active, since, limit_s)
+        stage.hold(0.5, 3.0)
+        order = stage.rng.choice(["killed first", "survivor first", "survivor only"])
+        stage.note(order=order)
+        if order == "killed first":
+            stage.start_instance(active)
+            stage.hold(0.5, 3.0)
+        stage.mark(f"SIGTERM {short_name(survivor)}")
+        survivor.stop()
+        stage.start_instance(survivor)
+        if order != "killed first":
+            stage.hold(0.5, 3.0)
+            stage.start_instance(active)
+
+
 ALL_FAULTS: tuple[Fault, ...] = (
     KillActive(),
     TermActive(),
@@ -230,6 +259,7 @@ ALL_FAULTS: tuple[Fault, ...] = (
     BrokerRestart(),
     ZooKeeperPathDark(),
     HostDown(),
+    RestartOrder(),
 )
 
 

@@ -152,6 +152,12 @@ def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float =
         sink.close()
 
 
+def nothing_stranded(pair: Pair) -> None:
+    """Nothing left in any queue of the pair's brokers, nor undrained in its journals."""
+    wait_until(lambda: not pair.left_in_brokers(), 60, "every queue of every broker empty")
+    wait_until(lambda: not pair.left_in_journals(), 60, "every journal drained")
+
+
 @pytest.fixture
 def cluster_path() -> str:
     return f"/rstest/{uuid.uuid4().hex}"

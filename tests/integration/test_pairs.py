@@ -22,7 +22,7 @@ import pytest
 from reporting.harness.instance import Instance
 from reporting.harness.pair import Pair, roles
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once
+from tests.integration.conftest import Flow, assert_exactly_once, nothing_stranded
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +69,7 @@ def back_at_rest(pair: Pair, flow: Flow, pg_url: str, returned: Instance, timeou
     wait_until(lambda: pair.roles() == expected, timeout_s, f"the pair at rest: {expected}")
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
-    nothing_left(pair)
-
-
-def nothing_left(pair: Pair) -> None:
-    wait_until(lambda: not pair.left_in_brokers(), 60, "every queue of every broker empty")
-    wait_until(lambda: not pair.left_in_journals(), 60, "every journal drained")
+    nothing_stranded(pair)
 
 
 # -- both modes ---------------------------------------------------------------------------------

@@ -67,6 +67,16 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("[broker]\nhosts = ['localhost']", "broker.hosts"),
         ("[broker]\nhosts = []", "broker.hosts"),
         ("[broker]\nqueues = ['gvp.reporting.xyz']", "broker.queues"),
+        ("[broker]\nqueues = ['../../tmp/evil.cdr']", "broker.queues"),
+        ("[broker]\nqueues = ['site/gvp.reporting.cdr']", "broker.queues"),
+        ("[broker]\nqueues = ['gvp..reporting.cdr']", "broker.queues"),
+        ("[broker]\nqueues = ['.gvp.reporting.cdr']", "broker.queues"),
+        ("[broker]\nqueues = ['gvp.reporting.>.cdr']", "broker.queues"),
+        ("[broker]\nqueues = ['gvp.*.cdr']", "broker.queues"),
+        ("[broker]\nqueues = ['gvp reporting.cdr']", "broker.queues"),
+        ("[broker]\nqueues = ['gvp.reporting\\\\x.cdr']", "broker.queues"),
+        ("[database]\nurl = 'postgresql://u@h/db?password=x'", "database.url"),
+        ("[database]\nurl = 'postgresql://h/db'\npassword_env = 'HOME'", "database.password_env"),
         ("[broker]\nprefetch = true", "broker.prefetch"),
         ("[broker]\npassword = 'secret'", "broker.password"),
         ("[database]\nurl = 'reporting.db'", "database.url"),
@@ -145,11 +155,12 @@ def test_group_mode_has_a_journal_and_a_fence_per_queue(tmp_path: Path) -> None:
     path = tmp_path / "rs.toml"
     path.write_text('name = "rs-1"\n[ha]\nmode = "group"\ncluster = "/g/1"\n[journal]\ndir = "j"\n')
     config = load_config(path)
-    journals = config.journals
-    assert len(journals) == len(config.broker.queues) == 4
-    for (folder, fence, key), queue in zip(journals, config.broker.queues, strict=True):
-        assert folder == tmp_path / "j" / queue
-        assert fence == key == f"/g/1/queues/{queue}"
+    lanes = config.lanes
+    assert len(lanes) == len(config.broker.queues) == 4
+    for lane, queue in zip(lanes, config.broker.queues, strict=True):
+        assert lane.dir == tmp_path / "j" / queue
+        assert lane.fence == lane.key == f"/g/1/queues/{queue}"
+        assert lane.queues == (queue,)
 
 
 def test_default_sizes_hold_a_batch_of_largest_bodies() -> None:

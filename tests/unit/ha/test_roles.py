@@ -4,6 +4,7 @@ from reporting.ha.roles import (
     Acquired,
     Confirmed,
     Connected,
+    EpochTaken,
     Fenced,
     HolderSeen,
     Policy,
@@ -213,3 +214,22 @@ def test_log_lines() -> None:
     )
     line = describe("rs-b", RoleChange(Role.STANDBY, 2, "rs-a", "primary is back", True))
     assert line == "rs-b: role standby once the own broker is drained (epoch 2): primary is back"
+
+
+def test_segregated_standby_takes_an_epoch_for_its_own_journal() -> None:
+    roles = Roles("rs-b", policy=Policy.SEGREGATED)
+    roles.apply(Started("backup"))
+    change = roles.apply(EpochTaken(4))
+    assert change == RoleChange(Role.STANDBY, 4, None, "own journal's epoch taken")
+    assert roles.epoch == 4
+
+
+def test_own_epoch_older_than_the_held_one_or_taken_while_active_changes_nothing() -> None:
+    roles = backup_active(epoch=6)
+    assert roles.apply(EpochTaken(7)) is None
+    assert roles.epoch == 6
+    standby = Roles("rs-b", policy=Policy.SEGREGATED)
+    standby.apply(EpochTaken(5))
+    assert standby.apply(EpochTaken(5)) is None
+    assert standby.apply(EpochTaken(3)) is None
+    assert standby.epoch == 5

@@ -44,13 +44,12 @@ def test_commits_the_database_lost_are_replayed_from_the_journal(tmp_path: Path)
         lambda: journal,
         sink,
         batch_records=100,
-        epoch=lambda: 0,
         metrics=metrics,
         on_fenced=fenced.append,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     try:
         journal.append_batch(batch(0, 100))
         kept = journal.append_batch(batch(100, 100))
@@ -97,13 +96,12 @@ def test_stop_is_prompt_while_the_database_is_down(tmp_path: Path) -> None:
         lambda: journal,
         sink,
         batch_records=10,
-        epoch=lambda: 0,
         metrics=Metrics(),
         on_fenced=lambda exc: None,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     wait_until(lambda: drainer.database_up is False)
     started = time.monotonic()
     drainer.stop()
@@ -125,13 +123,12 @@ def test_an_idle_drainer_notices_lost_commits(tmp_path: Path, monkeypatch) -> No
         lambda: journal,
         sink,
         batch_records=100,
-        epoch=lambda: 0,
         metrics=metrics,
         on_fenced=lambda exc: None,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     try:
         kept = journal.append_batch(batch(0, 100))
         journal.append_batch(batch(100, 100))
@@ -160,13 +157,12 @@ def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> 
         lambda: journal,
         sink,
         batch_records=7,
-        epoch=lambda: 0,
         metrics=Metrics(),
         on_fenced=lambda exc: None,
         on_room=lambda: None,
         name="rs",
     )
-    drainer.start()
+    drainer.start(0)
     try:
         for start in range(0, 600, 40):
             journal.append_batch(batch(start, 40))
@@ -177,6 +173,64 @@ def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> 
         assert sorted(ids) == sorted(f"r{i}" for i in range(600))
         assert drainer.stored == 600
         wait_until(lambda: journal.pending.records == 0)
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+def test_a_drainer_started_under_a_fenced_off_epoch_ends_and_the_wait_says_so_at_once(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs")
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    sink.claim_epoch(7)  # a newer holder took the role meanwhile
+    fenced: list[Exception] = []
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=100,
+        metrics=Metrics(),
+        on_fenced=fenced.append,
+        on_room=lambda: None,
+        name="rs",
+    )
+    journal.append_batch(batch(0, 10))
+    drainer.start(3)
+    try:
+        started = time.monotonic()
+        assert drainer.wait_caught_up(30) is False
+        assert time.monotonic() - started < 5, "the wait outlived the drainer"
+        assert not drainer.running
+        assert fenced and fenced[0].epoch == 3
+        assert drainer.stopped_because is not None and "fenced" in drainer.stopped_because
+        # Nothing was written under the stale epoch.
+        assert count(sink) == 0
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+def test_a_new_holder_raises_the_fence_before_its_first_batch(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs")
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    drainer = Drainer(
+        lambda: journal,
+        sink,
+        batch_records=100,
+        metrics=Metrics(),
+        on_fenced=lambda exc: None,
+        on_room=lambda: None,
+        name="rs",
+    )
+    drainer.start(5)
+    try:
+        assert drainer.wait_caught_up(30)
+        # Nothing was drained, and yet a stale holder's write of epoch 4 is refused already.
+        assert sink.fence_epoch() == 5
     finally:
         drainer.stop()
         journal.close()
