@@ -13,11 +13,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from reporting.config import KINDS
 from reporting.harness import ActiveMQ, Postgres, ZooKeeper
 from reporting.harness.group import Group
 from reporting.harness.instance import Instance, instance_config
 from reporting.harness.pair import Pair, build_pair
+from storage.reports import KINDS
 
 SESSION_TIMEOUT_S = 2.0
 _STARTED = time.monotonic()

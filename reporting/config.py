@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from reporting.errors import ConfigError
+from reporting.ha.group import queue_key
 from reporting.logs import remember_secret
 from storage.journal.record import FRAME_SIZE, HEADER_SIZE
+from storage.reports import DEFAULT_QUEUES, KINDS, kind_of
 
 MODES = ("standalone", "shared", "segregated", "group")
 ROLES = ("primary", "backup")
-KINDS = ("cdr", "or", "sq", "events")
-DEFAULT_QUEUES = tuple(f"gvp.reporting.{kind}" for kind in KINDS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # A queue name becomes a journal folder and a ZooKeeper node: ActiveMQ's plain name characters
 # only, dot-separated parts, so neither '/' nor '..' nor a wildcard ('*', '>') gets through.
@@ -179,11 +179,6 @@ class Config:
     def journal_key(self) -> str:
         """The key of this instance's drained positions: one journal per store."""
         return f"{self.ha.cluster}/shared" if self.ha.mode == "shared" else self.name
-
-
-def queue_key(cluster: str, queue: str) -> str:
-    """Group mode: a queue's ZooKeeper folder, also its fencing domain and positions key."""
-    return f"{cluster.rstrip('/')}/queues/{queue}"
 
 
 def _host_port(key: str, value: str) -> str:
@@ -401,8 +396,7 @@ def parse_config(
                 f"bad queue name {queue!r}: letters, digits, '_' and '-' in parts joined by '.'"
                 f" (at most {QUEUE_MAX_CHARS} characters)",
             )
-        # The last part of a queue's name is the kind of the reports it carries.
-        if queue.rpartition(".")[2] not in KINDS:
+        if kind_of(queue) not in KINDS:
             raise ConfigError(
                 "broker.queues",
                 f"unknown queue {queue!r}; expected a name ending in .<{'|'.join(KINDS)}>",

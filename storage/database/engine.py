@@ -5,6 +5,7 @@ Both are needed for `INSERT ... ON CONFLICT`, on which "no duplicates" rests.
 """
 
 import contextlib
+import enum
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
-from storage.errors import DatabaseError, DatabaseUnavailable
+from storage.errors import DatabaseError, DatabaseUnavailable, StatementTimeout
 
 CONNECT_TIMEOUT_S = 5
 # A paused or partitioned writer must not keep the fence row locked: the server ends its
@@ -108,14 +109,64 @@ def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:
     return engine
 
 
-def is_unavailable(error: BaseException) -> bool:
-    """True if `error` says the database could not be reached or did not answer."""
+class Failure(enum.Enum):
+    """What a database error says about a write, and so what to do with it."""
+
+    ROW = "row"  # these rows: a retry gets the same answer, so they are refused, one by one
+    TIMEOUT = "timeout"  # a statement ran too long: a smaller batch may pass
+    UNAVAILABLE = "unavailable"  # the database, now: retry the same write later
+    OTHER = "other"  # neither (a bug, a missing grant): raised as it is
+
+
+# SQLSTATE classes (PostgreSQL's manual, appendix A) that speak of the data, never of the
+# database's state: data exception (a value out of range, text invalid in the encoding),
+# integrity constraint violation, program limit exceeded (a value too large for an index row).
+_ROW_CLASSES = frozenset({"22", "23", "54"})
+# Classes that speak of the database's state: connection exception, invalid transaction state
+# (a read-only standby after a failover), transaction rollback (serialization failure,
+# deadlock), insufficient resources, operator intervention (shutdown, a cancel), system error.
+_UNAVAILABLE_CLASSES = frozenset({"08", "25", "40", "53", "57", "58"})
+_UNAVAILABLE_STATES = frozenset({"55P03"})  # lock_not_available
+_QUERY_CANCELED = "57014"  # what statement_timeout raises
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (psycopg's), wrapped by SQLAlchemy or not."""
+    cause = getattr(error, "orig", None) or error
+    state = getattr(cause, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def classify(error: BaseException) -> Failure:
+    """Whether `error` is about the rows written, the statement's time, or the database."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(
+        return Failure.UNAVAILABLE
+    state = sqlstate_of(error)
+    if state is not None:
+        if state == _QUERY_CANCELED:
+            return Failure.TIMEOUT
+        if state[:2] in _ROW_CLASSES:
+            return Failure.ROW
+        if state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES:
+            return Failure.UNAVAILABLE
+        return Failure.OTHER
+    # Without a SQLSTATE (SQLite, or psycopg refusing a value before sending it), the driver's
+    # class says it. Values that cannot even be bound come out of the driver unwrapped:
+    # OverflowError (an integer beyond 64 bits in sqlite3), UnicodeEncodeError (a lone
+    # surrogate).
+    if isinstance(error, exc.DataError | exc.IntegrityError | OverflowError | UnicodeEncodeError):
+        return Failure.ROW
+    if isinstance(
         error,
         exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError,
-    )
+    ):
+        return Failure.UNAVAILABLE
+    return Failure.OTHER
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True if `error` says the database could not be reached or did not answer in time."""
+    return classify(error) in (Failure.UNAVAILABLE, Failure.TIMEOUT)
 
 
 def watch_availability(engine: Engine, note: Callable[[str | None], None]) -> None:
@@ -146,9 +197,17 @@ def translated(url: str) -> Iterator[None]:
         yield
     except exc.SQLAlchemyError as error:
         message = _first_line(error)
-        if is_unavailable(error):
-            raise DatabaseUnavailable(f"database {redacted(url)} unavailable: {message}") from error
-        raise DatabaseError(f"database {redacted(url)}: {message}") from error
+        state = sqlstate_of(error)
+        failure = classify(error)
+        if failure is Failure.TIMEOUT:
+            raise StatementTimeout(
+                f"database {redacted(url)} timed out: {message}", sqlstate=state
+            ) from error
+        if failure is Failure.UNAVAILABLE:
+            raise DatabaseUnavailable(
+                f"database {redacted(url)} unavailable: {message}", sqlstate=state
+            ) from error
+        raise DatabaseError(f"database {redacted(url)}: {message}", sqlstate=state) from error
 
 
 def _first_line(error: exc.SQLAlchemyError) -> str:

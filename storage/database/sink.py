@@ -3,6 +3,12 @@
 A batch is one transaction: fence check, report rows (a report_id stored already is skipped),
 rejected rows, journal positions. A crash anywhere leaves all of it or none of it, and replaying
 a batch whose commit was lost stores nothing twice.
+
+A report the database refuses (an error about its data, which a retry cannot fix: a value too
+large for an index, out of range, invalid in the encoding; `engine.classify`) is found by
+bisection inside savepoints and kept in rejected_reports with the database's reason, and the rest
+of its batch is stored. Only an error about the database itself (connection lost, failover,
+serialization failure, deadlock, resources) fails the batch, to be retried whole.
 """
 
 import copy
@@ -14,14 +20,22 @@ from typing import Any
 
 import tenacity
 from sqlalchemy import Connection, bindparam, delete, func, select, text
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database import insert, migrate
-from storage.database.engine import make_engine, reason, redacted, translated, watch_availability
+from storage.database.engine import (
+    Failure,
+    classify,
+    make_engine,
+    reason,
+    redacted,
+    sqlstate_of,
+    translated,
+    watch_availability,
+)
 from storage.database.rows import refused_row, rejected_row, report_row
 from storage.database.schema import fence, journal_positions, rejected_reports, reports
-from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
+from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch, StatementTimeout
 from storage.reports import Rejected, Report
 
 log = logging.getLogger(__name__)
@@ -32,22 +46,20 @@ RETRY_MAX_S = 5.0
 RETRY_JITTER_S = 0.25  # spreads the retries of two instances apart
 _ID_CHUNK = 500
 
-# Errors that say "this row", not "this database": the row is isolated and kept as rejected.
-# OverflowError comes unwrapped from sqlite3 when an integer does not fit in 64 bits.
-_ROW_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, OverflowError)
-
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What a batch did; every item of the batch is counted in exactly one field.
 
     stored: new rows in `reports`; rejected: new rows in `rejected_reports` (rejected messages
-    and reports the database refused); duplicates: items that were already stored.
+    and reports the database refused); duplicates: items that were already stored. refused: of
+    `rejected`, the reports the database refused.
     """
 
     stored: int
     duplicates: int
     rejected: int
+    refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +228,9 @@ class Sink:
             stored, refused = self._insert_isolating(
                 conn, batch.reports, batch.report_rows, batch.copy_rows
             )
-            rejected_rows = batch.rejected_rows + [
-                refused_row(report, reason) for report, reason in refused
-            ]
-            rejected = insert.insert_many(conn, rejected_reports, rejected_rows, "digest")
+            rejected = insert.insert_many(conn, rejected_reports, batch.rejected_rows, "digest")
+            refused_rows = [refused_row(report, why) for report, why in refused]
+            new_refused = insert.insert_many(conn, rejected_reports, refused_rows, "digest")
             self._store_positions(conn, positions)
         if refused:
             log.warning(
@@ -228,7 +239,8 @@ class Sink:
                 len(refused),
                 ", ".join(report.report_id for report, _ in refused[:5]),
             )
-        return WriteResult(stored, len(batch.items) - stored - rejected, rejected)
+        rejected += new_refused
+        return WriteResult(stored, len(batch.items) - stored - rejected, rejected, new_refused)
 
     def write_batch_retrying(
         self,
@@ -243,8 +255,16 @@ class Sink:
         """write_batch, retried while the database is unavailable until `stop` is set.
 
         Backs off exponentially with jitter, 0.1 s up to 5 s. When `stop` is set the last
-        DatabaseUnavailable is raised. StaleEpoch and other errors are raised at once.
+        DatabaseUnavailable is raised. StaleEpoch and other errors are raised at once, and so is
+        StatementTimeout for a batch of more than one item: the same batch would meet it again,
+        so the caller splits it. A single item that times out is retried like an outage.
         """
+        splittable = len(items.items if isinstance(items, Batch) else items) > 1
+
+        def retryable(error: BaseException) -> bool:
+            if isinstance(error, StatementTimeout):
+                return not splittable
+            return isinstance(error, DatabaseUnavailable)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -258,7 +278,7 @@ class Sink:
                 on_retry(state.attempt_number, error)
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(DatabaseUnavailable),
+            retry=tenacity.retry_if_exception(retryable),
             wait=tenacity.wait_exponential_jitter(
                 multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_JITTER_S
             ),
@@ -297,7 +317,11 @@ class Sink:
             with conn.begin_nested():
                 texts = [item.body for item in items]
                 return self._insert_reports(conn, rows, texts, copy_rows), []
-        except _ROW_ERRORS as error:
+        except Exception as error:
+            # Only an error about the rows is isolated; one about the database ends the
+            # transaction (it is retried whole, or split by the caller when it timed out).
+            if classify(error) is not Failure.ROW:
+                raise
             if len(items) == 1:
                 return 0, [(items[0], _refusal(error))]
         middle = len(items) // 2
@@ -406,4 +430,6 @@ class Sink:
 def _refusal(error: BaseException) -> str:
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()
-    return f"database refused: {type(cause).__name__}: {lines[0] if lines else ''}"
+    state = sqlstate_of(error)
+    code = f" (SQLSTATE {state})" if state else ""
+    return f"database refused: {type(cause).__name__}: {lines[0] if lines else ''}{code}"

@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from reporting.config import KINDS
 from reporting.harness import ActiveMQ, Postgres, ZooKeeper
 from reporting.harness.instance import TEST_SETTINGS
 from reporting.harness.pair import Pair, build_pair
+from storage.reports import KINDS
 
 
 def chaos_pair(

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from reporting.config import KINDS
 from reporting.harness.group import Group, spread
 from reporting.harness.instance import TEST_SETTINGS, Instance, instance_config, merge
 from reporting.harness.pair import Pair, build_pair
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseError
+from storage.reports import KINDS
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ class Flow:
         import random
         import time
 
-        from reporting.client import sample_report
+        from reporting.samples import sample_report
 
         rng = random.Random(7)
         started = time.monotonic()

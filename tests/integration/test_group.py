@@ -16,6 +16,7 @@ import pytest
 from reporting.harness.group import spread
 from reporting.harness.pair import short_name as name
 from reporting.harness.waiting import wait_until
+from storage.reports import kind_of
 from tests.integration.conftest import Flow, assert_exactly_once, flowing, start_group
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def test_queues_spread_over_three_instances(
     print(f"\n{shown.stdout}")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     for instance in members:
-        kinds = sorted(q.rpartition(".")[2] for q, o in assignment.items() if o == name(instance))
+        kinds = sorted(kind_of(q) for q, o in assignment.items() if o == name(instance))
         line = next(ln for ln in shown.stdout.splitlines() if ln.startswith(name(instance)))
         assert ",".join(kinds) in line, shown.stdout
     rows = json.loads(
