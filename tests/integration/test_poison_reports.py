@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, func, select, text
 
 import storage.database.engine as engine_module
 from reporting.client import ReportClient
+from reporting.config import BrokerConfig, record_bytes
 from reporting.harness.waiting import wait_until
 from reporting.pipeline import Drainer
 from reporting.samples import sample_report
@@ -87,7 +88,11 @@ def poison_reports(rng: random.Random) -> dict[str, tuple[str, bytes, str]]:
 def test_each_poison_report_is_rejected_once_and_the_reports_after_it_are_stored(
     standalone, activemq, pg_url, queue_prefix, tmp_path: Path
 ) -> None:
-    server = standalone(broker={"max_body_bytes": MAX_BODY_BYTES})
+    # Start-up refuses a journal that cannot hold one batch of the largest bodies.
+    server = standalone(
+        broker={"max_body_bytes": MAX_BODY_BYTES},
+        journal={"max_bytes": BrokerConfig.batch_records * record_bytes(MAX_BODY_BYTES)},
+    )
     server.start()
     wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
     rng = random.Random(14)
