@@ -3,7 +3,9 @@
 `Intake` is the consumer's batch handler: it validates each message into a report or a rejected
 message, appends the batch to the journal, and returns True (ack) only after the fsync. When the
 journal is full it holds the batch, unacked, until the drainer has made room: the broker keeps the
-rest (prefetch bounds what is in flight), which is the back-pressure.
+rest (prefetch bounds what is in flight), which is the back-pressure. Draining can always make
+that room (the journal frees its drained open segment for a waiting append); a batch larger than
+an empty journal can take goes in parts.
 
 `Drainer` moves journal records into the database, one transaction per batch holding the rows,
 the journal positions reached and the fence check. The same loop serves normal operation, a
@@ -28,6 +30,8 @@ from reporting.wire.decode import decode
 from storage.database import Batch, Sink
 from storage.errors import (
     DatabaseUnavailable,
+    DiskFull,
+    JournalError,
     JournalFull,
     PositionsLost,
     StaleEpoch,
@@ -102,21 +106,8 @@ class Intake:
             for m in batch
         ]
         records = [to_record(item) for item in items]
-        while True:
-            self.room.clear()
-            try:
-                with self.metrics.append_seconds.time():
-                    self.journal().append_batch(records)
-                break
-            except JournalFull as exc:
-                if not self.paused:
-                    self.paused = True
-                    self.metrics.journal_full.inc()
-                    log.warning("journal full (%s); consumption paused until it drains", exc)
-                # Held unacked: the broker keeps these and sends no more than the prefetch.
-                self.room.wait(0.5)
-                if not self.may_continue():
-                    return False
+        if not self._append(records):
+            return False
         if self.paused:
             self.paused = False
             log.info("journal has room again; consumption resumed")
@@ -125,6 +116,49 @@ class Intake:
         for item in items:
             self.metrics.received.labels(kind_of(item.queue)).inc()
         self.appended()
+        return True
+
+    def _append(self, records: list[bytes]) -> bool:
+        """True once every record is journalled (fsynced); False to leave the batch unacked."""
+        parts = [records]
+        waited = False  # for room, since the last part went in
+        while parts:
+            part = parts[0]
+            self.room.clear()
+            try:
+                with self.metrics.append_seconds.time():
+                    self.journal().append_batch(part)
+            except JournalFull as exc:
+                # A full disk with everything drained gets one wait first: the journal frees
+                # its drained open segment for it.
+                drained = self.journal().pending.records == 0
+                if len(part) > 1 and drained and (waited or not isinstance(exc, DiskFull)):
+                    # Nothing is left to drain, so no drain can make room for the whole batch:
+                    # it goes in halves. Only the whole batch is acked; a part journalled
+                    # twice after a redelivery is stored once, by its report id.
+                    half = len(part) // 2
+                    parts[0:1] = [part[:half], part[half:]]
+                    continue
+                waited = True
+                if not self.paused:
+                    self.paused = True
+                    self.metrics.journal_full.inc()
+                    log.warning("journal full (%s); consumption paused until it drains", exc)
+                # Held unacked: the broker keeps these and sends no more than the prefetch.
+                # The drainer sets `room` when it has freed some; an outside process freeing
+                # disk space does not, hence the time-out.
+                self.room.wait(0.5)
+                if not self.may_continue():
+                    return False
+                continue
+            except JournalError as exc:
+                # E.g. the segment was removed under us: the batch may not be durable, so it
+                # is not acked and the broker hands it out again.
+                log.error("%s; the batch goes back to the broker", exc)
+                self.room.wait(1.0)  # a journal that keeps failing must not spin
+                return False
+            parts.pop(0)
+            waited = False
         return True
 
 

@@ -11,10 +11,10 @@ from psycopg import errors
 from sqlalchemy.engine import make_url
 
 from reporting.cli import main
-from reporting.client import ReportClient
 from reporting.harness import Postgres
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.waiting import wait_until
+from reporting.wire.producer import ReportClient
 from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration

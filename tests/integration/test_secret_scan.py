@@ -16,12 +16,12 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from reporting.client import ReportClient
 from reporting.harness import ActiveMQ, Postgres
 from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
+from reporting.wire.producer import ReportClient
 from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
