@@ -191,3 +191,12 @@ def test_every_address_of_the_config_is_typed() -> None:
     assert config.broker.hosts == (HostPort("a", 1), HostPort("::1", 2))
     assert config.ha.peers == (HostPort("b", 3),)
     assert (config.http.host, config.http.port) == ("0.0.0.0", 4)
+
+
+@pytest.mark.parametrize("mode", ["shared", "segregated", "group"])
+def test_heartbeats_cannot_be_off_where_another_instance_takes_over(mode: str) -> None:
+    ha = {"mode": mode, "role": "primary"} if mode == "segregated" else {"mode": mode}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ha": ha, "broker": {"heartbeat_ms": 0}}, env={})
+    assert caught.value.key == "broker.heartbeat_ms"
+    assert parse_config({"broker": {"heartbeat_ms": 0}}, env={}).broker.heartbeat_ms == 0
