@@ -411,6 +411,12 @@ def parse_config(
         tls=tls,
         ca_file=_ca_file(sec, base, tls),
     )
+    if broker.heartbeat_ms == 0 and mode != "standalone":
+        # Without heart-beats the broker never drops a paused or cut-off instance's connection,
+        # and the unacked messages it holds wait for it instead of going to the new active.
+        raise ConfigError(
+            "broker.heartbeat_ms", f"must be above 0 in {mode} mode (a few hundred to 2000)"
+        )
     for queue in broker.queues:
         if not _QUEUE.match(queue) or len(queue) > QUEUE_MAX_CHARS:
             raise ConfigError(

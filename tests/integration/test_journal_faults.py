@@ -3,6 +3,7 @@ crash leftover, a second process with the same name, a segment removed under its
 full disk. Each test keeps a ledger of receipted reports and checks the database against it."""
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,3 +213,23 @@ def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
     wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
+
+
+def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    first = Flow([activemq.host], tmp_path / "first", queue_prefix=queue_prefix, count=300, rate=0)
+    first.start().join()
+    assert_exactly_once(pg_url, first.ids())
+    server.stop()
+    # The folder replaced (wiped, or a relative path now read from another folder): the
+    # database still holds a position in the segment the old folder had open.
+    shutil.rmtree(journal_dir(server))
+    server.start()
+    second = Flow(
+        [activemq.host], tmp_path / "second", queue_prefix=queue_prefix, count=300, rate=0
+    )
+    second.start().join()
+    assert_exactly_once(pg_url, first.ids() | second.ids(), timeout_s=60)

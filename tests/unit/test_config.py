@@ -253,3 +253,12 @@ def test_sizes_that_cannot_fit_stop_start_up_with_exit_2(tmp_path: Path, capsys)
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config error: journal.max_bytes:" in err
+
+
+@pytest.mark.parametrize("mode", ["shared", "segregated", "group"])
+def test_heartbeats_cannot_be_off_where_another_instance_takes_over(mode: str) -> None:
+    ha = {"mode": mode, "role": "primary"} if mode == "segregated" else {"mode": mode}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ha": ha, "broker": {"heartbeat_ms": 0}}, env={})
+    assert caught.value.key == "broker.heartbeat_ms"
+    assert parse_config({"broker": {"heartbeat_ms": 0}}, env={}).broker.heartbeat_ms == 0
