@@ -182,6 +182,10 @@ class Drainer:
                 # commit is refused, not only from this drainer's first write.
                 self.sink.claim_epoch(self._epoch())
                 positions = self.sink.positions()
+                # Positions are keyed by segment name: a journal folder made anew (wiped, moved,
+                # a relative path read from elsewhere) must not name a new segment like one the
+                # database has a position in, or its first records would count as drained.
+                self.journal().note_used(positions)
                 self._mark(True)
                 return positions
             except DatabaseUnavailable:

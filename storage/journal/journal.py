@@ -57,7 +57,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -336,6 +336,14 @@ class Journal:
         if exc.errno in _DISK_FULL:
             return DiskFull(str(self.dir), self.pending.bytes, self.max_bytes)
         return JournalError(f"journal {self.dir}: cannot write {name}: {exc.strerror}")
+
+    def note_used(self, names: Iterable[str]) -> None:
+        """Segment names used before (the database holds positions in them): new segments are
+        numbered above them, even if this folder has never seen them."""
+        highest = max((p.sequence for p in map(parse_name, names) if p), default=0)
+        with self._lock:
+            if self._writer_lock is not None and highest > self._writer_lock.highest:
+                self._writer_lock.note_sequence(highest)
 
     def _next_sequence(self) -> int:
         highest = self._writer_lock.highest if self._writer_lock is not None else 0
