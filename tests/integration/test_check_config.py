@@ -72,7 +72,7 @@ def config(
             "password_file": _secret(tmp_path / "broker-pw", BROKER_PW),
         },
         "database": {"url": pg_url},
-        "journal": {"dir": str(journal), "max_bytes": 1 << 20},
+        "journal": {"dir": str(journal)},
         "http": {"listen": f"127.0.0.1:{free_port()}"},
     }
 

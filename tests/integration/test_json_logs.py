@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from reporting.harness.instance import Instance
-from tests.integration.conftest import wait_for
+from reporting.harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def test_a_running_instance_logs_json_lines(
     instance = JsonInstance(built.workdir, built.config)
     instances.append(instance)
     instance.start()
-    wait_for(lambda: instance.status()["broker"] == "connected", 30, "the consumer to subscribe")
+    wait_until(lambda: instance.status()["broker"] == "connected", 30, "the consumer to subscribe")
     instance.stop()
     output = instance.log_path.read_text().splitlines()
     # The harness's own marker lines start with "---"; everything the server wrote is JSON.

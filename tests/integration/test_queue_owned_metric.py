@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from reporting.harness.instance import Instance
-from tests.integration.conftest import wait_for
+from reporting.harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def test_group_members_serve_their_queue_ownership(
 ) -> None:
     first, second = group("rs-g1"), group("rs-g2")
     first.start()
-    wait_for(lambda: set(first.status()["owned"]) == set(queues), 30, "rs-g1 to own all queues")
+    wait_until(lambda: set(first.status()["owned"]) == set(queues), 30, "rs-g1 to own all queues")
     assert owned(first) == {queue: 1.0 for queue in queues}
     second.start()
 
@@ -37,7 +37,7 @@ def test_group_members_serve_their_queue_ownership(
         mine, theirs = set(first.status()["owned"]), set(second.status()["owned"])
         return bool(mine) and bool(theirs) and mine | theirs == set(queues)
 
-    wait_for(split, 60, "the queues to be shared out")
+    wait_until(split, 60, "the queues to be shared out")
     first_owned, second_owned = owned(first), owned(second)
     assert set(first_owned) == set(second_owned) == set(queues)
     for queue in queues:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reporting.harness.instance import Instance
-from tests.integration.conftest import wait_for
+from reporting.harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def test_watchdog_pings_stop_while_the_consumer_thread_is_wedged(
     sock = notify_socket("wd", watchdog_s=4.0)
     instance.start()
     sock.until(lambda m: "READY" in m, 30)
-    wait_for(lambda: instance.status()["broker"] == "connected", 30, "the consumer to subscribe")
+    wait_until(lambda: instance.status()["broker"] == "connected", 30, "the consumer to subscribe")
     # Pinged every second (a quarter of WatchdogSec) while the consumer works.
     for _ in range(3):
         assert sock.until(lambda m: "WATCHDOG" in m, 3) == {"WATCHDOG": "1"}
