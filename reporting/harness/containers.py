@@ -235,7 +235,7 @@ class ContainerService(Service):
         if self._container is not None:
             self._save_log()
             try:
-                self._wrapped().remove(force=True)
+                self._wrapped().remove(force=True, v=True)
             except Exception as exc:  # already gone
                 log.debug("%s: remove: %s", self.name, exc)
             self._container = None

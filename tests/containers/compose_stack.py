@@ -3,9 +3,11 @@
 The override is all the tests add to a compose file (README, Containers): every service on the
 host's network (no Docker network is made), every service name resolving to 127.0.0.1
 (`extra_hosts`), `LISTEN_HOST=127.0.0.1` for the images that take it, and each instance's config
-mounted with its `[http] listen` on 127.0.0.1 instead of 0.0.0.0 (the one line changed). The
-override and the configs are written into the stack's folder, so a failed run can be replayed
-with the same files. Passwords come from `scripts/containers secrets`.
+mounted with its `[http] listen` on 127.0.0.1 instead of 0.0.0.0 (the one line changed). Published
+`ports` are dropped from the merged file (host networking has no use for them, and docker-compose
+v1 refuses the two together). The override, the configs and the merged file are written into
+the stack's folder, so a failed run can be replayed with the same files. Passwords come from
+`scripts/containers secrets`.
 """
 
 import os
@@ -58,6 +60,7 @@ class ComposeStack:
         self.project = f"rstest-{name}-{uuid.uuid4().hex[:6]}"
         self.secrets = workdir / "secrets"
         self.override = workdir / "host-network.yml"
+        self.merged = workdir / "stack.yml"
         config_dir = workdir / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
         self.override.write_text(yaml.safe_dump(host_override(self.document, config_dir)))
@@ -66,20 +69,33 @@ class ComposeStack:
             check=True,
             capture_output=True,
         )
+        # docker-compose v1 refuses published ports with host networking, and an override can
+        # only add to a list, never remove from it: the stack runs as the merged file
+        # (`docker-compose config`) with `ports` removed, the one thing the override cannot say.
+        merged = yaml.safe_load(
+            self._run(["-f", str(self.file), "-f", str(self.override), "config"])
+        )
+        for service in merged["services"].values():
+            service.pop("ports", None)
+        self.merged.write_text(yaml.safe_dump(merged))
 
     def secret(self, name: str) -> str:
         return (self.secrets / name).read_text()
 
     def compose(self, *args: str, timeout_s: float = 300) -> str:
-        command = ["docker-compose", "-p", self.project, "-f", str(self.file)]
-        command += ["-f", str(self.override), *args]
+        """docker-compose ARGS on the stack (its merged file)."""
+        return self._run(["-f", str(self.merged), *args], timeout_s)
+
+    def _run(self, args: list[str], timeout_s: float = 300) -> str:
+        command = ["docker-compose", "-p", self.project, *args]
         env = {**os.environ, "REPORTING_SECRETS": str(self.secrets)}
         done = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=COMPOSE
         )
         if done.returncode != 0:
             raise AssertionError(
-                f"{' '.join(command[5:])} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+                f"docker-compose {' '.join(args)} exited {done.returncode}:\n"
+                f"{done.stdout}\n{done.stderr}"
             )
         return done.stdout
 

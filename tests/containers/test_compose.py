@@ -85,6 +85,7 @@ def send(stack: ComposeStack, ledger: Path, count: int) -> None:
             kind = KINDS[i % len(KINDS)]
             client.send(kind, sample_report(kind, rng), report_id=f"{kind}-{uuid.uuid4().hex}")
         client.flush()
+        assert not client.stats.refused, f"the broker refused: {client.stats.refused[:3]}"
     finally:
         client.close()
 
