@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.servers import queues, say
-from reporting.client import sample_report
-from reporting.config import KINDS, BrokerConfig
+from reporting.config import BrokerConfig
+from reporting.samples import sample_report
 from reporting.wire.decode import decode
 from storage.journal import Journal
-from storage.reports import Report, to_record
+from storage.reports import KINDS, Report, to_record
 
 BATCH_RECORDS = 1000
 WRITER = "bench-backlog"

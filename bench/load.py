@@ -20,13 +20,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bench.servers import destination, queues, say
-from reporting.client import ReportClient, parse_host, sample_report
-from reporting.config import KINDS
+from reporting.client import ReportClient, parse_host
+from reporting.samples import sample_report
 from reporting.wire.decode import decode
 from storage.database import Sink
 from storage.database.rows import report_row
 from storage.database.schema import reports
-from storage.reports import Report
+from storage.reports import KINDS, Report
 
 
 def preload(

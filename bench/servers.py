@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from reporting.config import KINDS
 from reporting.harness import ActiveMQ, Postgres, ZooKeeper
 from reporting.harness.instance import Instance
+from storage.reports import KINDS
 
 SESSION_TIMEOUT_S = 2.0
 _STARTED = time.monotonic()

@@ -13,18 +13,16 @@ a backup broker that is about to stand down.
 
 This module runs past 400 lines because connecting, failing over, failing back and resending all
 work on one table of unconfirmed reports under one lock; split up, that state would be shared
-across files. The sample reports at the end are what `produce` and the demo send.
+across files.
 """
 
 import json
 import logging
-import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +32,9 @@ import stomp.exception
 from reporting.errors import BrokerError
 from reporting.ledger import Ledger
 from reporting.wire import tls
+from storage.reports import DEFAULT_QUEUES, KINDS, QUEUE_PREFIX, kind_of
 
 log = logging.getLogger(__name__)
-
-KINDS = ("cdr", "or", "sq", "events")
-QUEUE_PREFIX = "gvp.reporting."
-DEFAULT_QUEUES = tuple(f"{QUEUE_PREFIX}{kind}" for kind in KINDS)
 
 
 def destination_for(kind: str) -> str:
@@ -51,7 +46,7 @@ def queues_by_kind(queues: Iterable[str]) -> dict[str, str]:
     """Kind -> queue name, the kind being a name's last part (as in site1.gvp.reporting.cdr)."""
     routes: dict[str, str] = {}
     for queue in queues:
-        kind = queue.rpartition(".")[2]
+        kind = kind_of(queue)
         if kind not in KINDS:
             raise BrokerError(f"queue {queue!r} does not end in .<{'|'.join(KINDS)}>")
         routes.setdefault(kind, queue)
@@ -472,53 +467,3 @@ class _ByeListener(stomp.ConnectionListener):
 
     def on_disconnected(self) -> None:
         self.done.set()
-
-
-# -- sample reports ------------------------------------------------------------------------------
-
-_COMPONENTS = ("mcp-01", "mcp-02", "rm-01", "cm-01")
-_TENANTS = ("acme", "globex", "initech")
-_PROFILES = ("main-menu", "billing", "support")
-_METRICS = ("mos", "jitter_ms", "packet_loss")
-_EVENTS = ("answer", "transfer", "dtmf", "hangup")
-_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def sample_report(kind: str, rng: random.Random) -> dict[str, Any]:
-    """A plausible report of one kind, valid per the contract, drawn from `rng`."""
-    at = _EPOCH + timedelta(seconds=rng.randrange(365 * 86400))
-    call_id = f"call-{rng.getrandbits(48):012x}"
-    component = rng.choice(_COMPONENTS)
-    if kind == "cdr":
-        return {
-            "call_id": call_id,
-            "component": component,
-            "tenant": rng.choice(_TENANTS),
-            "ivr_profile": rng.choice(_PROFILES),
-            "start": at.isoformat(),
-            "end": (at + timedelta(seconds=rng.randrange(1, 900))).isoformat(),
-            "ani": f"+1555{rng.randrange(10**7):07d}",
-        }
-    if kind == "or":
-        peak = rng.randrange(200)
-        return {
-            "component": component,
-            "interval_start": at.replace(second=0).isoformat(),
-            "arrivals": rng.randrange(peak * 10 + 1),
-            "peak": peak,
-        }
-    if kind == "sq":
-        return {
-            "call_id": call_id,
-            "component": component,
-            "metric": rng.choice(_METRICS),
-            "value": round(rng.uniform(0, 5), 3),
-        }
-    if kind == "events":
-        return {
-            "call_id": call_id,
-            "component": component,
-            "event": rng.choice(_EVENTS),
-            "at": at.isoformat(),
-        }
-    raise ValueError(f"unknown report kind {kind!r}; expected one of {', '.join(KINDS)}")

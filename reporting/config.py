@@ -15,17 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from reporting.errors import ConfigError
+from reporting.ha.group import queue_key
+from reporting.logs import remember_secret
+from storage.reports import DEFAULT_QUEUES, KINDS, kind_of
 
 MODES = ("standalone", "shared", "segregated", "group")
 ROLES = ("primary", "backup")
-KINDS = ("cdr", "or", "sq", "events")
-DEFAULT_QUEUES = tuple(f"gvp.reporting.{kind}" for kind in KINDS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# A queue name becomes a journal folder and a ZooKeeper node: ActiveMQ's plain name characters
+# only, dot-separated parts, so neither '/' nor '..' nor a wildcard ('*', '>') gets through.
+_QUEUE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+QUEUE_MAX_CHARS = 200
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with its password, and every query parameter libpq keeps secret, shown as ***."""
+    from storage.database.engine import redacted
+
+    return redacted(url)
 
 
 class Secret(str):
@@ -162,11 +169,6 @@ class Config:
         return f"{self.ha.cluster}/shared" if self.ha.mode == "shared" else self.name
 
 
-def queue_key(cluster: str, queue: str) -> str:
-    """Group mode: a queue's ZooKeeper folder, also its fencing domain and positions key."""
-    return f"{cluster.rstrip('/')}/queues/{queue}"
-
-
 def _host_port(key: str, value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -233,10 +235,11 @@ class _Section:
 
 
 def _secret(
-    sec: _Section, name: str, env: dict[str, str], base: Path | None = None
+    sec: _Section, name: str, env: dict[str, str], base: Path | None = None, *, read: bool = True
 ) -> Secret | None:
     """A secret given as `<name>_env` (a variable's name) or `<name>_file` (a path, relative to
-    the config file's folder); a file others may read or write is refused."""
+    the config file's folder); a file others may read or write is refused. With `read` false the
+    keys are checked but the secret is not looked up (None)."""
     env_name = sec.get(f"{name}_env", str, None)
     file_name = sec.get(f"{name}_file", str, None)
     if file_name is not None and base is not None:
@@ -245,6 +248,21 @@ def _secret(
         raise ConfigError(
             sec.key(name), f"secrets are not written in the file; use {name}_env or {name}_file"
         )
+    if not read:
+        return None
+    secret = _read_secret(sec, name, env_name, file_name, env)
+    if secret is not None:
+        remember_secret(secret)
+    return secret
+
+
+def _secret_given(sec: _Section, name: str) -> bool:
+    return f"{name}_env" in sec.data or f"{name}_file" in sec.data
+
+
+def _read_secret(
+    sec: _Section, name: str, env_name: str | None, file_name: str | None, env: dict[str, str]
+) -> Secret | None:
     if env_name is not None:
         if env_name not in env:
             raise ConfigError(sec.key(f"{name}_env"), f"environment variable {env_name} is not set")
@@ -298,9 +316,15 @@ def _section(top: _Section, name: str) -> _Section:
 
 
 def parse_config(
-    data: dict[str, Any], *, path: Path | None = None, env: dict[str, str] | None = None
+    data: dict[str, Any],
+    *,
+    path: Path | None = None,
+    env: dict[str, str] | None = None,
+    secrets: bool = True,
 ) -> Config:
-    """Validates the parsed TOML document; relative paths are taken from the file's folder."""
+    """Validates the parsed TOML document; relative paths are taken from the file's folder.
+    With `secrets` false no password is looked up (they are None): for commands that use no hop
+    needing one."""
     base = path.resolve().parent if path is not None else None
     env = dict(os.environ) if env is None else env
     top = _Section(data, "")
@@ -319,12 +343,12 @@ def parse_config(
         grace_s=sec.number("grace", HAConfig.grace_s, minimum=0.0),
         peers=tuple(_host_port("ha.peers", p) for p in sec.get("peers", list, [])),
         user=sec.get("user", str, None),
-        password=_secret(sec, "password", env, base),
+        password=_secret(sec, "password", env, base, read=secrets),
     )
     if ha.user is not None and (":" in ha.user or not ha.user.strip()):
         raise ConfigError("ha.user", "a ZooKeeper digest user: non-empty, without ':'")
-    if (ha.user is None) != (ha.password is None):
-        key = "ha.password_env" if ha.password is None else "ha.user"
+    if (ha.user is None) == _secret_given(sec, "password"):
+        key = "ha.user" if ha.user is None else "ha.password_env"
         raise ConfigError(key, "ha.user and ha.password_env/password_file go together")
     for hp in ha.zookeeper.split(","):
         _host_port("ha.zookeeper", hp.strip())
@@ -340,7 +364,7 @@ def parse_config(
         ),
         queues=sec.strings("queues", BrokerConfig.queues),
         user=sec.get("user", str, None),
-        password=_secret(sec, "password", env, base),
+        password=_secret(sec, "password", env, base, read=secrets),
         prefetch=sec.number("prefetch", BrokerConfig.prefetch, minimum=1, integer=True),
         batch_records=sec.number(
             "batch_records", BrokerConfig.batch_records, minimum=1, integer=True
@@ -354,8 +378,13 @@ def parse_config(
         ca_file=_ca_file(sec, base, tls),
     )
     for queue in broker.queues:
-        # The last part of a queue's name is the kind of the reports it carries.
-        if queue.rpartition(".")[2] not in KINDS:
+        if not _QUEUE.match(queue) or len(queue) > QUEUE_MAX_CHARS:
+            raise ConfigError(
+                "broker.queues",
+                f"bad queue name {queue!r}: letters, digits, '_' and '-' in parts joined by '.'"
+                f" (at most {QUEUE_MAX_CHARS} characters)",
+            )
+        if kind_of(queue) not in KINDS:
             raise ConfigError(
                 "broker.queues",
                 f"unknown queue {queue!r}; expected a name ending in .<{'|'.join(KINDS)}>",
@@ -364,17 +393,8 @@ def parse_config(
 
     sec = _section(top, "database")
     url = sec.get("url", str, DatabaseConfig.url)
-    password = _secret(sec, "password", env, base)
-    if "://" not in url:
-        raise ConfigError(
-            "database.url",
-            "expected an SQLAlchemy URL such as postgresql+psycopg://user@host:5432/db",
-        )
-    if redact_url(url) != url:
-        raise ConfigError(
-            "database.url",
-            "holds a password; give it as database.password_env or database.password_file",
-        )
+    password = _secret(sec, "password", env, base, read=secrets)
+    _check_database_url(url, password_key=_password_key(sec))
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and base is not None:
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -412,6 +432,44 @@ def parse_config(
     )
 
 
+def _password_key(sec: _Section) -> str | None:
+    """The key a password is given by, if any."""
+    for key in ("password_env", "password_file"):
+        if key in sec.data:
+            return sec.key(key)
+    return None
+
+
+def _check_database_url(url: str, *, password_key: str | None) -> None:
+    """A URL SQLAlchemy can parse, without a password anywhere in it, and with a user to go
+    with a password given by `password_key`."""
+    from sqlalchemy.engine import make_url
+
+    from storage.database.engine import SECRET_PARAMETERS
+
+    if "://" not in url:
+        raise ConfigError(
+            "database.url",
+            "expected an SQLAlchemy URL such as postgresql+psycopg://user@host:5432/db",
+        )
+    try:
+        parsed = make_url(url)
+    except Exception:  # ArgumentError; its text would repeat the URL, password and all
+        raise ConfigError("database.url", "not a valid SQLAlchemy URL") from None
+    hidden = ", ".join(key for key in parsed.query if key.lower() in SECRET_PARAMETERS)
+    if parsed.password is not None or hidden:
+        where = f" (query parameter {hidden})" if hidden else ""
+        raise ConfigError(
+            "database.url",
+            f"holds a password{where}; give it as database.password_env or database.password_file",
+        )
+    if password_key is not None and not parsed.username:
+        # Without a user in the URL SQLAlchemy drops the password without a word.
+        raise ConfigError(
+            password_key, "a password needs a user in database.url (scheme://USER@host/db)"
+        )
+
+
 def _with_password(url: str, password: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -421,8 +479,9 @@ def _with_password(url: str, password: str) -> str:
         raise ConfigError("database.url", f"not a valid URL: {exc}") from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Reads and validates one instance's TOML file; paths in it are relative to the file."""
+def load_config(path: str | Path, *, secrets: bool = True) -> Config:
+    """Reads and validates one instance's TOML file; paths in it are relative to the file.
+    With `secrets` false passwords are not looked up (see parse_config)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -433,4 +492,4 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, path=path)
+    return parse_config(data, path=path, secrets=secrets)

@@ -36,3 +36,14 @@ class BrokerUntrusted(BrokerError):
 
 class HarnessError(ReportingError):
     """Raised when a local service of the harness cannot be started or stopped."""
+
+
+class ZooKeeperRefused(ReportingError):
+    """Raised when this instance cannot take part in its election: its ZooKeeper credentials are
+    wrong or missing, or a node the pair relies on is not the pair's own."""
+
+    def __init__(self, hosts: str, node: str, reason: str) -> None:
+        super().__init__(f"zookeeper {hosts}: {node}: {reason}")
+        self.hosts = hosts
+        self.node = node
+        self.reason = reason

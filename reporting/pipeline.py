@@ -7,9 +7,12 @@ rest (prefetch bounds what is in flight), which is the back-pressure.
 
 `Drainer` moves journal records into the database, one transaction per batch holding the rows,
 the journal positions reached and the fence check. The same loop serves normal operation, a
-database outage (it retries, the journal grows) and the replay after it.
+database outage (it retries, the journal grows) and the replay after it. A batch is bounded by
+records and by bytes; one that meets the database's statement timeout is split, not retried as
+it is (a report the database refuses is the sink's to isolate).
 """
 
+import hashlib
 import logging
 import threading
 import time
@@ -23,9 +26,15 @@ from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Message
 from reporting.wire.decode import decode
 from storage.database import Batch, Sink
-from storage.errors import DatabaseUnavailable, JournalFull, PositionsLost, StaleEpoch
+from storage.errors import (
+    DatabaseUnavailable,
+    JournalFull,
+    PositionsLost,
+    StaleEpoch,
+    StatementTimeout,
+)
 from storage.journal import Entry, Journal
-from storage.reports import Rejected, Report, from_record, to_record
+from storage.reports import Rejected, Report, from_record, kind_of, to_record
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,13 @@ VERIFY_IDLE_S = 5.0
 # The read-ahead decodes this many records between chances for the drainer to take the
 # interpreter lock back (a thread that holds it keeps it for up to 5 ms).
 _YIELD_RECORDS = 20
+# A drain batch holds at most this many bytes of records (beside `batch_records`), so that large
+# reports neither take memory by the batch-full nor make one transaction run long; a single
+# record larger than this is a batch of its own.
+BATCH_BYTES = 4 << 20
+# After a batch met the statement timeout, this many batches are stored at the smaller size
+# before it doubles again: growing at once would meet the timeout every other batch.
+GROW_AFTER_BATCHES = 20
 
 
 def open_journal(config: Config, directory: Path, *, epoch: int, metrics: Metrics) -> Journal:
@@ -107,18 +123,31 @@ class Intake:
         self.records += len(records)
         self.metrics.journalled.inc(len(records))
         for item in items:
-            self.metrics.received.labels(item.queue.rsplit(".", 1)[-1]).inc()
+            self.metrics.received.labels(kind_of(item.queue)).inc()
         self.appended()
         return True
 
 
 def _decode_record(data: bytes) -> Report | Rejected:
     try:
-        return from_record(data)
+        item = from_record(data)
+        # Field types too: the rows are built in the read-ahead, where a payload that is not an
+        # object would fail every read of this batch, and so the drain, for ever.
+        if isinstance(item, Report):
+            fine = isinstance(item.payload, dict) and isinstance(item.kind, str)
+        else:
+            fine = isinstance(item.reason, str)
+        if fine and isinstance(item.report_id, str) and isinstance(item.queue, str):
+            return item
     except (ValueError, KeyError, TypeError):
-        # A checksummed record that does not decode is a bug, not a reason to stop the drain.
-        digest = f"undecodable-{hash(data) & 0xFFFFFFFF:08x}-{len(data)}"
-        return Rejected(digest, "", "undecodable journal record", data, datetime.now(UTC))
+        pass
+    # A checksummed record that does not decode is a bug, not a reason to stop the drain. Its id
+    # is a digest of its bytes, the same in every process, so that a record drained again (after
+    # a crash or a rewind) is the same rejected row.
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    return Rejected(
+        f"undecodable-{digest}", "", "undecodable journal record", data, datetime.now(UTC)
+    )
 
 
 def _reached(entries: list[Entry]) -> dict[str, int]:
@@ -142,10 +171,17 @@ class Drainer:
         on_fenced: Callable[[StaleEpoch], None],
         on_room: Callable[[], None],
         name: str,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.journal = journal
         self.sink = sink
         self.batch_records = batch_records
+        self.batch_bytes = batch_bytes
+        # What a batch may hold now: less than the above after a batch met the statement
+        # timeout; `_stored_since` counts the batches stored since it last changed.
+        self._max_records = batch_records
+        self._max_bytes = batch_bytes
+        self._stored_since = 0
         # The epoch this drainer writes under: given by the role change that started it, never
         # read again from the election, so that a drainer never writes with an epoch its
         # instance took after it (nor one it has lost: the fence refuses that, and it stops).
@@ -282,7 +318,10 @@ class Drainer:
                 # The next batch is read, decoded and made into rows while this one is in the
                 # database, which is mostly waiting with the interpreter lock released.
                 after = positions | _reached(entries)
-                self._ahead = (after, reader.submit(self._read, after, self.batch_records))
+                self._ahead = (
+                    after,
+                    reader.submit(self._read, after, self._max_records, self._max_bytes),
+                )
                 if not self._write(entries, batch, positions):
                     return
                 self._release(positions)
@@ -290,8 +329,20 @@ class Drainer:
             self._ahead = None
             reader.shutdown(cancel_futures=True)
 
-    def _read(self, positions: dict[str, int], max_records: int) -> tuple[list[Entry], Batch]:
-        entries = list(self.journal().read(positions, max_records=max_records))
+    def _read(
+        self, positions: dict[str, int], max_records: int, max_bytes: int, *, more: bool = False
+    ) -> tuple[list[Entry], Batch]:
+        """The records after `positions`, up to `max_records` and `max_bytes` of them; at least
+        one however large, unless this reads `more` for a batch begun already."""
+        entries: list[Entry] = []
+        size = 0
+        records = self.journal().read(positions, max_records=max_records)
+        for entry in records:
+            size += len(entry.data)
+            if size > max_bytes and (entries or more):
+                break
+            entries.append(entry)
+        del records  # closes the segment it stopped in
         items = []
         for start in range(0, len(entries), _YIELD_RECORDS):
             items.extend(_decode_record(e.data) for e in entries[start : start + _YIELD_RECORDS])
@@ -301,19 +352,23 @@ class Drainer:
     def _next_batch(self, positions: dict[str, int]) -> tuple[list[Entry], Batch]:
         ahead, self._ahead = self._ahead, None
         if ahead is None:
-            return self._read(positions, self.batch_records)
+            return self._read(positions, self._max_records, self._max_bytes)
         start, future = ahead
-        # A rewind drops the read-ahead; otherwise the positions are where it read from, less
-        # the segments released since (all their records drained).
+        # A rewind or a split drops the read-ahead; otherwise the positions are where it read
+        # from, less the segments released since (all their records drained).
         if any(start.get(segment) != byte for segment, byte in positions.items()):
             future.cancel()
-            return self._read(positions, self.batch_records)
+            return self._read(positions, self._max_records, self._max_bytes)
         entries, batch = future.result()
-        if len(entries) < self.batch_records:
-            # It stopped at the journal's end: add what was appended since, so that the batch
-            # is what a read now would give.
+        size = sum(len(entry.data) for entry in entries)
+        if len(entries) < self._max_records and size < self._max_bytes:
+            # It stopped at the journal's end (or at smaller limits): add what was appended
+            # since, so that the batch is what a read now would give.
             more, more_batch = self._read(
-                start | _reached(entries), self.batch_records - len(entries)
+                start | _reached(entries),
+                self._max_records - len(entries),
+                self._max_bytes - size,
+                more=True,
             )
             entries += more
             batch += more_batch
@@ -339,8 +394,25 @@ class Drainer:
         except StaleEpoch as exc:
             self._refused(exc)
             return False
+        except StatementTimeout as exc:
+            # Raised at once for a batch of more than one record: the same batch would meet the
+            # timeout again, so the next ones are half its size (GROW_AFTER_BATCHES above).
+            size = sum(len(entry.data) for entry in entries)
+            self._max_records = max(1, len(entries) // 2)
+            self._max_bytes = max(1, size // 2)
+            self._stored_since = 0
+            self._ahead = None  # read from after this batch, which is not stored
+            log.warning(
+                "%s: a batch of %d records (%d bytes) met the statement timeout, splitting it: %s",
+                self.name,
+                len(entries),
+                size,
+                exc,
+            )
+            return True
         except DatabaseUnavailable:
             return False  # only raised once stop is set
+        self._grow()
         self._mark(True)
         self.metrics.drain_seconds.observe(time.monotonic() - started)
         positions.update(reached)
@@ -351,9 +423,18 @@ class Drainer:
         for item in batch.items:
             if isinstance(item, Rejected):
                 self.metrics.rejected.labels(item.reason.split(":", 1)[0][:40]).inc()
+        if result.refused:
+            self.metrics.rejected.labels("database refused").inc(result.refused)
         if self._catching_up:
             self.metrics.replayed.inc(len(entries))
         return True
+
+    def _grow(self) -> None:
+        self._stored_since += 1
+        if self._stored_since >= GROW_AFTER_BATCHES:
+            self._stored_since = 0
+            self._max_records = min(self.batch_records, self._max_records * 2)
+            self._max_bytes = min(self.batch_bytes, self._max_bytes * 2)
 
     def _refused(self, exc: StaleEpoch) -> None:
         # The drainer ends here; the instance goes back to its election, and a drainer runs

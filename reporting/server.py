@@ -23,6 +23,7 @@ from reporting.lane import Lane
 from reporting.status.metrics import Metrics
 from storage.database import Sink
 from storage.errors import StaleEpoch
+from storage.reports import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Server:
             spec.id: Lane(
                 config,
                 spec,
-                name=f"{config.name}-{spec.id.rpartition('.')[2]}" if self.group else config.name,
+                name=f"{config.name}-{kind_of(spec.id)}" if self.group else config.name,
                 sink=self.sink.view(cluster=spec.fence, journal=spec.key),
                 metrics=self.metrics,
                 role=lambda lane=spec.id: self._role_of(lane),
@@ -108,8 +109,8 @@ class Server:
         """Stops consuming without acking anything unsaved, hands the role over, then exits."""
         self._stopping.set()
         self.pause.stop()
-        for lane in self.lanes.values():
-            lane.stand_by("shutting down")
+        # The election stands every lane by first (in group mode each queue on its own delivery
+        # thread, side by side) and waits for it, then closes its session: the hand-over.
         self.election.stop()
         for lane in self.lanes.values():
             lane.close()
@@ -122,7 +123,7 @@ class Server:
         return self.election.role_of(lane) if self.group else self.election.role
 
     def _on_role(self, lane: str, change: RoleChange) -> None:
-        if self._stopping.is_set():
+        if self._stopping.is_set() and change.role is Role.ACTIVE:
             return
         self.lanes[lane].on_role(change)
         if self.group and change.role is Role.ACTIVE and self._role_of(lane) is Role.ACTIVE:
@@ -203,8 +204,12 @@ class Server:
             "name": self.config.name,
             "mode": self.config.ha.mode,
             "database": "up" if self._database_up() else "down",
+            # Why it is down, as the database driver said it (no password in it).
+            "database_error": None if self._database_up() else self.sink.last_error,
             "broker": "connected" if self._broker_connected() else "disconnected",
             "stored": sum(lane.drainer.stored for lane in self.lanes.values()),
+            # Why this instance cannot take part in its election (a refused ZooKeeper login).
+            "election_error": self.election.error,
             "drainers": {lane_id: lane.drainer_status() for lane_id, lane in self.lanes.items()},
             "uptime_s": round(time.time() - self.started_at, 1),
         }

@@ -24,11 +24,19 @@ class ForeignFile(JournalError):
 
 
 class DatabaseError(StorageError):
-    """Base class for database errors."""
+    """Base class for database errors; `sqlstate` is the database's code, where it gave one."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class DatabaseUnavailable(DatabaseError):
     """Raised when the database cannot be reached; the write may be retried."""
+
+
+class StatementTimeout(DatabaseUnavailable):
+    """Raised when a statement ran past the statement timeout; a smaller batch may pass."""
 
 
 class StaleEpoch(DatabaseError):

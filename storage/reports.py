@@ -6,6 +6,10 @@ The raw bytes of a rejected message are kept as base64 so that any byte sequence
 A report that carries the producer's JSON text (`body`) is written as `t` "R" with that text as
 the last member `p`, unchanged: it is neither encoded again when journalled nor when copied into
 the database, and `from_record` gives it back as `body` beside the parsed payload.
+
+It also holds the contract on kinds of report, which the wire's validation and the database's
+rows both read: the kinds, a queue's kind, the default queues, and each kind's required fields
+with their types, bounds and typed `reports` columns.
 """
 
 import base64
@@ -13,7 +17,74 @@ import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+# -- the kinds of report -------------------------------------------------------------------------
+
+# A text field copied into a typed, indexed column is at most this long. At up to 4 bytes a
+# character in UTF-8 it fits a PostgreSQL btree index row (2704 bytes at most) with the time of
+# the two-column indexes beside it; a longer one would be refused by the database, not the wire.
+MAX_TEXT_CHARS = 512
+# A count must fit a 64-bit signed column.
+MAX_COUNT = (1 << 63) - 1
+
+FieldType = Literal["text", "time", "count", "number"]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """A required payload field: its type, its bound, and the `reports` column copying it."""
+
+    name: str
+    type: FieldType
+    column: str | None = None  # None: kept in the payload only
+    max_chars: int | None = None  # text only
+
+
+_CALL_ID = Field("call_id", "text", "call_id", MAX_TEXT_CHARS)
+_COMPONENT = Field("component", "text", "component", MAX_TEXT_CHARS)
+
+# The contract's required fields per kind; more fields are allowed and kept in the payload.
+FIELDS: dict[str, tuple[Field, ...]] = {
+    "cdr": (
+        _CALL_ID,
+        _COMPONENT,
+        Field("tenant", "text", "tenant", MAX_TEXT_CHARS),
+        Field("ivr_profile", "text"),
+        Field("start", "time", "started_at"),
+        Field("end", "time", "ended_at"),
+    ),
+    "or": (
+        _COMPONENT,
+        Field("interval_start", "time", "interval_start"),
+        Field("arrivals", "count", "arrivals"),
+        Field("peak", "count", "peak"),
+    ),
+    "sq": (
+        _CALL_ID,
+        _COMPONENT,
+        Field("metric", "text", "metric", MAX_TEXT_CHARS),
+        Field("value", "number", "value"),
+    ),
+    "events": (
+        _CALL_ID,
+        _COMPONENT,
+        Field("event", "text"),
+        Field("at", "time", "started_at"),
+    ),
+}
+KINDS = tuple(FIELDS)
+QUEUE_PREFIX = "gvp.reporting."
+DEFAULT_QUEUES = tuple(f"{QUEUE_PREFIX}{kind}" for kind in KINDS)
+
+
+def kind_of(queue: str) -> str:
+    """A queue's kind: the last dot-part of its name, as in gvp.reporting.cdr or, where one
+    broker serves several pairs, site1.gvp.reporting.cdr. Not checked against KINDS."""
+    return queue.rpartition(".")[2]
+
+
+# -- what is stored and journalled ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,11 +51,12 @@ def _wait(condition, timeout_s: float, what: str):
 
 
 def demo(args: argparse.Namespace) -> int:
-    from reporting.client import ReportClient, sample_report
-    from reporting.config import KINDS
+    from reporting.client import ReportClient
     from reporting.harness import ActiveMQ, ZooKeeper
     from reporting.harness.instance import Instance
+    from reporting.samples import sample_report
     from storage.database import Sink
+    from storage.reports import KINDS
 
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)

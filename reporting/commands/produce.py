@@ -17,16 +17,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from reporting.client import (
-    DEFAULT_QUEUES,
-    KINDS,
-    QUEUE_PREFIX,
-    ReportClient,
-    queues_by_kind,
-    sample_report,
-)
+from reporting.client import ReportClient, queues_by_kind
 from reporting.errors import ConfigError
 from reporting.ledger import Ledger
+from reporting.logs import remember_secret
+from reporting.samples import sample_report
+from storage.reports import DEFAULT_QUEUES, KINDS, QUEUE_PREFIX
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 PROGRESS_EVERY_S = 1.0
@@ -174,6 +170,7 @@ def _target(args: argparse.Namespace) -> _Target:
         if args.password_env not in os.environ:
             raise ConfigError("--password-env", f"environment variable {args.password_env} unset")
         password = os.environ[args.password_env]
+        remember_secret(password)
     queues = {k: f"{args.queue_prefix}{QUEUE_PREFIX}{k}" for k in kinds}
     return _Target(
         hosts, args.user, password, queues, args.max_body_bytes or DEFAULT_MAX_BODY_BYTES

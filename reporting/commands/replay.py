@@ -55,8 +55,8 @@ def _live_holder(config: Config) -> str | None:
     """Why replay must not run now: an instance holds the role for one of the journals."""
     if config.ha.mode == "standalone":
         return None
+    from reporting.ha.contest import make_client
     from reporting.ha.holders import journal_holder
-    from reporting.ha.session import make_client
 
     # A look, not a session worth telling about: kazoo's connection lines would bury the answer.
     logging.getLogger("kazoo.client").setLevel(logging.WARNING)
@@ -69,7 +69,9 @@ def _live_holder(config: Config) -> str | None:
         return f"zookeeper {config.ha.zookeeper} cannot be reached to tell who holds the role"
     try:
         for lane in config.lanes:
-            holder = journal_holder(client, config, lane)
+            holder = journal_holder(
+                client, mode=config.ha.mode, cluster=config.ha.cluster, queue=lane.queues[0]
+            )
             if holder:
                 return f"{holder} holds the role for the journal {lane.dir}"
     finally:

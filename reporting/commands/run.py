@@ -7,7 +7,7 @@ import signal
 import threading
 
 from reporting.config import load_config
-from reporting.errors import BrokerError, ConfigError
+from reporting.errors import ConfigError, ReportingError
 
 log = logging.getLogger("reporting.run")
 
@@ -19,11 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reporting.exposure import plaintext_passwords
     from reporting.server import Server
     from reporting.status.http import StatusServer
     from reporting.wire.consumer import check_login
 
     config = load_config(args.config)
+    for line in plaintext_passwords(config):
+        log.warning("%s: %s", config.name, line)
     if config.broker.user is not None or config.broker.tls:
         # Wrong credentials or an untrusted certificate stop start-up here, not at the first
         # failover to this instance.
@@ -34,14 +37,17 @@ def run(args: argparse.Namespace) -> int:
     # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     server = Server(config)
-    refused: list[BrokerError] = []
+    refused: list[ReportingError] = []
 
-    def on_refused(error: BrokerError) -> None:
+    def on_refused(error: ReportingError) -> None:
         refused.append(error)
         stop.set()
 
-    # A refusal while active ends the instance (exit 1), which hands the role to the peer.
+    # A refusal while active ends the instance (exit 1), which hands the role to the peer. So
+    # does an election that cannot take part (ZooKeeper credentials, a node not the pair's own),
+    # at start-up and later alike: without it the instance would stand by for ever, silently.
     server.watch_refusals(on_refused)
+    server.election.watch_refusals(on_refused)
     try:
         http = StatusServer(
             config.http.host,

@@ -8,6 +8,7 @@ import urllib.request
 from typing import Any
 
 from reporting.config import Config, load_config
+from storage.reports import kind_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def fetch_status(listen: str, timeout_s: float = 2.0) -> dict[str, Any]:
 
 
 def _kinds(queues: list[str]) -> str:
-    return ",".join(sorted(queue.rpartition(".")[2] for queue in queues))
+    return ",".join(sorted(kind_of(queue) for queue in queues))
 
 
 COLUMNS = (
@@ -58,7 +59,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    # Only HTTP is spoken here: the hops' passwords need not be at hand where status is run.
+    config = load_config(args.config, secrets=False)
     addresses = (config.http.listen, *config.ha.peers)
     rows = []
     for address in addresses:
@@ -69,12 +71,19 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print_table(rows)
+        for row in rows:
+            if row.get("election_error"):
+                print(f"{row.get('name')}: cannot take part: {row['election_error']}")
     return 0 if healthy(config, rows) else 1
 
 
 def healthy(config: Config, rows: list[dict[str, Any]]) -> bool:
-    """Every instance answers and the role is held once: the pair's, or each queue's in a group."""
+    """Every instance answers and can take part in the election, and the role is held once: the
+    pair's, or each queue's in a group."""
     if any(r.get("role") == "unreachable" for r in rows):
+        return False
+    # Standing by for ever (wrong ZooKeeper credentials): nobody takes over when the active dies.
+    if any(r.get("election_error") for r in rows):
         return False
     if config.ha.mode == "group":
         owned = [queue for r in rows for queue in r.get("owned", [])]

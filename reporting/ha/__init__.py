@@ -1,6 +1,8 @@
 """High availability: who of the pair is active, and the epoch that fences the other.
 
-`roles` is the pure state machine; `shared` and `segregated` drive it from ZooKeeper.
+`roles` is the pure state machine. `contest` runs it from ZooKeeper for every election: one
+session, one round thread, a slot per role decided; `shared`, `segregated` (over `pair`) and
+`group` are the recipes, `acl` checks that the nodes they rely on are the pair's own.
 """
 
 from reporting.ha.election import Election, make_election

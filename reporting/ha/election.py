@@ -5,6 +5,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from reporting.errors import ZooKeeperRefused
 from reporting.ha.roles import Role, RoleChange, describe
 from reporting.ha.segregated import BackupElection, PrimaryElection
 from reporting.ha.shared import SharedElection
@@ -31,6 +32,15 @@ class Election(Protocol):
     @property
     def holder(self) -> str | None: ...
 
+    @property
+    def error(self) -> str | None:
+        """Why this instance cannot take part in its election (for good), else None."""
+
+    def watch_refusals(self, callback: Callable[[ZooKeeperRefused], None]) -> None:
+        """`callback` runs once if the election refuses to go on: its ZooKeeper credentials are
+        wrong or missing, or a node it relies on is not the pair's own (a configuration to fix).
+        Every role has stood by by then."""
+
     def start(self) -> None: ...
 
     def stop(self) -> None:
@@ -51,6 +61,7 @@ class StandaloneElection:
         self.role = Role.STANDBY
         self.epoch = 0
         self.holder: str | None = None
+        self.error: str | None = None
         self._on_change = on_change
         self._thread: threading.Thread | None = None
 
@@ -71,6 +82,9 @@ class StandaloneElection:
 
     def stood_down(self) -> None:
         pass
+
+    def watch_refusals(self, callback: Callable[[ZooKeeperRefused], None]) -> None:
+        pass  # nothing to refuse it
 
     def lost_fence(self, epoch: int | None = None) -> None:
         # Nobody else can hold epoch 0's role; a fence here is a bug elsewhere, not a handover.

@@ -14,52 +14,37 @@ owns a queue: while a queue moves, the new owner waits until the old one has del
 until the old one's session has expired. A queue therefore never has two owners, and a new owner's
 epoch fences any write the old one still attempts.
 
-Every queue has a role state machine of its own (`roles.Roles` with the shared policy: the
-connection suspended means standing by at once) and a `Delivery` thread, so that queues are
-handed over side by side.
+Every queue is a slot of the group's contest (`contest.Slot`): a role state machine of its own,
+with the shared policy (the connection suspended means standing by at once), and a delivery
+thread of its own, so that queues are handed over side by side.
 """
 
 import functools
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from kazoo.client import KazooState
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
-from reporting.config import queue_key
 from reporting.ha.assignment import assign
-from reporting.ha.delivery import Delivery
+from reporting.ha.contest import STOP_DELIVERY_S, Participant, Slot
 from reporting.ha.epoch import bump_epoch
-from reporting.ha.roles import (
-    Acquired,
-    Confirmed,
-    Connected,
-    Event,
-    Fenced,
-    Policy,
-    Released,
-    Role,
-    RoleChange,
-    Roles,
-    SessionLost,
-    Started,
-    Stopping,
-    Suspended,
-    describe,
-)
-from reporting.ha.session import POLL_S, STOP_DELIVERY_S, make_client, open_parents
+from reporting.ha.roles import Acquired, Confirmed, Policy, Released, Role, RoleChange
+from storage.reports import kind_of
 
 log = logging.getLogger(__name__)
+
+
+def queue_key(cluster: str, queue: str) -> str:
+    """A queue's ZooKeeper folder, also its fencing domain and journal positions key."""
+    return f"{cluster.rstrip('/')}/queues/{queue}"
 
 
 @dataclass
 class _Queue:
     name: str
-    roles: Roles
-    delivery: Delivery
+    slot: Slot
     # The session in which this instance created the queue's owner node; -1: it holds none.
     node_session: int = -1
     epoch_pending: bool = False
@@ -69,11 +54,12 @@ class _Queue:
     owner: str | None = None
 
 
-class GroupElection:
+class GroupElection(Participant):
     """Decides which queues this instance owns; tells the server through `on_change(queue, change)`.
 
-    `on_change` runs on the queue's own delivery thread, one change of that queue at a time; it
-    may block (it stops and starts the queue's consumer and drainer).
+    A contest with a slot per queue. `on_change` runs on the queue's own delivery thread, one
+    change of that queue at a time; it may block (it stops and starts the queue's consumer and
+    drainer).
     """
 
     def __init__(
@@ -87,19 +73,35 @@ class GroupElection:
         on_change: Callable[[str, RoleChange], None],
         auth: tuple[str, str] | None = None,
     ) -> None:
-        self.name = name
-        self.cluster = cluster.rstrip("/")
+        super().__init__(
+            name=name,
+            zookeeper=zookeeper,
+            cluster=cluster,
+            session_timeout_s=session_timeout_s,
+            auth=auth,
+        )
         self.members_path = f"{self.cluster}/members"
-        self._mutex = threading.Lock()
         self._queues = {
             queue: _Queue(
                 queue,
-                Roles(f"{name}[{queue}]", policy=Policy.SHARED),
-                Delivery(f"{name}-{queue.rpartition('.')[2]}", functools.partial(on_change, queue)),
+                self.contest.add_slot(
+                    f"{name} [{queue}]",
+                    policy=Policy.SHARED,
+                    on_change=functools.partial(on_change, queue),
+                    thread=f"{name}-{kind_of(queue)}",
+                ),
             )
             for queue in sorted(set(queues))
         }
         self.queues = tuple(self._queues)
+        self.contest.relies_on(self.members_path, f"{self.cluster}/queues")
+        for queue in self.queues:
+            self.contest.relies_on(self._key(queue), f"{self._key(queue)}/epoch")
+        self.contest.relies_on(
+            f"{self.members_path}/{name}",
+            *(f"{self._key(queue)}/owner" for queue in self.queues),
+            ephemeral=True,
+        )
         # The live members, as last seen by the watch.
         self.members: tuple[str, ...] = ()
         # Members whose queue list differs from ours: a configuration mistake the assignment
@@ -107,29 +109,23 @@ class GroupElection:
         self.mismatched: tuple[str, ...] = ()
         self._compared: tuple[str, ...] = ()
         self._member_session = -1
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._watching = False
-        self._open_parents = auth is not None
-        self.client = make_client(zookeeper, session_timeout_s=session_timeout_s, auth=auth)
-        self.client.add_listener(self._on_state)
-        self._thread = threading.Thread(target=self._run, name=f"{name}-election", daemon=True)
 
     # -- readable from any thread -------------------------------------------------------------
 
     def role_of(self, queue: str) -> Role:
-        return self._queues[queue].roles.role
+        return self._queues[queue].slot.roles.role
 
     def epoch_of(self, queue: str) -> int:
-        return self._queues[queue].roles.epoch
+        return self._queues[queue].slot.roles.epoch
 
     def owner_of(self, queue: str) -> str | None:
         """Who owns `queue`: this instance while it is active for it, else the owner node's."""
         q = self._queues[queue]
-        return self.name if q.roles.role is Role.ACTIVE else q.owner
+        return self.name if q.slot.roles.role is Role.ACTIVE else q.owner
 
     def owned(self) -> list[str]:
-        return [q.name for q in self._queues.values() if q.roles.role is Role.ACTIVE]
+        return [q.name for q in self._queues.values() if q.slot.roles.role is Role.ACTIVE]
 
     @property
     def role(self) -> Role:
@@ -148,112 +144,38 @@ class GroupElection:
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        for q in self._queues.values():
-            q.delivery.start()
-        self._broadcast(Started(f"member of group {self.cluster}"))
-        self.client.start_async()
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stand by for every queue, let the server act on it, then close the session (which
-        deletes the owner nodes and the member node at once: that is the hand-over)."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        if self._thread.ident is None:
-            self.client.close()
-            return
-        self._wake.set()
-        self._broadcast(Stopping())
-        for q in self._queues.values():
-            q.delivery.wait_delivered(STOP_DELIVERY_S)
-        self.client.stop()
-        self.client.close()
-        self._thread.join(POLL_S * 4)
-        for q in self._queues.values():
-            q.delivery.stop(POLL_S * 4)
-
-    def stood_down(self) -> None:
-        """Only the segregated backup drains before standing down."""
+        self.contest.start(f"member of group {self.cluster}")
 
     def lost_fence(self, queue: str, epoch: int | None = None) -> None:
         """The database rejected a write of `queue` at `epoch`: stand by for it, then contend
         again. A rejection of an older epoch than the queue's current one changes nothing."""
         q = self._queues[queue]
-        with self._mutex:
-            if epoch is not None and epoch < q.roles.epoch:
-                return
-            self._transition(q, Fenced())
+        if self.contest.fence(q.slot, epoch):
             q.give_up = True
-        self._wake.set()
+            self.contest.wake()
 
-    # -- events -------------------------------------------------------------------------------
-
-    def _transition(self, q: _Queue, event: Event) -> RoleChange | None:
-        # Called with the mutex held, so that delivery follows the order of the transitions.
-        change = q.roles.apply(event)
-        if change is not None:
-            log.info("%s", describe(f"{self.name} [{q.name}]", change))
-            q.delivery.put(change)
-        return change
-
-    def _apply(self, q: _Queue, event: Event) -> RoleChange | None:
-        with self._mutex:
-            return self._transition(q, event)
-
-    def _broadcast(self, event: Event) -> bool:
-        """Apply a connection event to every queue; True if any role changed."""
-        with self._mutex:
-            changes = [self._transition(q, event) for q in self._queues.values()]
-        return any(change is not None for change in changes)
-
-    def _session(self) -> int:
-        # Every queue's roles see the same SessionLost events, so any one of them counts.
-        with self._mutex:
-            return next(iter(self._queues.values())).roles.session
-
-    def _on_state(self, state: KazooState) -> None:
-        # kazoo's connection thread: record and wake, never block.
-        if state == KazooState.SUSPENDED:
-            changed = self._broadcast(Suspended())
-        elif state == KazooState.LOST:
-            changed = self._broadcast(SessionLost())
-        else:
-            changed = self._broadcast(Connected())
-        if not changed and not self._stopping.is_set():
-            log.info("%s: zookeeper %s", self.name, str(state).lower())
-        self._wake.set()
+    # -- watches (kazoo's threads) ------------------------------------------------------------
 
     def _on_members(self, children: list[str]) -> bool:
         self.members = tuple(sorted(children))
-        self._wake.set()
-        return not self._stopping.is_set()
+        self.contest.wake()
+        return not self.contest.stopping
 
     def _on_owner(self, q: _Queue, data: bytes | None, _stat: object) -> bool:
         q.owner = data.decode() if data else None
-        self._wake.set()
-        return not self._stopping.is_set()
+        self.contest.wake()
+        return not self.contest.stopping
 
-    # -- the contest thread -------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()  # before looking, so a wake-up during the round is not lost
-            try:
-                self._round()
-            except KazooException as exc:
-                log.debug("%s: group round interrupted: %r", self.name, exc)
-            except Exception:  # the contest must go on whatever one round ran into
-                log.exception("%s: group round failed", self.name)
-            self._wake.wait(POLL_S)
+    # -- the round thread ---------------------------------------------------------------------
 
     def _round(self) -> None:
+        self._look()
+        self.contest.wait()
+
+    def _look(self) -> None:
         if not self.client.connected:
             return
-        session = self._session()
-        if self._open_parents:
-            open_parents(self.client, self.cluster)
-            self._open_parents = False
+        session = self.contest.session()
         self._watch()
         if not self._register(session):
             return
@@ -261,7 +183,7 @@ class GroupElection:
         self._compare_queues()
         mine = set(assign(self.queues, self.members, owners).get(self.name, ()))
         for q in self._queues.values():
-            if self._stopping.is_set():
+            if self.contest.stopping:
                 return
             if q.node_session != session:
                 q.node_session = -1  # an owner node dies with its session
@@ -280,18 +202,18 @@ class GroupElection:
     def _watch(self) -> None:
         if self._watching:
             return
-        self.client.ensure_path(self.members_path)
-        for q in self._queues.values():
-            self.client.ensure_path(queue_key(self.cluster, q.name))
         # kazoo keeps these watches across reconnects and calls back on its own thread.
         ChildrenWatch(self.client, self.members_path, self._on_members)
         for q in self._queues.values():
             DataWatch(
                 self.client,
-                f"{queue_key(self.cluster, q.name)}/owner",
+                f"{self._key(q.name)}/owner",
                 functools.partial(self._on_owner, q),
             )
         self._watching = True
+
+    def _key(self, queue: str) -> str:
+        return queue_key(self.cluster, queue)
 
     def _session_id(self) -> int | None:
         client_id = self.client.client_id
@@ -348,7 +270,7 @@ class GroupElection:
         self._compared = members
 
     def _take(self, q: _Queue, session: int) -> None:
-        path = f"{queue_key(self.cluster, q.name)}/owner"
+        path = f"{self._key(q.name)}/owner"
         try:
             self.client.create(path, self.name.encode(), ephemeral=True)
         except NodeExistsError:
@@ -360,33 +282,31 @@ class GroupElection:
         self._take_epoch(q, session)
 
     def _take_epoch(self, q: _Queue, session: int) -> None:
-        if self._session() != session:
+        if self.contest.session() != session:
             return
-        epoch = bump_epoch(self.client, f"{queue_key(self.cluster, q.name)}/epoch")
+        epoch = bump_epoch(self.client, f"{self._key(q.name)}/epoch")
         q.epoch_pending = False
-        self._apply(q, Acquired(epoch, "took the queue's owner node", session))
+        self.contest.apply(q.slot, Acquired(epoch, "took the queue's owner node", session))
 
     def _keep(self, q: _Queue, session: int) -> None:
         if q.epoch_pending:
             self._take_epoch(q, session)
             return
-        with self._mutex:
-            unconfirmed = q.roles.held and q.roles.role is Role.STANDBY
-        if not unconfirmed:
+        if not self.contest.unconfirmed(q.slot):
             return
         # Back from a suspension within the session: the node should still be ours; look
         # before consuming again.
-        if self._ours(f"{queue_key(self.cluster, q.name)}/owner"):
-            self._apply(q, Confirmed(session))
+        if self._ours(f"{self._key(q.name)}/owner"):
+            self.contest.apply(q.slot, Confirmed(session))
         else:
-            self._apply(q, Released("the owner node is no longer ours"))
+            self.contest.apply(q.slot, Released("the owner node is no longer ours"))
             q.node_session = -1
 
     def _give_up(self, q: _Queue, reason: str) -> None:
-        self._apply(q, Released(reason))
+        self.contest.apply(q.slot, Released(reason))
         # The server stops the queue's consumer and drainer before the next owner may start.
-        q.delivery.wait_delivered(STOP_DELIVERY_S)
-        path = f"{queue_key(self.cluster, q.name)}/owner"
+        q.slot.delivery.wait_delivered(STOP_DELIVERY_S)
+        path = f"{self._key(q.name)}/owner"
         try:
             _, stat = self.client.get(path)
             if stat.ephemeralOwner == self._session_id():

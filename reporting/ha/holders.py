@@ -5,20 +5,21 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.recipe.lock import Lock
 
-from reporting.config import Config, LaneSpec, queue_key
+from reporting.ha.group import queue_key
 
 
-def journal_holder(client: KazooClient, config: Config, lane: LaneSpec) -> str | None:
+def journal_holder(client: KazooClient, *, mode: str, cluster: str, queue: str) -> str | None:
     """The instance that holds (or is contending for, in shared mode: it may get it any moment)
-    the role for `lane`'s journal; None when nobody does. Segregated journals are an instance's
-    own: the journal's writer lock tells whether that instance runs."""
-    cluster = config.ha.cluster.rstrip("/")
-    if config.ha.mode == "shared":
+    the role for the journal of `cluster` (group mode: of `queue`); None when nobody does.
+    Segregated journals are an instance's own: the journal's writer lock tells whether that
+    instance runs."""
+    cluster = cluster.rstrip("/")
+    if mode == "shared":
         contenders = Lock(client, f"{cluster}/lock").contenders()
         return contenders[0] if contenders else None
-    if config.ha.mode == "group":
+    if mode == "group":
         try:
-            data, _ = client.get(f"{queue_key(cluster, lane.queues[0])}/owner")
+            data, _ = client.get(f"{queue_key(cluster, queue)}/owner")
         except NoNodeError:
             return None
         return data.decode() or "?"

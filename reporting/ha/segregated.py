@@ -14,7 +14,9 @@ from typing import Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
 
+from reporting.ha.contest import POLL_S
 from reporting.ha.epoch import bump_epoch
+from reporting.ha.pair import PairElection
 from reporting.ha.roles import (
     Acquired,
     EpochTaken,
@@ -25,12 +27,11 @@ from reporting.ha.roles import (
     Role,
     StoodDown,
 )
-from reporting.ha.session import POLL_S, ZooKeeperElection
 
 log = logging.getLogger(__name__)
 
 
-class _OwnEpoch(ZooKeeperElection):
+class _OwnEpoch(PairElection):
     """Each segregated instance drains its own journal whatever its role, and a drainer writes
     only under an epoch its instance holds: the epoch node is bumped once connected, and again
     whenever the fence refused the one held, so that a restarted standby drains at once."""
@@ -38,16 +39,17 @@ class _OwnEpoch(ZooKeeperElection):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(policy=Policy.SEGREGATED, **kwargs)
         self.epoch_path = f"{self.cluster}/epoch-{self.name}"
+        self.contest.relies_on(self.epoch_path)
+        self.contest.relies_on(f"{self.cluster}/primary", ephemeral=True)
         self._epoch_needed = True
 
     def _fenced(self) -> None:
         self._epoch_needed = True
 
     def _take_own_epoch(self) -> None:
-        with self._mutex:
-            if self._roles.role is Role.ACTIVE:
-                # The activation's epoch is held, and serves the drainer after standing down.
-                self._epoch_needed = False
+        if self.role is Role.ACTIVE:
+            # The activation's epoch is held, and serves the drainer after standing down.
+            self._epoch_needed = False
         if self._epoch_needed and self.client.connected:
             self._epoch_needed = False
             self._apply(EpochTaken(bump_epoch(self.client, self.epoch_path)))
@@ -78,7 +80,7 @@ class PrimaryElection(_OwnEpoch):
             log.exception("%s: health check failed", self.name)
             return False
 
-    def _contest(self) -> None:
+    def _round(self) -> None:
         healthy = self._is_healthy()
         if not healthy:
             # Stand by first, give the node up second: the backup must not find it gone while
@@ -104,9 +106,7 @@ class PrimaryElection(_OwnEpoch):
         if self._node_session is None:
             self._create_node(session)
         if self._node_session is not None:
-            with self._mutex:
-                standby = self._roles.role is Role.STANDBY
-            if standby:
+            if self.role is Role.STANDBY:
                 epoch = bump_epoch(self.client, self.epoch_path)
                 self._apply(Acquired(epoch, f"healthy, holding {self.primary_path}"))
         self._take_own_epoch()
@@ -160,7 +160,7 @@ class BackupElection(_OwnEpoch):
     def stood_down(self) -> None:
         self._apply(StoodDown())
 
-    def _contest(self) -> None:
+    def _round(self) -> None:
         if not self.client.connected:
             self._absent_since = None
             self._wait()
@@ -185,9 +185,7 @@ class BackupElection(_OwnEpoch):
         if remaining_s > 0:
             self._wait(min(POLL_S, remaining_s))
             return
-        with self._mutex:
-            active = self._roles.role is Role.ACTIVE
-        if active:
+        if self.role is Role.ACTIVE:
             # Draining after the primary came back, and it went again: no new epoch.
             self._apply(Acquired(None, "primary gone again"))
         else:
@@ -196,4 +194,4 @@ class BackupElection(_OwnEpoch):
         self._wait()
 
     def _on_primary_event(self, event: WatchedEvent) -> None:
-        self._wake.set()
+        self.contest.wake()

@@ -10,13 +10,13 @@ import logging
 import threading
 from typing import Any
 
-from kazoo.exceptions import CancelledError, KazooException, LockTimeout, NoNodeError
+from kazoo.exceptions import CancelledError, KazooException, LockTimeout, NoAuthError, NoNodeError
 from kazoo.recipe.lock import Lock
 from kazoo.recipe.watchers import ChildrenWatch
 
 from reporting.ha.epoch import bump_epoch
-from reporting.ha.roles import Acquired, Confirmed, HolderSeen, Policy, Released, Role
-from reporting.ha.session import ZooKeeperElection
+from reporting.ha.pair import PairElection
+from reporting.ha.roles import Acquired, Confirmed, HolderSeen, Policy, Released
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,12 @@ def _sequence(node: str) -> str:
     return node[-10:]
 
 
-class SharedElection(ZooKeeperElection):
+class SharedElection(PairElection):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(policy=Policy.SHARED, **kwargs)
         self.lock_path = f"{self.cluster}/lock"
         self.epoch_path = f"{self.cluster}/epoch"
+        self.contest.relies_on(self.lock_path, self.epoch_path)
         self._lock: Lock | None = None
         # The session the lock object belongs to: its node dies with that session.
         self._lock_session = -1
@@ -46,7 +47,7 @@ class SharedElection(ZooKeeperElection):
     def _waiting_for(self) -> str:
         return f"contending for {self.lock_path}"
 
-    def _contest(self) -> None:
+    def _round(self) -> None:
         if not self.client.connected:
             self._wait()
             return
@@ -72,6 +73,8 @@ class SharedElection(ZooKeeperElection):
             got = self._lock.acquire(timeout=ACQUIRE_WAIT_S)
         except (LockTimeout, CancelledError):
             return
+        except NoAuthError:
+            raise  # not an interruption: the contest refuses to go on
         except KazooException as exc:
             log.debug("%s: acquire interrupted: %r", self.name, exc)
             return
@@ -86,6 +89,8 @@ class SharedElection(ZooKeeperElection):
             return  # the lock went with that session; the next round starts over
         try:
             epoch = bump_epoch(self.client, self.epoch_path)
+        except NoAuthError:
+            raise
         except KazooException as exc:
             # Still holding the lock: try the bump again next round.
             log.debug("%s: epoch bump failed: %r", self.name, exc)
@@ -103,9 +108,7 @@ class SharedElection(ZooKeeperElection):
         if self._epoch_pending:
             self._take_epoch(session)
             return
-        with self._mutex:
-            unconfirmed = self._roles.held and self._roles.role is Role.STANDBY
-        if unconfirmed:
+        if self.contest.unconfirmed(self.slot):
             # Back from a suspension within the session: the node should still be there and
             # first, but look before consuming again.
             if not self._still_first():
@@ -139,6 +142,8 @@ class SharedElection(ZooKeeperElection):
         if self._lock.is_acquired:
             try:
                 self._lock.release()
+            except NoAuthError:
+                raise
             except KazooException as exc:
                 # The node stays ours until deleted: keep the lock object and try again.
                 log.debug("%s: release failed: %r", self.name, exc)
@@ -152,13 +157,12 @@ class SharedElection(ZooKeeperElection):
     def _watch_holder(self) -> None:
         if self._watching:
             return
-        self.client.ensure_path(self.lock_path)
         # kazoo re-registers the watch after reconnects and calls back on its own thread.
         ChildrenWatch(self.client, self.lock_path, self._on_contenders)
         self._watching = True
 
     def _on_contenders(self, children: list[str]) -> bool:
-        if self._stopping.is_set():
+        if self.contest.stopping:
             return False
         contenders = sorted((c for c in children if "__lock__" in c), key=_sequence)
         if not contenders:

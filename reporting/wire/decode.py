@@ -7,8 +7,9 @@ consumer. It is on the hot path, hence plain `json.loads` and hand-written check
 Beyond the contract's field rules, a report is also rejected when its meaning is ambiguous (a key
 given twice in one object: parsers differ in which value they keep) or when its payload could not
 be stored as it is: NaN/Infinity (not JSON, and PostgreSQL refuses them), NUL characters
-(PostgreSQL text and jsonb refuse them) and lone surrogates (not encodable as UTF-8). Letting those
-through would stall the drainer on a row the database can never take.
+(PostgreSQL text and jsonb refuse them), lone surrogates (not encodable as UTF-8), and a required
+text field longer than its typed column can index (`storage.reports.FIELDS` has the bounds).
+Letting those through would only make the database refuse the row later.
 """
 
 import hashlib
@@ -18,14 +19,12 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from storage.reports import Rejected, Report
+from storage.reports import FIELDS, MAX_COUNT, Field, FieldType, Rejected, Report, kind_of
 
 DESTINATION_PREFIX = "/queue/"
 MAX_REPORT_ID_CHARS = 200
 # Rejected ids and queue names built from producer input are cut to this, to stay printable.
 _SHOWN_CHARS = 200
-# arrivals and peak must fit a 64-bit signed column.
-_MAX_COUNT = (1 << 63) - 1
 # Deeper payloads are refused: the journal encoder and the database have nesting limits too.
 MAX_DEPTH = 32
 
@@ -48,7 +47,7 @@ def _is_time(value: Any) -> str | None:
 
 def _is_count(value: Any) -> str | None:
     # bool is a subclass of int; true/false are not counts.
-    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
         return "must be an integer >= 0"
     return None
 
@@ -60,37 +59,35 @@ def _is_number(value: Any) -> str | None:
 
 
 _Check = Callable[[Any], str | None]
-
-# The contract's required fields per kind; more fields are allowed and kept.
-REQUIRED_FIELDS: dict[str, tuple[tuple[str, _Check], ...]] = {
-    "cdr": (
-        ("call_id", _is_text),
-        ("component", _is_text),
-        ("tenant", _is_text),
-        ("ivr_profile", _is_text),
-        ("start", _is_time),
-        ("end", _is_time),
-    ),
-    "or": (
-        ("component", _is_text),
-        ("interval_start", _is_time),
-        ("arrivals", _is_count),
-        ("peak", _is_count),
-    ),
-    "sq": (
-        ("call_id", _is_text),
-        ("component", _is_text),
-        ("metric", _is_text),
-        ("value", _is_number),
-    ),
-    "events": (
-        ("call_id", _is_text),
-        ("component", _is_text),
-        ("event", _is_text),
-        ("at", _is_time),
-    ),
+_TYPE_CHECKS: dict[FieldType, _Check] = {
+    "text": _is_text,
+    "time": _is_time,
+    "count": _is_count,
+    "number": _is_number,
 }
-KINDS = tuple(REQUIRED_FIELDS)
+
+
+def _check_of(field: Field) -> _Check:
+    check = _TYPE_CHECKS[field.type]
+    limit = field.max_chars
+    if limit is None:
+        return check
+
+    def bounded(value: Any) -> str | None:
+        # Past the bound the database could not index it: refused here, with a reason.
+        problem = check(value)
+        if problem is None and len(value) > limit:
+            return f"is longer than {limit} characters ({len(value)})"
+        return problem
+
+    return bounded
+
+
+# Each kind's required fields with their checks, from the contract's table.
+_CHECKS: dict[str, tuple[tuple[str, _Check], ...]] = {
+    kind: tuple((field.name, _check_of(field)) for field in fields)
+    for kind, fields in FIELDS.items()
+}
 
 
 class _BadPayload(ValueError):
@@ -232,14 +229,9 @@ def _decode(
             reason += f"; raw body kept truncated to {max_body_bytes} bytes"
         return Rejected(report_id, _printable(shown_queue), reason, raw, now)
 
-    # The kind is the queue name's last part: gvp.reporting.cdr, or site1.gvp.reporting.cdr
-    # where a broker serves several pairs (the config lists the queues this pair consumes).
-    kind = queue.rpartition(".")[2]
-    if (
-        not destination.startswith(DESTINATION_PREFIX)
-        or kind not in REQUIRED_FIELDS
-        or queue not in queues
-    ):
+    # The config lists the queues this pair consumes; the kind is the name's last part.
+    kind = kind_of(queue)
+    if not destination.startswith(DESTINATION_PREFIX) or kind not in _CHECKS or queue not in queues:
         return rejected(f"unknown destination {_printable(destination)}", shown_queue=destination)
     if id_problem is not None:
         return rejected(id_problem)
@@ -272,7 +264,7 @@ def _decode(
         problem = _check_strings(payload)
         if problem is not None:
             return rejected(f"body {problem}")
-    for name, check in REQUIRED_FIELDS[kind]:
+    for name, check in _CHECKS[kind]:
         if name not in payload:
             return rejected(f"field {name} is missing ({kind} report)")
         problem = check(payload[name])

@@ -5,13 +5,15 @@ Both are needed for `INSERT ... ON CONFLICT`, on which "no duplicates" rests.
 """
 
 import contextlib
-from collections.abc import Iterator
+import enum
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
-from storage.errors import DatabaseError, DatabaseUnavailable
+from storage.errors import DatabaseError, DatabaseUnavailable, StatementTimeout
 
 CONNECT_TIMEOUT_S = 5
 # A paused or partitioned writer must not keep the fence row locked: the server ends its
@@ -20,6 +22,13 @@ IDLE_IN_TRANSACTION_TIMEOUT_S = 5
 # A database that accepts connections but does not answer is an outage, not a wait for ever.
 STATEMENT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_S = 5
+REASON_MAX_CHARS = 300
+# The connection parameters libpq itself keeps out of sight (its "*" display flag).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
+_AUTHORITY_PASSWORD = re.compile(r"^([\w+]+://[^:/]*:)[^@]*@")
+_SECRET_QUERY = re.compile(
+    r"([?&](?:" + "|".join(sorted(SECRET_PARAMETERS)) + r")=)[^&#]*", re.IGNORECASE
+)
 
 
 def dialect_of(url: str) -> str:
@@ -33,10 +42,15 @@ def dialect_of(url: str) -> str:
 
 
 def redacted(url: str) -> str:
+    """`url` for a log line or an error: its password and secret query parameters as ***."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except exc.ArgumentError:
         return "<unparsable URL>"
+    # Edited as text: rendering the parsed URL would reorder and escape its query.
+    if parsed.password is not None:
+        url = _AUTHORITY_PASSWORD.sub(r"\1***@", url, count=1)
+    return _SECRET_QUERY.sub(r"\1***", url)
 
 
 def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
@@ -62,12 +76,20 @@ def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
         "keepalives_count": 3,
     }
     return create_engine(
-        parsed, connect_args=connect_args, pool_pre_ping=True, pool_size=2, max_overflow=2
+        parsed,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+        # A report's values never reach an error message or a log line.
+        hide_parameters=True,
     )
 
 
 def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": timeout_s or SQLITE_BUSY_TIMEOUT_S})
+    engine = create_engine(
+        url, connect_args={"timeout": timeout_s or SQLITE_BUSY_TIMEOUT_S}, hide_parameters=True
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -87,14 +109,85 @@ def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:
     return engine
 
 
-def is_unavailable(error: BaseException) -> bool:
-    """True if `error` says the database could not be reached or did not answer."""
+class Failure(enum.Enum):
+    """What a database error says about a write, and so what to do with it."""
+
+    ROW = "row"  # these rows: a retry gets the same answer, so they are refused, one by one
+    TIMEOUT = "timeout"  # a statement ran too long: a smaller batch may pass
+    UNAVAILABLE = "unavailable"  # the database, now: retry the same write later
+    OTHER = "other"  # neither (a bug, a missing grant): raised as it is
+
+
+# SQLSTATE classes (PostgreSQL's manual, appendix A) that speak of the data, never of the
+# database's state: data exception (a value out of range, text invalid in the encoding),
+# integrity constraint violation, program limit exceeded (a value too large for an index row).
+_ROW_CLASSES = frozenset({"22", "23", "54"})
+# Classes that speak of the database's state: connection exception, invalid transaction state
+# (a read-only standby after a failover), transaction rollback (serialization failure,
+# deadlock), insufficient resources, operator intervention (shutdown, a cancel), system error.
+_UNAVAILABLE_CLASSES = frozenset({"08", "25", "40", "53", "57", "58"})
+_UNAVAILABLE_STATES = frozenset({"55P03"})  # lock_not_available
+_QUERY_CANCELED = "57014"  # what statement_timeout raises
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (psycopg's), wrapped by SQLAlchemy or not."""
+    cause = getattr(error, "orig", None) or error
+    state = getattr(cause, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def classify(error: BaseException) -> Failure:
+    """Whether `error` is about the rows written, the statement's time, or the database."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(
+        return Failure.UNAVAILABLE
+    state = sqlstate_of(error)
+    if state is not None:
+        if state == _QUERY_CANCELED:
+            return Failure.TIMEOUT
+        if state[:2] in _ROW_CLASSES:
+            return Failure.ROW
+        if state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_STATES:
+            return Failure.UNAVAILABLE
+        return Failure.OTHER
+    # Without a SQLSTATE (SQLite, or psycopg refusing a value before sending it), the driver's
+    # class says it. Values that cannot even be bound come out of the driver unwrapped:
+    # OverflowError (an integer beyond 64 bits in sqlite3), UnicodeEncodeError (a lone
+    # surrogate).
+    if isinstance(error, exc.DataError | exc.IntegrityError | OverflowError | UnicodeEncodeError):
+        return Failure.ROW
+    if isinstance(
         error,
         exc.OperationalError | exc.InterfaceError | exc.TimeoutError | exc.DisconnectionError,
-    )
+    ):
+        return Failure.UNAVAILABLE
+    return Failure.OTHER
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True if `error` says the database could not be reached or did not answer in time."""
+    return classify(error) in (Failure.UNAVAILABLE, Failure.TIMEOUT)
+
+
+def watch_availability(engine: Engine, note: Callable[[str | None], None]) -> None:
+    """Calls `note(reason)` whenever `engine` cannot reach its database, and `note(None)` when it
+    connects: every caller of the engine reports, so the reason is known wherever it arose."""
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if is_unavailable(context.sqlalchemy_exception):
+            note(reason(context.original_exception))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, _record: Any) -> None:
+        note(None)
+
+
+def reason(error: BaseException) -> str:
+    """A driver's error as one line: its type and text (which name no password)."""
+    cause = getattr(error, "orig", None) or error
+    text = " ".join(line.strip() for line in str(cause).strip().splitlines() if line.strip())
+    return f"{type(cause).__name__}: {text[:REASON_MAX_CHARS]}"
 
 
 @contextlib.contextmanager
@@ -104,9 +197,17 @@ def translated(url: str) -> Iterator[None]:
         yield
     except exc.SQLAlchemyError as error:
         message = _first_line(error)
-        if is_unavailable(error):
-            raise DatabaseUnavailable(f"database {redacted(url)} unavailable: {message}") from error
-        raise DatabaseError(f"database {redacted(url)}: {message}") from error
+        state = sqlstate_of(error)
+        failure = classify(error)
+        if failure is Failure.TIMEOUT:
+            raise StatementTimeout(
+                f"database {redacted(url)} timed out: {message}", sqlstate=state
+            ) from error
+        if failure is Failure.UNAVAILABLE:
+            raise DatabaseUnavailable(
+                f"database {redacted(url)} unavailable: {message}", sqlstate=state
+            ) from error
+        raise DatabaseError(f"database {redacted(url)}: {message}", sqlstate=state) from error
 
 
 def _first_line(error: exc.SQLAlchemyError) -> str:

@@ -69,7 +69,8 @@ rejected_reports = Table(
     Column("raw", Raw, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # sha256 of (report_id, queue, reason, raw): a replayed rejected record is stored once.
+    # sha256 of (report_id, queue, reason, raw), of a fixed reason for a report the database
+    # refused: a rejected record drained again, in any process, is stored once.
     Column("digest", Text, nullable=False),
     UniqueConstraint("digest", name="rejected_reports_digest_key"),
     Index("ix_rejected_reports_report_id", "report_id"),

@@ -3,6 +3,12 @@
 A batch is one transaction: fence check, report rows (a report_id stored already is skipped),
 rejected rows, journal positions. A crash anywhere leaves all of it or none of it, and replaying
 a batch whose commit was lost stores nothing twice.
+
+A report the database refuses (an error about its data, which a retry cannot fix: a value too
+large for an index, out of range, invalid in the encoding; `engine.classify`) is found by
+bisection inside savepoints and kept in rejected_reports with the database's reason, and the rest
+of its batch is stored. Only an error about the database itself (connection lost, failover,
+serialization failure, deadlock, resources) fails the batch, to be retried whole.
 """
 
 import copy
@@ -14,14 +20,22 @@ from typing import Any
 
 import tenacity
 from sqlalchemy import Connection, bindparam, delete, func, select, text
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database import insert, migrate
-from storage.database.engine import make_engine, redacted, translated
+from storage.database.engine import (
+    Failure,
+    classify,
+    make_engine,
+    reason,
+    redacted,
+    sqlstate_of,
+    translated,
+    watch_availability,
+)
 from storage.database.rows import refused_row, rejected_row, report_row
 from storage.database.schema import fence, journal_positions, rejected_reports, reports
-from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
+from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch, StatementTimeout
 from storage.reports import Rejected, Report
 
 log = logging.getLogger(__name__)
@@ -32,22 +46,20 @@ RETRY_MAX_S = 5.0
 RETRY_JITTER_S = 0.25  # spreads the retries of two instances apart
 _ID_CHUNK = 500
 
-# Errors that say "this row", not "this database": the row is isolated and kept as rejected.
-# OverflowError comes unwrapped from sqlite3 when an integer does not fit in 64 bits.
-_ROW_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, OverflowError)
-
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What a batch did; every item of the batch is counted in exactly one field.
 
     stored: new rows in `reports`; rejected: new rows in `rejected_reports` (rejected messages
-    and reports the database refused); duplicates: items that were already stored.
+    and reports the database refused); duplicates: items that were already stored. refused: of
+    `rejected`, the reports the database refused.
     """
 
     stored: int
     duplicates: int
     rejected: int
+    refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +89,11 @@ class Batch:
 class Sink:
     """The database of one drainer: `journal` keys its positions, `cluster` is its fence."""
 
-    def __init__(self, url: str, *, cluster: str, journal: str) -> None:
+    def __init__(
+        self, url: str, *, cluster: str, journal: str, warn_unreachable: bool = True
+    ) -> None:
+        """`warn_unreachable`: log why the database cannot be reached (off for one-shot commands,
+        whose error line says it)."""
         self.url = url
         self.cluster = cluster
         self.journal = journal
@@ -86,6 +102,13 @@ class Sink:
             self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
         self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         self._duplicates_seen = False
+        # Why the database could not be reached, as last seen by any caller; None once it was.
+        # A list of one, so that views (copies) share it with this sink.
+        self._last_error: list[str | None] = [None]
+        self._warn_unreachable = warn_unreachable
+        self._error_lock = threading.Lock()
+        for engine in (self._engine, self._probe_engine):
+            watch_availability(engine, self._note)
 
     def view(self, *, cluster: str, journal: str) -> "Sink":
         """The same database under another fence and positions key, sharing this sink's engines
@@ -121,18 +144,38 @@ class Sink:
             migrate.upgrade(self._engine)
 
     def probe(self) -> bool:
-        """True if a new connection answers `SELECT 1` within a couple of seconds."""
+        """True if a new connection answers `SELECT 1` within a couple of seconds; otherwise
+        `last_error` says why."""
         try:
             with self._probe_engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+            self._note(None)
             return True
         except Exception as error:  # a probe reports, it never raises
-            log.debug("database %s: probe failed: %s", redacted(self.url), error)
+            self._note(reason(error))
             return False
         finally:
             # A fresh connection each time: a pooled one would answer for a database that no
             # longer accepts new ones.
             self._probe_engine.dispose()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the database could not be reached when last tried; None if it could."""
+        return self._last_error[0]
+
+    def _note(self, error: str | None) -> None:
+        # Logged once per change: an outage of hours is one line, a new reason another.
+        with self._error_lock:
+            if error == self._last_error[0]:
+                return
+            self._last_error[0] = error
+        if not self._warn_unreachable:
+            return
+        if error is not None:
+            log.warning("database %s: cannot reach it: %s", redacted(self.url), error)
+        else:
+            log.info("database %s: reachable", redacted(self.url))
 
     # -- the fence ----------------------------------------------------------------------------
 
@@ -185,10 +228,9 @@ class Sink:
             stored, refused = self._insert_isolating(
                 conn, batch.reports, batch.report_rows, batch.copy_rows
             )
-            rejected_rows = batch.rejected_rows + [
-                refused_row(report, reason) for report, reason in refused
-            ]
-            rejected = insert.insert_many(conn, rejected_reports, rejected_rows, "digest")
+            rejected = insert.insert_many(conn, rejected_reports, batch.rejected_rows, "digest")
+            refused_rows = [refused_row(report, why) for report, why in refused]
+            new_refused = insert.insert_many(conn, rejected_reports, refused_rows, "digest")
             self._store_positions(conn, positions)
         if refused:
             log.warning(
@@ -197,7 +239,8 @@ class Sink:
                 len(refused),
                 ", ".join(report.report_id for report, _ in refused[:5]),
             )
-        return WriteResult(stored, len(batch.items) - stored - rejected, rejected)
+        rejected += new_refused
+        return WriteResult(stored, len(batch.items) - stored - rejected, rejected, new_refused)
 
     def write_batch_retrying(
         self,
@@ -212,8 +255,16 @@ class Sink:
         """write_batch, retried while the database is unavailable until `stop` is set.
 
         Backs off exponentially with jitter, 0.1 s up to 5 s. When `stop` is set the last
-        DatabaseUnavailable is raised. StaleEpoch and other errors are raised at once.
+        DatabaseUnavailable is raised. StaleEpoch and other errors are raised at once, and so is
+        StatementTimeout for a batch of more than one item: the same batch would meet it again,
+        so the caller splits it. A single item that times out is retried like an outage.
         """
+        splittable = len(items.items if isinstance(items, Batch) else items) > 1
+
+        def retryable(error: BaseException) -> bool:
+            if isinstance(error, StatementTimeout):
+                return not splittable
+            return isinstance(error, DatabaseUnavailable)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -227,7 +278,7 @@ class Sink:
                 on_retry(state.attempt_number, error)
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(DatabaseUnavailable),
+            retry=tenacity.retry_if_exception(retryable),
             wait=tenacity.wait_exponential_jitter(
                 multiplier=RETRY_INITIAL_S, max=RETRY_MAX_S, jitter=RETRY_JITTER_S
             ),
@@ -266,7 +317,11 @@ class Sink:
             with conn.begin_nested():
                 texts = [item.body for item in items]
                 return self._insert_reports(conn, rows, texts, copy_rows), []
-        except _ROW_ERRORS as error:
+        except Exception as error:
+            # Only an error about the rows is isolated; one about the database ends the
+            # transaction (it is retried whole, or split by the caller when it timed out).
+            if classify(error) is not Failure.ROW:
+                raise
             if len(items) == 1:
                 return 0, [(items[0], _refusal(error))]
         middle = len(items) // 2
@@ -375,4 +430,6 @@ class Sink:
 def _refusal(error: BaseException) -> str:
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()
-    return f"database refused: {type(cause).__name__}: {lines[0] if lines else ''}"
+    state = sqlstate_of(error)
+    code = f" (SQLSTATE {state})" if state else ""
+    return f"database refused: {type(cause).__name__}: {lines[0] if lines else ''}{code}"

@@ -16,9 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from reporting.config import KINDS
 from reporting.harness import ActiveMQ, Postgres, Service, TcpProxy, ZooKeeper
 from reporting.harness.instance import Instance
+from storage.reports import KINDS
 
 
 def short_name(instance: Instance) -> str:

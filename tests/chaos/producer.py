@@ -7,8 +7,9 @@ import threading
 import time
 from pathlib import Path
 
-from reporting.client import ReportClient, queues_by_kind, sample_report
-from reporting.config import KINDS
+from reporting.client import ReportClient, queues_by_kind
+from reporting.samples import sample_report
+from storage.reports import KINDS
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from reporting.config import KINDS
 from reporting.harness.instance import Instance
 from storage.database import Sink
 from storage.errors import DatabaseError
+from storage.reports import KINDS
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ class Flow:
         import random
         import time
 
-        from reporting.client import sample_report
+        from reporting.samples import sample_report
 
         rng = random.Random(7)
         started = time.monotonic()

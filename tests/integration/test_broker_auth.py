@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from reporting.client import ReportClient
-from reporting.config import KINDS
 from reporting.harness import ActiveMQ
 from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.probes import StompSession
+from storage.reports import KINDS
 from tests.integration.conftest import assert_exactly_once, wait_for
 
 pytestmark = pytest.mark.integration
@@ -96,7 +96,7 @@ def _valid_body(kind: str) -> bytes:
     import json
     import random
 
-    from reporting.client import sample_report
+    from reporting.samples import sample_report
 
     return json.dumps(sample_report(kind, random.Random(kind))).encode()
 

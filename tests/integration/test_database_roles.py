@@ -126,3 +126,121 @@ def test_server_role_stores_reports_but_cannot_drop_or_truncate(
         assert conn.execute("SELECT count(*) FROM reports").fetchone()[0] == 300
     log = server.log_path.read_text()
     assert SERVER_PW not in log and OWNER_PW not in log
+
+
+@pytest.fixture
+def granted(secure_postgres, tmp_path: Path) -> Path:
+    """A database owned by rs_owner, migrated, with PUBLIC allowed to create in its schema as
+    PostgreSQL before 15 allows; the owner's TOML file (not yet granted)."""
+    pg = secure_postgres
+    with connect(pg, "postgres", SUPER_PW) as conn:
+        conn.autocommit = True
+        conn.execute(f"CREATE ROLE rs_owner LOGIN PASSWORD '{OWNER_PW}'")
+        conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
+        conn.execute("CREATE ROLE bystander LOGIN PASSWORD 'by-Pw-1'")
+        conn.execute("CREATE DATABASE reporting OWNER rs_owner")
+    with connect(pg, "postgres", SUPER_PW, "reporting") as conn:
+        conn.autocommit = True
+        conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    owner_toml = tmp_path / "owner.toml"
+    url = f"postgresql+psycopg://rs_owner@{pg.address}:{pg.port}/reporting"
+    owner_toml.write_text(
+        to_toml(
+            {"database": {"url": url, "password_file": secret(tmp_path / "owner.pw", OWNER_PW)}}
+        )
+    )
+    assert main(["db", "upgrade", "--config", str(owner_toml)]) == 0
+    return owner_toml
+
+
+def test_fence_only_rises_for_the_server_role(secure_postgres, granted: Path) -> None:
+    assert main(["db", "grant", "--config", str(granted), "--role", "rs_server"]) == 0
+    with connect(secure_postgres, "rs_server", SERVER_PW, "reporting") as conn:
+        conn.autocommit = True
+        conn.execute("INSERT INTO fence (cluster, epoch) VALUES ('/pair1', 5), ('/pair2', 1)")
+        for statement in (
+            "UPDATE fence SET epoch = 4 WHERE cluster = '/pair1'",
+            "UPDATE fence SET epoch = 0",
+            "UPDATE fence SET cluster = '/pair3' WHERE cluster = '/pair1'",
+        ):
+            with pytest.raises(errors.CheckViolation, match="fence /pair"):
+                conn.execute(statement)
+        for statement in (
+            "DELETE FROM fence",
+            "TRUNCATE fence",
+            "DROP TRIGGER fence_only_rises ON fence",
+            "ALTER TABLE fence DISABLE TRIGGER fence_only_rises",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(statement)
+        # Rising, and staying, is what the server does.
+        conn.execute("UPDATE fence SET epoch = 6 WHERE cluster = '/pair1'")
+        conn.execute("UPDATE fence SET epoch = epoch WHERE cluster = '/pair2'")
+        rows = conn.execute("SELECT cluster, epoch FROM fence ORDER BY cluster").fetchall()
+        assert rows == [("/pair1", 6), ("/pair2", 1)]
+
+
+def test_grant_takes_create_on_the_schema_from_every_role(secure_postgres, granted: Path) -> None:
+    pg = secure_postgres
+    with connect(pg, "bystander", "by-Pw-1", "reporting") as conn:
+        conn.execute("CREATE TABLE before_grant (x int)")  # what the fixture's PUBLIC allows
+    assert main(["db", "grant", "--config", str(granted), "--role", "rs_server"]) == 0
+    for role, password in (("bystander", "by-Pw-1"), ("rs_server", SERVER_PW)):
+        with connect(pg, role, password, "reporting") as conn:
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute("CREATE TABLE intruder (x int)")
+
+
+def test_grant_says_so_when_it_cannot_take_create_away(
+    secure_postgres, granted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As in PostgreSQL before 15: the public schema belongs to the superuser, not the owner role.
+    with connect(secure_postgres, "postgres", SUPER_PW, "reporting") as conn:
+        conn.autocommit = True
+        conn.execute("ALTER SCHEMA public OWNER TO postgres")
+    capsys.readouterr()
+    assert main(["db", "grant", "--config", str(granted), "--role", "rs_server"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert 'REVOKE CREATE ON SCHEMA "public" FROM PUBLIC' in err and "every role" in err
+
+
+def test_why_the_database_is_down_is_logged_once_and_shown_in_status(
+    secure_postgres, activemq, queues, tmp_path: Path, instances
+) -> None:
+    pg = secure_postgres
+    wrong = "wrong-Pw-77c1"
+    with connect(pg, "postgres", SUPER_PW) as conn:
+        conn.autocommit = True
+        conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
+        conn.execute("CREATE DATABASE reporting OWNER rs_server")
+    server = Instance(
+        tmp_path / "rs-wrong",
+        {
+            "name": "rs-wrong",
+            "broker": {"hosts": [activemq.host], "queues": queues},
+            "database": {
+                "url": f"postgresql+psycopg://rs_server@{pg.address}:{pg.port}/reporting",
+                "password_file": secret(tmp_path / "server.pw", wrong),
+            },
+            "journal": {"dir": str(tmp_path / "rs-wrong" / "journal")},
+        },
+    )
+    instances.append(server)
+    server.start()
+    refused = 'password authentication failed for user "rs_server"'
+    wait_for(lambda: refused in (server.status().get("database_error") or ""), 30, "the reason")
+    assert server.status()["database"] == "down"
+    # The drainer and the probe keep trying; the reason is logged once all the same.
+    wait_for(lambda: pg.log_path.read_text().count(refused) >= 5, 30, "five refused logins")
+    lines = [line for line in server.log_path.read_text().splitlines() if refused in line]
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+
+    # The password the instance has becomes the right one: up, and no reason any more.
+    with connect(pg, "postgres", SUPER_PW) as conn:
+        conn.autocommit = True
+        conn.execute(f"ALTER ROLE rs_server PASSWORD '{wrong}'")
+    wait_for(lambda: server.status()["database"] == "up", 30, "the database to be up")
+    assert server.status()["database_error"] is None
+    assert "reachable" in server.log_path.read_text()
+    assert wrong not in server.log_path.read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reporting.harness.instance import Instance
+from storage.reports import kind_of
 from tests.chaos.ownership import OwnershipSampler
 from tests.integration.conftest import Flow, assert_exactly_once, wait_for
 
@@ -92,7 +93,7 @@ def test_queues_spread_over_three_instances(
     print(f"\n{shown.stdout}")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     for instance in members:
-        kinds = sorted(q.rpartition(".")[2] for q, o in assignment.items() if o == name(instance))
+        kinds = sorted(kind_of(q) for q, o in assignment.items() if o == name(instance))
         line = next(ln for ln in shown.stdout.splitlines() if ln.startswith(name(instance)))
         assert ",".join(kinds) in line, shown.stdout
     rows = json.loads(

@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 
-from reporting.client import ReportClient, sample_report
-from reporting.config import KINDS
-from reporting.wire.decode import MAX_DEPTH, REQUIRED_FIELDS, body_id
+from reporting.client import ReportClient
+from reporting.samples import sample_report
+from reporting.wire.decode import MAX_DEPTH, body_id
 from storage.database.schema import rejected_reports
+from storage.reports import FIELDS, KINDS
 from tests.integration.conftest import assert_exactly_once, wait_for
 
 pytestmark = pytest.mark.integration
@@ -120,12 +121,12 @@ def hostile_frames(draw: st.DrawFn) -> Frame:
         constant = draw(st.sampled_from(["NaN", "Infinity", "-Infinity"]))
         return Frame(what, kind, dumps(good)[:-1] + f', "x": {constant}}}'.encode(), rid, "id")
     if what == "duplicate-keys":
-        name = draw(st.sampled_from([name for name, _ in REQUIRED_FIELDS[kind]]))
+        name = draw(st.sampled_from([field.name for field in FIELDS[kind]]))
         # Both values valid: which one a parser keeps is exactly the ambiguity refused here.
         body = dumps(good)[:-1] + f", {json.dumps(name)}: {json.dumps(good[name])}}}".encode()
         return Frame(what, kind, body, rid, "id")
     if what == "wrong-type":
-        name = draw(st.sampled_from([name for name, _ in REQUIRED_FIELDS[kind]]))
+        name = draw(st.sampled_from([field.name for field in FIELDS[kind]]))
         good[name] = draw(st.sampled_from(WRONG[FIELD_TYPE.get(name, "text")] + ["<missing>"]))
         if good[name] == "<missing>":
             del good[name]

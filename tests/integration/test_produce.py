@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import stomp
 
-from reporting.client import KINDS, ClientStats, ReportClient, destination_for, sample_report
+from reporting.client import ClientStats, ReportClient, destination_for
 from reporting.ledger import read_ledger
+from reporting.samples import sample_report
+from storage.reports import KINDS
 
 pytestmark = pytest.mark.integration
 READ_TIMEOUT_S = 60.0

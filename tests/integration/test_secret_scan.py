@@ -1,8 +1,11 @@
 """Secrets stay secret: a shared pair with a password for each hop (an authenticated broker, a
 ZooKeeper digest, scram PostgreSQL) runs a round with reports flowing and a kill -9 of the active;
 then no log, no /status or /metrics answer and no text or bytea column of the database holds any
-of the passwords."""
+of the passwords. At the default log level and at DEBUG, where stomp.py and kazoo write the
+frames and requests that carry the passwords, and the bodies of reports."""
 
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -35,6 +38,8 @@ PASSWORDS = {
 }
 # Sent in a report: what the scan must find, so that a scan that cannot see is noticed.
 CANARY = f"canary-{uuid.uuid4().hex}"
+# In the canary's body: stored in the database, never in a log.
+BODY_CANARY = f"body-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
@@ -96,7 +101,9 @@ def database_hits(pg: Postgres, needles: dict[str, str]) -> list[str]:
     return hits
 
 
+@pytest.mark.parametrize("log_level", ["INFO", "DEBUG"])
 def test_no_password_in_logs_http_or_database(
+    log_level: str,
     shared_pair,
     secure_broker: ActiveMQ,
     scram_postgres: Postgres,
@@ -120,6 +127,9 @@ def test_no_password_in_logs_http_or_database(
     }
     pair = shared_pair(**{"rs-a": keys, "rs-b": keys})
     for instance in pair:
+        # After the sub-command, as an operator may type it.
+        command = instance._command()
+        instance._command = lambda command=command: [*command, "--log-level", log_level]
         instance.start()
     active = wait_for(lambda: active_of(pair), 30, "an active instance")
     standby = next(i for i in pair if i is not active)
@@ -141,7 +151,7 @@ def test_no_password_in_logs_http_or_database(
     active.start()
     flow.join(120)
     with ReportClient([secure_broker.host], user="producer", password=PRODUCER_PW) as client:
-        body = f'{{"call_id": "{CANARY}"}}'.encode()  # rejected: fields missing
+        body = f'{{"call_id": "{BODY_CANARY}"}}'.encode()  # rejected: fields missing
         client.send_raw(f"/queue/{queue_prefix}gvp.reporting.cdr", body, report_id=CANARY)
         client.flush()
     owner = make_url(url).set(password=DB_PW).render_as_string(hide_password=False)
@@ -151,20 +161,46 @@ def test_no_password_in_logs_http_or_database(
     )
     assert roles(pair) == {active.name: "standby", standby.name: "active"}
 
+    wait_for(
+        lambda: database_hits(scram_postgres, {"body": BODY_CANARY}), 30, "the body to be stored"
+    )
     leaks = []
     for instance in pair:
         for path in instance.workdir.rglob("*"):
             if path.is_file():
                 text = path.read_text(errors="replace")
-                leaks += [f"{path}: {name}" for name in found_in(text, PASSWORDS)]
+                needles = PASSWORDS
+                if path == instance.log_path:
+                    needles = {**PASSWORDS, "report body": BODY_CANARY}
+                leaks += [f"{path}: {name}" for name in found_in(text, needles)]
         for endpoint in ("/status", "/metrics", "/healthz"):
             answer = http_get(instance, endpoint)
             assert answer, endpoint
             leaks += [f"{instance.name}{endpoint}: {n}" for n in found_in(answer, PASSWORDS)]
     leaks += database_hits(scram_postgres, PASSWORDS)
+    journal_dir = Path(pair[0].config["journal"]["dir"])
+    for extra in ([], ["--json"]):
+        inspect = [sys.executable, "-m", "reporting.cli", "--log-level", log_level, "journal"]
+        done = subprocess.run(
+            [*inspect, "inspect", str(journal_dir), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0 and "segments" in done.stdout.lower(), done.stderr
+        needles = {**PASSWORDS, "report body": BODY_CANARY}
+        leaks += [
+            f"journal inspect {extra}: {n}" for n in found_in(done.stdout + done.stderr, needles)
+        ]
     assert not leaks, leaks
     # The scans see what is there: each log names the broker it consumed from, each /status its
     # instance (and the database scan found the canary above).
     for instance in pair:
-        assert found_in(instance.log_path.read_text(), {"broker": secure_broker.host})
+        log = instance.log_path.read_text()
+        assert found_in(log, {"broker": secure_broker.host})
         assert found_in(http_get(instance, "/status"), {"name": instance.config["name"]})
+        if log_level == "DEBUG":
+            # The lines that carried the passwords and bodies were written, without them.
+            assert "Auth(auth_type=0, scheme='digest', auth='rs-pair:***')" in log
+            assert "sending frame: STOMP (headers and body not logged)" in log  # the CONNECT
+            assert "received frame: 'MESSAGE'" in log

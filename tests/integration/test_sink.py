@@ -1,5 +1,6 @@
 """The database sink against real PostgreSQL (harness) and SQLite: exactly once, fenced, no loss."""
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ from reporting.harness import Postgres
 from storage.database import Sink, insert
 from storage.database.schema import rejected_reports, reports
 from storage.errors import DatabaseUnavailable, StaleEpoch
-from storage.reports import Rejected, Report, from_record
+from storage.reports import MAX_TEXT_CHARS, Rejected, Report, from_record
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -202,6 +203,49 @@ def test_rows_the_database_refuses_are_kept_as_rejected(url: str, sink: Sink) ->
 
     again = sink.write_batch(batch, positions={"00000003": 512}, epoch=1)
     assert (again.stored, again.rejected, again.duplicates) == (0, 0, len(batch))
+    assert sink.count_rejected() == len(expected)
+
+
+def test_rows_no_retry_could_fix_are_rejected_and_the_rest_of_the_batch_stored(
+    url: str, sink: Sink
+) -> None:
+    # Built here, past decode's bounds, so that the database itself refuses them: an id too
+    # large for its index row (a program limit, SQLSTATE 54000, which was once taken for an
+    # outage and retried for ever), a number jsonb cannot hold (22003), text no encoding takes.
+    long_id = random.Random(14).randbytes(4096).hex()
+    bad = {
+        long_id: cdr(long_id),
+        "numeric": Report("numeric", "sq", "gvp.reporting.sq", {}, AT, '{"value": 1e-20000}'),
+        "surrogate": cdr("surrogate", call_id="\ud800x"),
+    }
+    # A typed text copy past its bound is stored as NULL (the payload keeps it): not refused.
+    good = [cdr(f"ok-{i}") for i in range(29)] + [cdr("long-call-id", call_id=long_id)]
+    batch = [*good[:10], bad[long_id], *good[10:20], bad["numeric"], bad["surrogate"], *good[20:]]
+
+    result = sink.write_batch(batch, positions={"00000004": 900}, epoch=1)
+    # SQLite has no index row limit and keeps the payload it is given.
+    expected = set(bad) if url.startswith("postgresql") else {"surrogate"}
+
+    assert result.stored == len(batch) - len(expected)
+    assert result.rejected == result.refused == len(expected)
+    assert sink.report_id_counts(r.report_id for r in good) == {r.report_id: 1 for r in good}
+    assert sink.positions() == {"00000004": 900}
+    rejected = _rejected(sink)
+    # The rejected row's id is cut to fit its own index; its raw record keeps the whole id.
+    assert set(rejected) == {i[:MAX_TEXT_CHARS] for i in expected}
+    for report_id, (reason, raw) in rejected.items():
+        assert reason.startswith("database refused:"), reason
+        if report_id != "surrogate":
+            assert from_record(raw).report_id.startswith(report_id)
+    with sink._engine.connect() as conn:
+        call_id = select(reports.c.call_id).where(reports.c.report_id == "long-call-id")
+        assert conn.scalar(call_id) is None
+    if url.startswith("postgresql"):
+        assert rejected[long_id[:MAX_TEXT_CHARS]][0].endswith("(SQLSTATE 54000)")
+        assert rejected["numeric"][0].endswith("(SQLSTATE 22003)")
+
+    again = sink.write_batch(batch, positions={"00000004": 900}, epoch=1)
+    assert (again.stored, again.rejected, again.refused, again.duplicates) == (0, 0, 0, len(batch))
     assert sink.count_rejected() == len(expected)
 
 

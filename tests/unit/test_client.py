@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reporting.client import KINDS, ReportClient, sample_report
-from reporting.config import DEFAULT_QUEUES
+from reporting.client import ReportClient
 from reporting.errors import BrokerError
 from reporting.ledger import Ledger, read_ledger
+from reporting.samples import sample_report
 from reporting.wire.decode import decode
-from storage.reports import Report
+from storage.reports import KINDS, Report
 
 
 @dataclass
@@ -300,28 +300,6 @@ def test_reports_go_to_the_configured_queue_of_their_kind(brokers):
 def test_bad_host_is_a_clear_error():
     with pytest.raises(BrokerError, match="host:port"):
         ReportClient(["localhost"])
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_sample_reports_are_valid(kind):
-    rng = random.Random(11)
-    for _ in range(200):
-        payload = sample_report(kind, rng)
-        item = decode(
-            f"/queue/gvp.reporting.{kind}",
-            {"report-id": "r"},
-            json.dumps(payload).encode(),
-            queues=DEFAULT_QUEUES,
-            max_body_bytes=1 << 20,
-            now=datetime.now(UTC),
-        )
-        assert isinstance(item, Report), item
-
-
-def test_sample_reports_follow_the_seed():
-    assert sample_report("sq", random.Random(5)) == sample_report("sq", random.Random(5))
-    with pytest.raises(ValueError, match="unknown report kind"):
-        sample_report("xyz", random.Random(5))
 
 
 def test_ledger_skips_a_torn_last_line_and_counts_repeats(tmp_path):

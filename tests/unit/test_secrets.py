@@ -116,3 +116,90 @@ def test_status_and_metrics_hide_passwords(tmp_path: Path) -> None:
     finally:
         server.sink.close()
     assert BROKER_PW not in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://rs@h:5432/db?password={DB_PW}",
+        f"postgresql+psycopg://rs@h:5432/db?sslmode=require&PassWord={DB_PW}",
+        f"postgresql+psycopg://rs@h/db?sslkey=/k.pem&sslpassword={DB_PW}",
+        f"postgresql+psycopg://rs:{DB_PW}@/db?host=a:5432&host=b:5432",
+    ],
+)
+def test_password_anywhere_in_the_url_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"database": {"url": url}}, env={})
+    assert caught.value.key == "database.url"
+    assert "password" in str(caught.value) and DB_PW not in str(caught.value)
+
+
+def test_password_without_a_user_in_the_url_is_refused(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://h:5432/db"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"database": {"url": url, "password_env": "PW"}}, env={"PW": DB_PW})
+    assert caught.value.key == "database.password_env" and "user" in str(caught.value)
+    secret_file(tmp_path / "db.pw", DB_PW)
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"database": {"url": url, "password_file": str(tmp_path / "db.pw")}}, env={})
+    assert caught.value.key == "database.password_file"
+
+
+def test_redacted_url_hides_every_secret_parameter() -> None:
+    from reporting.config import redact_url
+
+    url = f"postgresql+psycopg://rs:{DB_PW}@h/db?sslmode=require&sslpassword={DB_PW}&password=x"
+    shown = redact_url(url)
+    assert DB_PW not in shown and "password=x" not in shown
+    assert shown == "postgresql+psycopg://rs:***@h/db?sslmode=require&sslpassword=***&password=***"
+
+
+def test_engine_errors_hide_a_reports_values(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from storage.database.engine import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with pytest.raises(Exception) as caught, engine.connect() as conn:
+            conn.execute(text("INSERT INTO missing VALUES (:v)"), {"v": "value-canary-3"})
+    finally:
+        engine.dispose()
+    assert "value-canary-3" not in str(caught.value)
+
+
+def test_secrets_are_not_looked_up_when_not_needed(tmp_path: Path) -> None:
+    data = {
+        "ha": {"user": "rs-pair", "password_env": "UNSET_ZK"},
+        "broker": {"user": "reporting", "password_file": str(tmp_path / "missing.pw")},
+        "database": {"url": "postgresql+psycopg://rs@h/db", "password_env": "UNSET_DB"},
+    }
+    with pytest.raises(ConfigError):
+        parse_config(data, env={})
+    config = parse_config(data, env={}, secrets=False)
+    assert config.ha.password is None and config.broker.password is None
+    assert config.database.url == "postgresql+psycopg://rs@h/db"
+    # What is wrong in the file is still wrong.
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ha": {"password_env": "X"}}, env={}, secrets=False)
+    assert caught.value.key == "ha.user"
+
+
+def test_status_command_needs_no_secret(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "rs.toml").write_text(
+        '[ha]\nuser = "rs-pair"\npassword_env = "RS_UNSET_ZK_PW"\n'
+        '[broker]\nuser = "reporting"\npassword_file = "missing.pw"\n'
+        '[http]\nlisten = "127.0.0.1:9"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "reporting.cli", "status", "--config", str(tmp_path / "rs.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Exit 1: nothing listens there; not 2, a config error about the passwords.
+    assert done.returncode == 1, done.stderr
+    assert "unreachable" in done.stdout

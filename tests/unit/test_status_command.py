@@ -25,3 +25,13 @@ def test_a_group_is_healthy_with_every_queue_owned_once() -> None:
     doubled = [rows[0], rows[1], {"role": "active", "owned": ["a.or"]}]
     assert not healthy(GROUP, doubled)
     assert not healthy(GROUP, [*rows, {"role": "unreachable"}])
+
+
+def test_an_instance_that_cannot_take_part_in_its_election_is_unhealthy() -> None:
+    # A third instance with a wrong ZooKeeper password stands by for ever: nobody covers for the
+    # active if it dies, though exactly one is active now.
+    refused = {"role": "standby", "election_error": "zookeeper h:1: /c: no access as user 'u'"}
+    assert not healthy(PAIR, [{"role": "active"}, {"role": "standby"}, refused])
+    assert healthy(PAIR, [{"role": "active"}, {"role": "standby", "election_error": None}])
+    rows = [{"role": "active", "owned": ["a.cdr", "a.or", "a.sq"]}, {**refused, "owned": []}]
+    assert not healthy(GROUP, rows)

@@ -1,5 +1,8 @@
 """The drainer against a journal and an SQLite sink: what the database loses is replayed."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -9,10 +12,11 @@ from sqlalchemy import delete, func, select, update
 
 from reporting.pipeline import Drainer
 from reporting.status.metrics import Metrics
-from storage.database import Sink
-from storage.database.schema import journal_positions, reports
+from storage.database import Batch, Sink
+from storage.database.schema import journal_positions, rejected_reports, reports
+from storage.errors import StatementTimeout
 from storage.journal import Journal
-from storage.reports import Report, to_record
+from storage.reports import Rejected, Report, to_record
 
 
 def batch(start: int, count: int) -> list[bytes]:
@@ -232,6 +236,167 @@ def test_a_new_holder_raises_the_fence_before_its_first_batch(tmp_path: Path) ->
         assert drainer.wait_caught_up(30)
         # Nothing was drained, and yet a stale holder's write of epoch 4 is refused already.
         assert sink.fence_epoch() == 5
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+class RecordingSink(Sink):
+    """A SQLite sink that notes each batch it is handed, and fails those over `fail_over`
+    records with StatementTimeout, as PostgreSQL does when a statement runs too long."""
+
+    def __init__(self, path: Path, *, fail_over: int | None = None) -> None:
+        super().__init__(f"sqlite:///{path}", cluster="rs", journal="rs")
+        self.fail_over = fail_over
+        self.batches: list[list[Report | Rejected]] = []
+        self.timeouts = 0
+
+    def write_batch(self, items, **kwargs):  # type: ignore[no-untyped-def]
+        items = items.items if isinstance(items, Batch) else items
+        self.batches.append(list(items))
+        if self.fail_over is not None and len(items) > self.fail_over:
+            self.timeouts += 1
+            raise StatementTimeout("canceling statement due to statement timeout")
+        return super().write_batch(items, **kwargs)
+
+
+def drainer_for(journal: Journal, sink: Sink, **options) -> Drainer:  # type: ignore[no-untyped-def]
+    return Drainer(
+        lambda: journal,
+        sink,
+        metrics=Metrics(),
+        on_fenced=lambda exc: None,
+        on_room=lambda: None,
+        name="rs",
+        **options,
+    )
+
+
+def sized(start: int, sizes: list[int]) -> list[bytes]:
+    now = datetime.now(UTC)
+    return [
+        to_record(Report(f"r{start + i}", "sq", "gvp.reporting.sq", {"pad": "x" * n}, now))
+        for i, n in enumerate(sizes)
+    ]
+
+
+def test_a_batch_is_bounded_by_bytes_as_well_as_records(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs")
+    sink = RecordingSink(tmp_path / "r.db")
+    sink.upgrade()
+    # Mostly 3 KB records, one of 15 KB (over the bound: a batch of its own), small ones after.
+    records = sized(0, [3000] * 10 + [15_000] + [3000] * 10 + [10] * 50)
+    journal.append_batch(records)
+    drainer = drainer_for(journal, sink, batch_records=100, batch_bytes=10_000)
+    drainer.start(1)
+    try:
+        wait_until(lambda: drainer.drained_records == len(records))
+        assert count(sink) == len(records)
+        sizes = [(len(b), sum(len(to_record(item)) for item in b)) for b in sink.batches]
+        assert all(size <= 10_000 for records, size in sizes if records > 1), sizes
+        assert [records for records, size in sizes if size > 10_000] == [1], sizes
+        assert len(sizes) >= 8, sizes  # not one batch of 71
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+def test_a_batch_that_meets_the_statement_timeout_is_split_not_retried(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs")
+    sink = RecordingSink(tmp_path / "r.db", fail_over=6)
+    sink.upgrade()
+    journal.append_batch(batch(0, 100))
+    drainer = drainer_for(journal, sink, batch_records=50)
+    drainer.start(1)
+    try:
+        wait_until(lambda: drainer.drained_records == 100)
+        assert count(sink) == 100
+        # 50 timed out, then 25, then 12: each retry half the batch that timed out, from the
+        # same record on; then 20 batches of 6 are stored before it tries 12 again.
+        sizes = [len(b) for b in sink.batches]
+        assert sizes[:4] == [50, 25, 12, 6], sizes
+        assert [b[0].report_id for b in sink.batches[:4]] == ["r0"] * 4
+        assert sink.timeouts == 3 and drainer.database_up is True
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+UNDECODABLE = b"\x00 not a journal record's JSON"
+
+DRAIN_ONCE = """
+import sys
+from pathlib import Path
+from reporting.pipeline import Drainer
+from reporting.status.metrics import Metrics
+from storage.database import Sink
+from storage.journal import Journal
+
+journal = Journal(Path(sys.argv[1]), writer="rs", retain_s=3600)
+sink = Sink(sys.argv[2], cluster="rs", journal="rs")
+sink.upgrade()
+drainer = Drainer(lambda: journal, sink, batch_records=10, metrics=Metrics(),
+                  on_fenced=print, on_room=lambda: None, name="rs")
+drainer.start(1)
+assert drainer.wait_caught_up(30)
+drainer.stop()
+journal.close()
+sink.close()
+"""
+
+
+def test_an_undecodable_record_is_rejected_once_whichever_process_drains_it(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)
+    journal.append_batch([UNDECODABLE, *batch(0, 3)])
+    journal.close()
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    for seed in ("1", "2"):
+        # Another process, another hash seed: as after a restart. The database lost the
+        # positions in between (a standby promoted), so the record is drained again.
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-c", DRAIN_ONCE, str(tmp_path / "journal"), url],
+            check=True,
+            env=env,
+            timeout=60,
+        )
+        sink = Sink(url, cluster="rs", journal="rs")
+        with sink._engine.begin() as conn:
+            conn.execute(delete(journal_positions))
+        sink.close()
+    sink = Sink(url, cluster="rs", journal="rs")
+    try:
+        with sink._engine.connect() as conn:
+            rows = list(conn.execute(select(rejected_reports.c.report_id, rejected_reports.c.raw)))
+        assert len(rows) == 1
+        assert rows[0].report_id.startswith("undecodable-") and bytes(rows[0].raw) == UNDECODABLE
+        assert count(sink) == 3
+    finally:
+        sink.close()
+
+
+def test_a_record_whose_payload_is_not_an_object_is_rejected_and_the_drain_goes_on(
+    tmp_path: Path,
+) -> None:
+    # Valid JSON and checksum, wrong shape: the rows of its batch could never be built.
+    odd = b'{"t":"r","id":"odd","k":"sq","q":"gvp.reporting.sq","p":[1],"at":"2024-05-01T00:00"}'
+    journal = Journal(tmp_path / "journal", writer="rs")
+    journal.append_batch([*batch(0, 5), odd, *batch(5, 5)])
+    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
+    sink.upgrade()
+    drainer = drainer_for(journal, sink, batch_records=100)
+    drainer.start(1)
+    try:
+        wait_until(lambda: drainer.drained_records == 11)
+        assert count(sink) == 10
+        with sink._engine.connect() as conn:
+            rows = list(conn.execute(select(rejected_reports.c.report_id, rejected_reports.c.raw)))
+        assert len(rows) == 1 and bytes(rows[0].raw) == odd
     finally:
         drainer.stop()
         journal.close()

@@ -6,9 +6,16 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reporting.config import DEFAULT_QUEUES
-from reporting.wire.decode import REQUIRED_FIELDS, decode
-from storage.reports import Rejected, Report, from_record, to_record
+from reporting.wire.decode import decode
+from storage.reports import (
+    DEFAULT_QUEUES,
+    FIELDS,
+    MAX_TEXT_CHARS,
+    Rejected,
+    Report,
+    from_record,
+    to_record,
+)
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 LIMIT = 2048
@@ -38,14 +45,21 @@ numbers = st.integers(min_value=-(1 << 60), max_value=1 << 60) | st.floats(
 )
 FIELD_VALUES = {"start": times, "end": times, "interval_start": times, "at": times}
 FIELD_VALUES |= {"arrivals": counts, "peak": counts, "value": numbers}
+# Text copied into an indexed column has a bound.
+FIELD_VALUES |= {
+    f.name: non_blank.filter(lambda s: len(s) <= MAX_TEXT_CHARS)
+    for fields in FIELDS.values()
+    for f in fields
+    if f.max_chars
+}
 
 
 @st.composite
 def valid_reports(draw):
-    kind = draw(st.sampled_from(sorted(REQUIRED_FIELDS)))
+    kind = draw(st.sampled_from(sorted(FIELDS)))
     payload = draw(st.dictionaries(clean_text, json_values, max_size=4))
-    for name, _ in REQUIRED_FIELDS[kind]:
-        payload[name] = draw(FIELD_VALUES.get(name, non_blank))
+    for field in FIELDS[kind]:
+        payload[field.name] = draw(FIELD_VALUES.get(field.name, non_blank))
     return kind, payload
 
 
@@ -78,7 +92,7 @@ def test_valid_reports_decode_to_their_payload(report, report_id, ascii_only):
 def mutated_reports(draw):
     """A valid report with one required field dropped or replaced by any JSON value."""
     kind, payload = draw(valid_reports())
-    name = draw(st.sampled_from([n for n, _ in REQUIRED_FIELDS[kind]]))
+    name = draw(st.sampled_from([field.name for field in FIELDS[kind]]))
     if draw(st.booleans()):
         del payload[name]
     else:

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta, timezone
 
 from storage.database.rows import refused_row, rejected_row, report_row
-from storage.reports import Rejected, Report, from_record
+from storage.reports import MAX_TEXT_CHARS, Rejected, Report, from_record
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -62,3 +62,23 @@ def test_refused_report_keeps_its_journal_record() -> None:
     row = refused_row(report, "database refused: out of range")
     assert from_record(row["raw"]) == report
     assert row["reason"] == "database refused: out of range"
+
+
+def test_text_longer_than_its_column_bound_is_null_and_kept_in_the_payload() -> None:
+    # An optional field of another kind is not bounded by decode; its typed copy must not make
+    # the database refuse the report.
+    long = "x" * (MAX_TEXT_CHARS + 1)
+    payload = {"component": "rm-1", "call_id": long, "tenant": "t" * MAX_TEXT_CHARS}
+    row = report_row(Report("r", "or", "q", payload, AT))
+    assert row["call_id"] is None and row["payload"]["call_id"] == long
+    assert row["tenant"] == "t" * MAX_TEXT_CHARS
+
+
+def test_a_refused_report_is_keyed_without_the_database_wording() -> None:
+    # The same record refused again, by another statement path or in another locale, is the
+    # same rejected row.
+    report = Report("r", "sq", "q", {"value": 1}, AT)
+    first = refused_row(report, "database refused: NumericValueOutOfRange: value overflows")
+    again = refused_row(report, "database refused: NumericValueOutOfRange: valeur hors limites")
+    assert first["digest"] == again["digest"] and first["reason"] != again["reason"]
+    assert refused_row(Report("r2", "sq", "q", {"value": 1}, AT), "x")["digest"] != first["digest"]

@@ -2,13 +2,16 @@
 
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from storage.database import Sink, WriteResult
-from storage.errors import DatabaseUnavailable, StaleEpoch
+from storage.errors import DatabaseUnavailable, StaleEpoch, StatementTimeout
 from storage.reports import Rejected, Report
+
+AT = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 class FlakySink(Sink):
@@ -87,4 +90,33 @@ def test_unreachable_sqlite_file_is_unavailable(tmp_path: Path) -> None:
     assert sink.probe() is False
     with pytest.raises(DatabaseUnavailable):
         sink.write_batch([], positions={}, epoch=1)
+    sink.close()
+
+
+def test_a_batch_that_timed_out_is_handed_back_to_be_split(
+    tmp_path: Path, no_backoff: None
+) -> None:
+    sink = FlakySink(tmp_path / "r.db", [StatementTimeout("slow")] * 3)
+    two = [Rejected(f"x{i}", "q", "why", b"", AT) for i in range(2)]
+    with pytest.raises(StatementTimeout):
+        sink.write_batch_retrying(two, positions={}, epoch=1, stop=threading.Event())
+    assert sink.calls == 1
+    sink.close()
+
+
+def test_a_single_record_that_timed_out_is_retried_like_an_outage(
+    tmp_path: Path, no_backoff: None
+) -> None:
+    sink = FlakySink(tmp_path / "r.db", [StatementTimeout("slow")] * 2)
+    sink.upgrade()
+    one = [Rejected("x", "q", "why", b"", AT)]
+    seen: list[int] = []
+    result = sink.write_batch_retrying(
+        one,
+        positions={},
+        epoch=1,
+        stop=threading.Event(),
+        on_retry=lambda attempt, error: seen.append(attempt),
+    )
+    assert result.rejected == 1 and seen == [1, 2]
     sink.close()
