@@ -18,8 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from reporting.client import ReportClient, sample_report
+from reporting.client import ReportClient
 from reporting.config import KINDS
+from reporting.samples import sample_report
 from tests.containers.compose_stack import ComposeStack
 
 pytestmark = pytest.mark.containers
