@@ -20,9 +20,10 @@ from sqlalchemy import create_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bench.servers import destination, queues, say
-from reporting.client import ReportClient, parse_host
+from reporting.config import HostPort
 from reporting.samples import sample_report
 from reporting.wire.decode import decode
+from reporting.wire.producer import ReportClient
 from storage.database import Sink
 from storage.database.rows import report_row
 from storage.database.schema import reports
@@ -224,7 +225,8 @@ class _NaiveStorer(_Collector):
 def _consume(
     host: str, prefix: str, make: Any, *, prefetch: int, ack: str, timeout_s: float
 ) -> _Collector:
-    conn = stomp.Connection12([parse_host(host)], heartbeats=(0, 0), auto_decode=False)
+    address = HostPort.parse(host)
+    conn = stomp.Connection12([(address.host, address.port)], heartbeats=(0, 0), auto_decode=False)
     collector = make(conn)
     conn.set_listener("bench", collector)
     conn.connect(wait=True)

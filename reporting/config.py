@@ -35,6 +35,27 @@ def redact_url(url: str) -> str:
     return redacted(url)
 
 
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A network address as the config gives it (`host:port`, `[v6]:port`), parsed once."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "HostPort":
+        """Raises ValueError unless `text` is host:port with a port in 1..65535."""
+        host, sep, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {text!r}")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
 class Secret(str):
     """A string that never shows itself in repr or str formatting of a config."""
 
@@ -51,8 +72,8 @@ class HAConfig:
     session_timeout_s: float = 2.0
     # Segregated backup: how long the primary's node must be gone before the backup activates.
     grace_s: float = 0.5
-    # HTTP addresses (host:port) of the other instance(s), for `reporting-server status`.
-    peers: tuple[str, ...] = ()
+    # HTTP addresses of the other instance(s), for `reporting-server status`.
+    peers: tuple[HostPort, ...] = ()
     # ZooKeeper digest credentials; with them every node the pair creates is theirs alone.
     user: str | None = None
     password: Secret | None = field(default=None, repr=False)
@@ -67,7 +88,7 @@ class HAConfig:
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    hosts: tuple[str, ...] = ("127.0.0.1:61613",)
+    hosts: tuple[HostPort, ...] = (HostPort("127.0.0.1", 61613),)
     queues: tuple[str, ...] = DEFAULT_QUEUES
     user: str | None = None
     password: Secret | None = field(default=None, repr=False)
@@ -102,15 +123,15 @@ class JournalConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    listen: str = "127.0.0.1:8080"
+    listen: HostPort = HostPort("127.0.0.1", 8080)
 
     @property
     def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
+        return self.listen.host
 
     @property
     def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
+        return self.listen.port
 
 
 @dataclass(frozen=True)
@@ -169,11 +190,11 @@ class Config:
         return f"{self.ha.cluster}/shared" if self.ha.mode == "shared" else self.name
 
 
-def _host_port(key: str, value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(key, f"expected host:port, got {value!r}")
-    return value
+def _host_port(key: str, value: str) -> HostPort:
+    try:
+        return HostPort.parse(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def _check_type(key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
@@ -360,7 +381,8 @@ def parse_config(
     tls = sec.get("tls", bool, BrokerConfig.tls)
     broker = BrokerConfig(
         hosts=tuple(
-            _host_port("broker.hosts", h) for h in sec.strings("hosts", BrokerConfig.hosts)
+            _host_port("broker.hosts", h)
+            for h in sec.strings("hosts", tuple(map(str, BrokerConfig.hosts)))
         ),
         queues=sec.strings("queues", BrokerConfig.queues),
         user=sec.get("user", str, None),
@@ -377,6 +399,12 @@ def parse_config(
         tls=tls,
         ca_file=_ca_file(sec, base, tls),
     )
+    if broker.heartbeat_ms == 0 and mode != "standalone":
+        # Without heart-beats the broker never drops a paused or cut-off instance's connection,
+        # and the unacked messages it holds wait for it instead of going to the new active.
+        raise ConfigError(
+            "broker.heartbeat_ms", f"must be above 0 in {mode} mode (a few hundred to 2000)"
+        )
     for queue in broker.queues:
         if not _QUEUE.match(queue) or len(queue) > QUEUE_MAX_CHARS:
             raise ConfigError(
@@ -424,7 +452,9 @@ def parse_config(
     sec.finish()
 
     sec = _section(top, "http")
-    http = HttpConfig(listen=_host_port("http.listen", sec.get("listen", str, HttpConfig.listen)))
+    http = HttpConfig(
+        listen=_host_port("http.listen", sec.get("listen", str, str(HttpConfig.listen)))
+    )
     sec.finish()
     top.finish()
     return Config(

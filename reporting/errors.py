@@ -34,6 +34,15 @@ class BrokerUntrusted(BrokerError):
         self.reason = reason
 
 
+class BrokerUnreachable(BrokerError):
+    """Raised when a broker does not answer, or its connection breaks: an outage to wait out."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"broker {host}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
 class HarnessError(ReportingError):
     """Raised when a local service of the harness cannot be started or stopped."""
 

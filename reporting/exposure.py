@@ -14,7 +14,7 @@ def plaintext_passwords(config: Config) -> list[str]:
     """One line per hop whose password goes to a non-loopback host without TLS."""
     lines = []
     if config.broker.password is not None and not config.broker.tls:
-        remote = [h for h in config.broker.hosts if not is_loopback(h.rpartition(":")[0])]
+        remote = [str(h) for h in config.broker.hosts if not is_loopback(h.host)]
         if remote:
             lines.append(
                 f"the broker password goes to {', '.join(remote)} over plain STOMP;"

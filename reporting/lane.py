@@ -69,8 +69,6 @@ class Lane:
         self.spec = spec
         self.name = name
         self.policy = Policy.of(config)
-        self._config = config
-        self._metrics = metrics
         self._role = role
         self._stood_down = stood_down
         self._journal = open_journal(config, spec.dir, epoch=0, metrics=metrics)
@@ -148,10 +146,7 @@ class Lane:
         # standby sweep may be consuming, and its drainer always runs).
         self._stop_consuming(f"taking epoch {epoch}")
         self.drainer.stop()
-        self._journal.close()
-        self._journal = open_journal(
-            self._config, self.spec.dir, epoch=epoch, metrics=self._metrics
-        )
+        self._journal = self._journal.reopen(epoch=epoch)
         self.drainer.start(epoch)
 
     def _start_consuming(self) -> None:

@@ -6,6 +6,7 @@ libraries: stomp.py logs the CONNECT frame (its own mask wants a space after `pa
 every frame's body at DEBUG; kazoo logs its `Auth(... auth='user:password')` request.
 """
 
+import json
 import logging
 import re
 import threading
@@ -23,6 +24,8 @@ _PATTERNS = (
     (re.compile(r"(passcode:)[ \t]*[^\s'\",\\]+"), r"\1" + MASK),
     (re.compile(r"\b((?:ssl)?password\s*=\s*)[^\s&'\",\\]+", re.IGNORECASE), r"\1" + MASK),
     (re.compile(r"(://[^:/@\s]+:)[^@/\s]*@"), r"\1" + MASK + "@"),
+    # A ZooKeeper digest ACL id carries the base64 SHA-1 of user:password, open to guessing.
+    (re.compile(r"((?:digest:|id=')[^:\s'\",]+:)[A-Za-z0-9+/]{27}="), r"\1" + MASK),
 )
 
 # Library lines that dump a message body (a report, or a CONNECT frame): what stays of them.
@@ -36,7 +39,20 @@ def remember_secret(value: str) -> None:
     if not value:
         return
     with _secrets_lock:
-        _secrets.update({value, quote(value, safe=""), quote_plus(value)})
+        _secrets.update({value, quote(value, safe=""), quote_plus(value), *_escaped(value)})
+
+
+def _escaped(value: str) -> set[str]:
+    # Libraries log a secret inside the repr of a request (kazoo's Auth packet): quotes and
+    # backslashes then come escaped, in whichever way repr or JSON chose for the whole string.
+    slashed = value.replace("\\", "\\\\")
+    return {
+        slashed,
+        slashed.replace("'", "\\'"),
+        slashed.replace('"', '\\"'),
+        json.dumps(value)[1:-1],
+        repr(value)[1:-1],
+    }
 
 
 def redact(text: str) -> str:

@@ -8,7 +8,6 @@ Role changes reach `_on_role` from the election's delivery threads, one at a tim
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from reporting.ha.group import GroupElection
 from reporting.ha.pause import PauseDetector
 from reporting.lane import Lane
 from reporting.status.metrics import Metrics
+from reporting.wire.connection import reachable
 from storage.database import Sink
 from storage.errors import StaleEpoch
 from storage.reports import kind_of
@@ -168,16 +168,9 @@ class Server:
         return self._broker_reachable() and os.access(self.config.journal.dir, os.W_OK)
 
     def _broker_reachable(self) -> bool:
-        if any(lane.consumer.connected for lane in self.lanes.values()):
-            return True
-        for host_port in self.config.broker.hosts:
-            host, port = host_port.rsplit(":", 1)
-            try:
-                socket.create_connection((host, int(port)), timeout=0.5).close()
-                return True
-            except OSError:
-                continue
-        return False
+        return any(lane.consumer.connected for lane in self.lanes.values()) or reachable(
+            self.config.broker.hosts, timeout_s=0.5
+        )
 
     def _reads_journal(self, lane: str) -> bool:
         # A journal on shared storage is known only to the one who drains it: a standby cannot

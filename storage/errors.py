@@ -82,3 +82,38 @@ class BadPosition(JournalError):
         super().__init__(f"byte {byte} of segment {segment} is not the end of a record")
         self.segment = segment
         self.byte = byte
+
+
+class JournalLocked(JournalError):
+    """Raised when another process already writes the journal under the same writer name."""
+
+    def __init__(self, dir: str, writer: str, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid else "another process"
+        super().__init__(f"journal {dir}: writer {writer!r} is already running as {holder}")
+        self.dir = dir
+        self.writer = writer
+        self.pid = pid
+
+
+class SegmentLost(JournalError):
+    """Raised when the segment being written was removed or replaced: the batch is not durable."""
+
+    def __init__(self, dir: str, segment: str) -> None:
+        super().__init__(
+            f"journal {dir}: segment {segment} was removed while being written; "
+            "batch not acknowledged"
+        )
+        self.dir = dir
+        self.segment = segment
+
+
+class JournalExposed(JournalError):
+    """Raised when the journal directory is open to group or others."""
+
+    def __init__(self, dir: str, mode: int) -> None:
+        super().__init__(
+            f"journal {dir}: mode {mode:04o} lets other users read the reports; "
+            f"run: chmod 700 {dir}"
+        )
+        self.dir = dir
+        self.mode = mode

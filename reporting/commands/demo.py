@@ -51,10 +51,10 @@ def _wait(condition, timeout_s: float, what: str):
 
 
 def demo(args: argparse.Namespace) -> int:
-    from reporting.client import ReportClient
     from reporting.harness import ActiveMQ, ZooKeeper
     from reporting.harness.instance import Instance
     from reporting.samples import sample_report
+    from reporting.wire.producer import ReportClient
     from storage.database import Sink
     from storage.reports import KINDS
 

@@ -2,7 +2,8 @@
 
 Opens the journal read-only, so it is safe to run beside a live server: nothing is truncated,
 moved or deleted. Pending counts every record on disk, since the drained positions live in the
-database.
+database. Damaged bytes show twice: as the holes reading skips in their segment, and as the
+copies in quarantine/ (the server makes those; inspecting only reports what it finds).
 """
 
 import argparse
@@ -42,11 +43,19 @@ def inspect_journal(args: argparse.Namespace) -> int:
     if segments:
         print(f"{'segment':<40} {'writer':<12} {'epoch':>7} {'records':>10} {'bytes':>12}  note")
     for info in segments:
-        note = ""
-        if info.damaged:
-            note = f"damaged: reading stops at byte {info.end}"
-        elif info.size > info.end:
-            note = f"{info.size - info.end} bytes after the last record (torn or being written)"
+        notes = [f"damaged bytes {start}-{end} skipped" for start, end in info.holes]
+        if info.damaged and not info.holes:
+            notes.append(f"damaged: reading stops at byte {info.end}")
+        elif info.damaged:
+            notes.append("not yet copied to quarantine")
+        tail = (
+            info.size
+            - info.end
+            - sum(end - start for start, end in info.holes if start >= info.end)
+        )
+        if tail > 0:
+            notes.append(f"{tail} bytes after the last record (torn or being written)")
+        note = "; ".join(notes)
         print(
             f"{info.name:<40} {info.writer:<12} {info.epoch:>7} {info.records:>10} "
             f"{info.size:>12}  {note}".rstrip()
@@ -55,5 +64,7 @@ def inspect_journal(args: argparse.Namespace) -> int:
     print(f"pending: {pending.records} records, {pending.bytes} bytes")
     print(f"quarantined: {len(quarantined)}")
     for path in quarantined:
-        print(f"  {path}")
+        # <segment>.bytes-<start>-<end>: the damaged bytes of a segment whose other records
+        # were read; a bare segment name: a whole file in which nothing could be read.
+        print(f"  {path} ({path.stat().st_size} bytes)")
     return 0

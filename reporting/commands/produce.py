@@ -17,11 +17,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from reporting.client import ReportClient, queues_by_kind
+from reporting.config import HostPort
 from reporting.errors import ConfigError
 from reporting.ledger import Ledger
 from reporting.logs import remember_secret
 from reporting.samples import sample_report
+from reporting.wire.producer import ReportClient, queues_by_kind
 from storage.reports import DEFAULT_QUEUES, KINDS, QUEUE_PREFIX
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
@@ -134,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @dataclass(frozen=True)
 class _Target:
-    hosts: list[str]
+    hosts: list[str | HostPort]
     user: str | None
     password: str | None
     queues: dict[str, str]  # kind -> queue name, for the kinds to send

@@ -61,7 +61,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def status(args: argparse.Namespace) -> int:
     # Only HTTP is spoken here: the hops' passwords need not be at hand where status is run.
     config = load_config(args.config, secrets=False)
-    addresses = (config.http.listen, *config.ha.peers)
+    addresses = [str(a) for a in (config.http.listen, *config.ha.peers)]
     rows = []
     for address in addresses:
         row = fetch_status(address)

@@ -155,6 +155,14 @@ class ActiveMQ(Service):
         except (OSError, ConnectionError, TimeoutError) as exc:
             raise HarnessError(f"activemq: queue depth of {queue}: {exc}") from None
 
+    def queue_stats(self, queue: str) -> dict[str, int]:
+        """The queue's statistics counters: size, consumerCount, inflightCount, ... ({} for an
+        unknown queue)."""
+        try:
+            return probes.activemq_queue_stats(self.stomp_port, queue)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise HarnessError(f"activemq: statistics of {queue}: {exc}") from None
+
     def _prepare(self) -> None:
         jar = ACTIVEMQ_HOME / "bin" / "activemq.jar"
         if not jar.exists() or shutil.which("java") is None:

@@ -103,6 +103,15 @@ _END_WITH_EMPTY = "ActiveMQ.Statistics.Destination.List.End.With.Null"
 def activemq_queue_depth(port: int, queue: str, host: str = LOOPBACK, timeout_s: float = 10) -> int:
     """Messages on an ActiveMQ queue not yet acknowledged (its statistics "size"); 0 when the
     queue does not exist. Needs <statisticsBrokerPlugin/> in the broker."""
+    return activemq_queue_stats(port, queue, host, timeout_s).get("size", 0)
+
+
+def activemq_queue_stats(
+    port: int, queue: str, host: str = LOOPBACK, timeout_s: float = 10
+) -> dict[str, int]:
+    """The counters of an ActiveMQ queue's statistics: "size" (not yet acknowledged),
+    "consumerCount", "inflightCount" (dispatched to a consumer, not yet acknowledged) and the
+    rest; empty when the queue does not exist. Needs <statisticsBrokerPlugin/> in the broker."""
     deadline = time.monotonic() + timeout_s
     with StompSession(host, port, timeout_s=timeout_s) as session:
         reply_to = f"/temp-queue/stats-{uuid.uuid4().hex}"
@@ -118,7 +127,7 @@ def activemq_queue_depth(port: int, queue: str, host: str = LOOPBACK, timeout_s:
                 _END_WITH_EMPTY: "true",
             },
         )
-        depth = 0
+        counters: dict[str, int] = {}
         while time.monotonic() < deadline:
             command, _, body = session.read_frame()
             if command == "ERROR":
@@ -127,9 +136,11 @@ def activemq_queue_depth(port: int, queue: str, host: str = LOOPBACK, timeout_s:
                 continue
             stats = _map_message(body)
             if not stats:
-                return depth
+                return counters
             if stats.get("destinationName") == f"queue://{queue}":
-                depth += int(stats["size"])
+                for key, value in stats.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        counters[key] = counters.get(key, 0) + int(value)
         raise TimeoutError(f"no statistics for queue {queue} within {timeout_s} s")
 
 

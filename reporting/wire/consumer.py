@@ -14,38 +14,24 @@ fix, not an outage to wait out. The consumer logs one line, stops and calls `on_
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import stomp
-import stomp.exception
 
 from reporting.config import BrokerConfig
-from reporting.errors import BrokerError, BrokerRefused, BrokerUntrusted
-from reporting.wire import headers, tls
+from reporting.errors import BrokerError, BrokerRefused, BrokerUnreachable, BrokerUntrusted
+from reporting.wire import headers
+from reporting.wire.connection import Connection, Listener, failover, is_refusal
 
 log = logging.getLogger(__name__)
 
-# ERROR messages that mean "these credentials or rights are wrong", of ActiveMQ Classic
-# ("User name [x] or password is invalid.", "User x is not authorized to read from: ...") and
-# Artemis (AMQ229031 "Unable to validate user", AMQ229032 "does not have permission").
-_REFUSAL = re.compile(
-    r"password is invalid|not authori[sz]ed|unable to validate user|does not have permission"
-    r"|authentication failed|AMQ22903[12]",
-    re.IGNORECASE,
-)
-
+__all__ = ["BatchHandler", "Consumer", "Message", "check_login", "is_refusal"]
 
 # How long the broker may take to confirm the subscriptions of a new connection.
 SUBSCRIBE_TIMEOUT_S = 5.0
-
-
-def is_refusal(message: str) -> bool:
-    """True if a broker's ERROR message refuses the credentials or the rights of the client."""
-    return _REFUSAL.search(message) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,62 +48,6 @@ class Message:
 BatchHandler = Callable[[Sequence[Message]], bool]
 
 
-class _Listener(stomp.ConnectionListener):
-    def __init__(self, consumer: "Consumer", generation: int) -> None:
-        self.consumer = consumer
-        self.generation = generation
-        # Set when the broker has answered the last SUBSCRIBE (or refused, or hung up).
-        self.answered = threading.Event()
-        self.subscribed = False
-        self.receipt = f"subscribed-{generation}"
-
-    def on_receipt(self, frame: stomp.utils.Frame) -> None:
-        if frame.headers.get("receipt-id") == self.receipt:
-            self.subscribed = True
-            self.answered.set()
-
-    def on_message(self, frame: stomp.utils.Frame) -> None:
-        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
-        headers = dict(frame.headers)
-        self.consumer._inbox.put(
-            Message(headers.get("destination", ""), headers, body, self.generation)
-        )
-
-    def on_error(self, frame: stomp.utils.Frame) -> None:
-        message = str(frame.headers.get("message", "(no message)"))
-        if is_refusal(message):
-            self.consumer._refuse(message, self.generation)
-        else:
-            log.warning("broker error: %s", message)
-        self.answered.set()
-
-    def on_disconnected(self) -> None:
-        self.answered.set()
-        self.consumer._on_disconnected(self.generation)
-
-    def on_heartbeat_timeout(self) -> None:
-        log.warning("broker heartbeat timed out")
-        self.consumer._on_disconnected(self.generation)
-
-
-class _LoginListener(stomp.ConnectionListener):
-    def __init__(self) -> None:
-        self.answered = threading.Event()
-        self.connected = False
-        self.error: str | None = None
-
-    def on_connected(self, frame: stomp.utils.Frame) -> None:
-        self.connected = True
-        self.answered.set()
-
-    def on_error(self, frame: stomp.utils.Frame) -> None:
-        self.error = str(frame.headers.get("message", "(no message)"))
-        self.answered.set()
-
-    def on_disconnected(self) -> None:
-        self.answered.set()
-
-
 def check_login(config: BrokerConfig, *, timeout_s: float = 5.0) -> bool:
     """Logs in to the first broker of the host list that answers, and out again.
 
@@ -125,41 +55,87 @@ def check_login(config: BrokerConfig, *, timeout_s: float = 5.0) -> bool:
     certificate fails verification; returns False if no broker answered (not an error at start-up:
     the consumer waits for one), True if the login worked.
     """
-    for host_port in config.hosts:
-        host, port = host_port.rsplit(":", 1)
-        if config.tls and config.ca_file is not None:
-            try:
-                reason = tls.untrusted(host, int(port), config.ca_file, timeout_s=timeout_s)
-            except OSError:
-                continue
-            if reason is not None:
-                raise BrokerUntrusted(host_port, str(config.ca_file), reason)
-        listener = _LoginListener()
-        conn = stomp.Connection12(
-            [(host, int(port))], reconnect_attempts_max=1, timeout=timeout_s, auto_decode=False
+    for host in config.hosts:
+        conn = Connection(
+            host,
+            user=config.user,
+            password=config.password,
+            ca_file=config.ca_file if config.tls else None,
+            timeout_s=timeout_s,
         )
-        if config.tls and config.ca_file is not None:
-            tls.use_tls(conn, host, int(port), config.ca_file)
-        conn.set_listener("login", listener)
         try:
-            conn.connect(config.user, config.password, wait=False)
-            listener.answered.wait(timeout_s)
-        except (stomp.exception.StompException, OSError):
+            conn.open()
+        except BrokerUnreachable:
             continue
         finally:
-            try:
-                conn.transport.disconnect_socket()
-            except Exception:  # already closed by the broker
-                log.debug("closing login check connection", exc_info=True)
-        if listener.error is not None and is_refusal(listener.error):
-            raise BrokerRefused(host_port, config.user, listener.error)
-        if listener.connected:
-            return True
+            conn.close()
+        return True
     return False
 
 
+class _Run:
+    """One start() to stop() of a consumer: its thread, its stop flag, its inbox and the one
+    connection it may have at a time.
+
+    `gate` is held while a batch is handed over and acked, while a connection is installed, and
+    by stop() while it closes the connection: once stop() has had it, this run hands nothing
+    more to the handler, acks nothing more and opens no connection that it keeps.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.gate = threading.RLock()
+        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.conn: Connection | None = None
+        # `conn` once its subscriptions are confirmed.
+        self.subscribed: Connection | None = None
+        self.thread: threading.Thread | None = None
+        self.busy = False
+
+
+class _Listener(Listener):
+    """One connection's frames, tagged with its generation on the way to the run's inbox."""
+
+    def __init__(self, consumer: "Consumer", run: _Run) -> None:
+        self.consumer = consumer
+        self.run = run
+        # Set when the broker has answered the last SUBSCRIBE (or refused, or hung up).
+        self.answered = threading.Event()
+        self.subscribed = False
+        self.receipt = ""
+
+    def on_receipt(self, conn: Connection, frame: stomp.utils.Frame) -> None:
+        if frame.headers.get("receipt-id") == self.receipt:
+            self.subscribed = True
+            self.answered.set()
+
+    def on_message(self, conn: Connection, frame: stomp.utils.Frame) -> None:
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        headers = dict(frame.headers)
+        self.run.inbox.put(Message(headers.get("destination", ""), headers, body, conn.generation))
+
+    def on_error(self, conn: Connection, frame: stomp.utils.Frame) -> None:
+        message = str(frame.headers.get("message", "(no message)"))
+        if is_refusal(message):
+            error = BrokerRefused(str(conn.host), self.consumer.config.user, message)
+            self.consumer._give_up(self.run, error, "fix [broker] user/password or the rights")
+        else:
+            log.warning("broker error: %s", message)
+        self.answered.set()
+
+    def on_lost(self, conn: Connection, reason: str) -> None:
+        if reason == "heartbeat timeout":
+            log.warning("broker heartbeat timed out")
+        self.answered.set()
+
+
 class Consumer:
-    """Consumes the configured queues of one broker host list in a thread of its own."""
+    """Consumes the configured queues of one broker host list in a thread of its own.
+
+    One connection at a time, whatever the calls: start() while running does nothing, stop()
+    returns only when no batch is being handed over or acked and none can be any more, and a
+    connection that is replaced is closed first.
+    """
 
     def __init__(
         self,
@@ -176,208 +152,197 @@ class Consumer:
         # Called once, from a consumer or receiver thread, when the broker refuses us (or we it).
         self.on_refused = on_refused
         self.refused: BrokerError | None = None
-        self._host_of: dict[int, str] = {}
-        self._inbox: queue.Queue[Message] = queue.Queue()
-        self._stop = threading.Event()
-        self._lost = threading.Event()
+        # Generations count connections across runs, so a frame can never pass for a newer one's.
         self._generation = 0
-        self._conn: stomp.Connection12 | None = None
-        # Held while a batch is handed over and acked, and by stop(): once stop() has the lock,
-        # no further ack can leave this process.
-        self._ack_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._busy = False
-        self.connected_host: str | None = None
+        # Serializes start() and stop().
+        self._control = threading.Lock()
+        self._run: _Run | None = None
 
     @property
     def connected(self) -> bool:
-        conn = self._conn
-        return conn is not None and conn.is_connected() and not self._lost.is_set()
+        """Subscribed to every queue on a live connection."""
+        return self._subscribed() is not None
+
+    @property
+    def connected_host(self) -> str | None:
+        conn = self._subscribed()
+        return str(conn.host) if conn is not None else None
+
+    def _subscribed(self) -> Connection | None:
+        run = self._run
+        if run is None or run.stop.is_set():
+            return None
+        conn = run.subscribed
+        return conn if conn is not None and conn is run.conn and conn.alive else None
 
     def start(self) -> None:
-        self.refused = None
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-consumer", daemon=True)
-        self._thread.start()
+        """Starts consuming in a new thread; does nothing while already started. A thread of an
+        earlier run that is still on its way out is waited for first."""
+        with self._control:
+            old = self._run
+            if old is not None and not old.stop.is_set():
+                return
+            if old is not None and old.thread not in (None, threading.current_thread()):
+                old.thread.join()
+            self.refused = None
+            run = self._run = _Run()
+            run.thread = threading.Thread(
+                target=self._consume_run, args=(run,), name=f"{self.name}-consumer", daemon=True
+            )
+            run.thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stops at once: no ack after this returns; unacked messages go back to the broker."""
-        self._stop.set()
-        with self._ack_lock:
-            self._drop_connection()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
-        self._thread = None
+        """Stops at once: no batch handed over and no ack after this returns; unacked messages
+        go back to the broker. A batch being handed over is waited for (a handler that waits for
+        journal room must give up when told the consumer stops). Waits up to timeout_s for the
+        thread to end as well; once stop() returns it can no longer consume anyway."""
+        with self._control:
+            run = self._run
+            if run is None:
+                return
+            run.stop.set()
+            # Waits for a batch being handed over or acked; after this the run can do neither.
+            with run.gate:
+                self._close(run)
+            thread = run.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("%s: consumer thread still ending; it can no longer consume", self.name)
 
     def idle_for(self, seconds: float, *, timeout_s: float = 60.0) -> bool:
         """True once connected with no message for `seconds` (the broker is drained); False when
         stopped or when that did not happen within `timeout_s` (e.g. the broker is down)."""
+        run = self._run
+        if run is None:
+            return False
         give_up = time.monotonic() + timeout_s
         quiet_since: float | None = None
         while time.monotonic() < give_up:
-            if self.connected and self._inbox.empty() and not self._busy:
+            if self.connected and run.inbox.empty() and not run.busy:
                 now = time.monotonic()
                 quiet_since = quiet_since or now
                 if now - quiet_since >= seconds:
                     return True
             else:
                 quiet_since = None
-            if self._stop.wait(0.05):
+            if run.stop.wait(0.05):
                 return False
         return False
 
-    def _on_disconnected(self, generation: int) -> None:
-        if generation == self._generation:
-            self._lost.set()
-
-    def _refuse(self, reason: str, generation: int) -> None:
-        # The consumer thread sees _stop and drops the connection itself; nothing is acked after.
-        refused = BrokerRefused(self._host_of.get(generation, "?"), self.config.user, reason)
-        self._give_up(refused, "fix [broker] user/password or the rights")
-
-    def _give_up(self, error: BrokerError, fix: str) -> None:
-        if self.refused is not None or self._stop.is_set():
+    def _give_up(self, run: _Run, error: BrokerError, fix: str) -> None:
+        # The consumer thread sees the stop flag and closes the connection itself.
+        if self.refused is not None or run.stop.is_set():
             return
         self.refused = error
-        self._stop.set()
-        self._lost.set()
+        run.stop.set()
         log.error("%s: %s; not retrying: %s", self.name, error, fix)
         if self.on_refused is not None:
             self.on_refused(error)
 
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        self._generation += 1
-        self.connected_host = None
-        if conn is None:
-            return
-        try:
-            # No DISCONNECT frame: it could wait on a dark path. Closing the socket is enough for
-            # the broker to hand every unacked message to the next consumer.
-            # transport.stop() only waits for the receiver thread; disconnect_socket() ends it.
-            conn.transport.disconnect_socket()
-        except Exception:  # the transport may already be gone; nothing to release then
-            log.debug("closing broker connection", exc_info=True)
+    def _close(self, run: _Run, conn: Connection | None = None) -> None:
+        """Closes the run's connection (only if it is still `conn`, when given)."""
+        with run.gate:
+            if run.conn is None or (conn is not None and run.conn is not conn):
+                return
+            conn, run.conn, run.subscribed = run.conn, None, None
+        conn.close()
 
-    def _connect(self) -> bool:
-        """Tries each broker host in order, with growing pauses; False when stopping."""
-        pause_s = 0.1
-        while not self._stop.is_set():
-            for host in self.config.hosts:
-                if self._stop.is_set():
-                    return False
-                if self._connect_to(host):
-                    return True
-            self._stop.wait(pause_s)
-            pause_s = min(pause_s * 2, 5.0)
-        return False
+    def _connect(self, run: _Run) -> Connection | None:
+        """Tries each broker host in order, with growing pauses; None when stopping."""
+        hosts = self.config.hosts
+        return failover(hosts, lambda i: self._connect_to(run, i), stop=run.stop)
 
-    def _connect_to(self, host_port: str) -> bool:
-        host, port = host_port.rsplit(":", 1)
-        if not self._trusted(host_port):
-            return False
-        hb = self.config.heartbeat_ms
-        conn = stomp.Connection12(
-            [(host, int(port))],
-            heartbeats=(hb, hb),
-            reconnect_attempts_max=1,
-            timeout=5.0,
-            auto_decode=False,
-            heart_beat_receive_scale=2.0,
-        )
-        if self.config.tls and self.config.ca_file is not None:
-            tls.use_tls(conn, host, int(port), self.config.ca_file)
-        with self._ack_lock:
-            if self._stop.is_set():
-                return False
+    def _connect_to(self, run: _Run, index: int) -> Connection | None:
+        host = self.config.hosts[index]
+        listener = _Listener(self, run)
+        with run.gate:
+            if run.stop.is_set():
+                return None
             self._generation += 1
-            generation = self._generation
-            self._host_of = {generation: host_port}
-        listener = _Listener(self, generation)
-        conn.set_listener("consumer", listener)
-        try:
-            conn.connect(
-                self.config.user,
-                self.config.password,
-                wait=True,
-                headers={"client-id": f"{self.name}-{generation}"},
+            hb = self.config.heartbeat_ms
+            conn = Connection(
+                host,
+                generation=self._generation,
+                listener=listener,
+                user=self.config.user,
+                password=self.config.password,
+                ca_file=self.config.ca_file if self.config.tls else None,
+                heartbeat_ms=hb,
+                heartbeat_scale=2.0,
+                timeout_s=5.0,
+                client_id=f"{self.name}-{self._generation}",
             )
-            last = len(self.config.queues) - 1
-            for index, queue_name in enumerate(self.config.queues):
-                headers = {"activemq.prefetchSize": str(self.config.prefetch)}
-                if index == last:
-                    # The broker takes frames in order: this receipt confirms every subscription,
-                    # so "connected" means the queues exist and a refused right shows here.
-                    headers["receipt"] = listener.receipt
-                conn.subscribe(f"/queue/{queue_name}", id=str(index), ack="client", headers=headers)
+            # From here stop() closes it, even half open.
+            run.conn = conn
+        listener.receipt = f"subscribed-{conn.generation}"
+        try:
+            conn.open()
+            with run.gate:
+                if run.stop.is_set() or run.conn is not conn:
+                    raise BrokerUnreachable(str(host), "consumer stopping")
+                last = len(self.config.queues) - 1
+                for index_, queue_name in enumerate(self.config.queues):
+                    frame_headers = {"activemq.prefetchSize": str(self.config.prefetch)}
+                    if index_ == last:
+                        # The broker takes frames in order: this receipt confirms every
+                        # subscription, so "connected" means the queues exist and a refused
+                        # right shows here.
+                        frame_headers["receipt"] = listener.receipt
+                    conn.subscribe(
+                        f"/queue/{queue_name}", id=str(index_), ack="client", headers=frame_headers
+                    )
             listener.answered.wait(SUBSCRIBE_TIMEOUT_S)
             if not listener.subscribed:
-                raise stomp.exception.ConnectFailedException("subscriptions not confirmed")
-        except (stomp.exception.StompException, OSError) as exc:
-            if self.refused is None:
-                log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
-            try:
-                conn.transport.disconnect_socket()
-            except Exception:
-                log.debug("closing failed broker connection", exc_info=True)
-            return False
-        with self._ack_lock:
-            if self._stop.is_set() or generation != self._generation:
-                conn.transport.disconnect_socket()
-                return False
-            self._conn = conn
-            self._lost.clear()
-            self.connected_host = host_port
-        log.info(
-            "%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host_port
-        )
-        return True
+                raise BrokerUnreachable(str(host), "subscriptions not confirmed")
+            with run.gate:
+                if run.conn is not conn:
+                    raise BrokerUnreachable(str(host), "consumer stopping")
+                run.subscribed = conn
+        except BrokerUntrusted as error:
+            self._close(run, conn)
+            self._give_up(run, error, "fix [broker] ca_file or the broker's certificate")
+            return None
+        except BrokerRefused as error:
+            self._close(run, conn)
+            self._give_up(run, error, "fix [broker] user/password or the rights")
+            return None
+        except BrokerUnreachable as exc:
+            self._close(run, conn)
+            if self.refused is None and not run.stop.is_set():
+                log.info("broker %s not reachable: %s", host, exc.reason)
+            return None
+        log.info("%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host)
+        return conn
 
-    def _trusted(self, host_port: str) -> bool:
-        """False when the broker is not reachable, or its certificate not trusted (then the
-        consumer gives up); True without TLS."""
-        ca_file = self.config.ca_file
-        if not self.config.tls or ca_file is None:
-            return True
-        host, port = host_port.rsplit(":", 1)
-        try:
-            reason = tls.untrusted(host, int(port), ca_file, timeout_s=5.0)
-        except OSError as exc:
-            log.info("broker %s not reachable: %s", host_port, exc or type(exc).__name__)
-            return False
-        if reason is None:
-            return True
-        error = BrokerUntrusted(host_port, str(ca_file), reason)
-        self._give_up(error, "fix [broker] ca_file or the broker's certificate")
-        return False
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self._connect():
+    def _consume_run(self, run: _Run) -> None:
+        while not run.stop.is_set():
+            conn = self._connect(run)
+            if conn is None:
                 return
             try:
-                self._consume()
+                self._consume(run, conn)
             except Exception:
                 # E.g. a journal that cannot write: nothing of the batch was acked, so dropping
                 # the connection hands it back to the broker for the next try.
                 log.exception("%s: batch failed; reconnecting", self.name)
-                self._stop.wait(1.0)
-            with self._ack_lock:
-                self._drop_connection()
-            if not self._stop.is_set():
+                run.stop.wait(1.0)
+            self._close(run, conn)
+            if not run.stop.is_set():
                 log.warning("%s: broker connection lost; reconnecting", self.name)
 
-    def _next_batch(self) -> list[Message]:
+    def _next_batch(self, run: _Run) -> list[Message]:
+        inbox = run.inbox
         batch: list[Message] = []
         try:
-            batch.append(self._inbox.get(timeout=0.1))
+            batch.append(inbox.get(timeout=0.1))
         except queue.Empty:
             return batch
         deadline = time.monotonic() + self.config.batch_wait_s
         while len(batch) < self.config.batch_records:
             # What is already there is taken without a wait; only an empty inbox waits.
             try:
-                batch.append(self._inbox.get_nowait())
+                batch.append(inbox.get_nowait())
                 continue
             except queue.Empty:
                 pass
@@ -385,39 +350,39 @@ class Consumer:
             if remaining <= 0:
                 break
             try:
-                batch.append(self._inbox.get(timeout=remaining))
+                batch.append(inbox.get(timeout=remaining))
             except queue.Empty:
                 break
         return batch
 
-    def _consume(self) -> None:
-        while not self._stop.is_set() and not self._lost.is_set():
-            batch = self._next_batch()
+    def _consume(self, run: _Run, conn: Connection) -> None:
+        while not run.stop.is_set() and conn.alive:
+            batch = self._next_batch(run)
             # Messages of an earlier connection cannot be acked any more; the broker has them.
-            batch = [m for m in batch if m.generation == self._generation]
+            batch = [m for m in batch if m.generation == conn.generation]
             if not batch:
                 continue
-            self._busy = True
-            try:
-                if not self.handler(batch):
+            with run.gate:
+                # stop() may have come while the batch was gathered: then it is not handed over.
+                if run.stop.is_set() or run.conn is not conn:
                     return
-                with self._ack_lock:
-                    if self._stop.is_set() or batch[-1].generation != self._generation:
+                run.busy = True
+                try:
+                    if not self.handler(batch):
                         return
-                    self._ack(batch)
-            finally:
-                self._busy = False
+                    if run.stop.is_set() or run.conn is not conn or not self._ack(conn, batch):
+                        return
+                finally:
+                    run.busy = False
 
-    def _ack(self, batch: Sequence[Message]) -> None:
+    def _ack(self, conn: Connection, batch: Sequence[Message]) -> bool:
         last: dict[str, str] = {}
         for message in batch:
             last[message.headers.get("subscription", "")] = message.headers["ack"]
-        conn = self._conn
-        if conn is None:
-            return
         try:
             for ack_id in last.values():
                 conn.ack(ack_id)
-        except (stomp.exception.StompException, OSError):
+        except BrokerUnreachable:
             # The broker will redeliver what this ack did not reach; the journal has it already.
-            self._lost.set()
+            return False
+        return True

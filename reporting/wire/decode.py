@@ -174,7 +174,14 @@ def body_id(body: bytes) -> str:
 
 
 def _valid_id(value: str) -> bool:
-    return 0 < len(value) <= MAX_REPORT_ID_CHARS and value.isprintable() and value.strip() != ""
+    # U+FFFD stands where the broker found bytes that were not UTF-8: ids that differed in those
+    # bytes would collapse into one, and all but the first be taken for redeliveries.
+    return (
+        0 < len(value) <= MAX_REPORT_ID_CHARS
+        and value.isprintable()
+        and value.strip() != ""
+        and "\ufffd" not in value
+    )
 
 
 def decode(

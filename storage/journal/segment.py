@@ -26,8 +26,9 @@ class SegmentInfo(NamedTuple):
     """What `journal inspect` shows of one segment.
 
     `end` is the byte just after the last valid record; a segment whose `size` is larger has a
-    torn tail (or is being written by another instance). `damaged` marks a checksum failure
-    before the tail that could not be quarantined yet.
+    torn tail (or is being written by another instance). `holes` are the damaged byte ranges
+    that reading jumps over; `damaged` marks damage whose bytes are not in quarantine yet (in a
+    live writer's segment reading stops there).
     """
 
     name: str
@@ -38,6 +39,7 @@ class SegmentInfo(NamedTuple):
     sequence: int
     end: int
     damaged: bool
+    holes: tuple[tuple[int, int], ...] = ()
 
 
 def segment_name(sequence: int, epoch: int, writer: str) -> str:
@@ -69,6 +71,26 @@ def validate_writer(writer: str) -> str:
 def is_partial_header(head: bytes) -> bool:
     """A file that holds less than a header, all of it correct: a crash right after creation."""
     return len(head) < len(HEADER) and HEADER.startswith(head)
+
+
+def create_private(path: Path, flags: int) -> int:
+    """Opens a new file readable by the owner only, whatever the umask."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private_dir(path: Path) -> None:
+    """Creates `path` (mode 0700 whatever the umask) if missing, and makes its name durable."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    fsync_dir(path.parent)
 
 
 def write_all(fd: int, data: bytes | memoryview, pos: int) -> None:

@@ -6,12 +6,25 @@ measures the failovers it causes against the limit the guarantees set. The runne
 pair to settle again after each one. `modes` says which pairs a fault applies to.
 """
 
+import json
 import random
 import time
 import urllib.request
+import uuid
+from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from reporting.errors import HarnessError
 from reporting.harness.instance import Instance
+from reporting.samples import sample_report
+from reporting.wire.producer import ReportClient, queues_by_kind
+from storage.database import Sink
+from storage.database.schema import rejected_reports
+from storage.journal import Journal
+from storage.reports import from_record
 from tests.chaos.pair import Pair, short_name
 
 
@@ -221,6 +234,80 @@ class HostDown(Fault):
         stage.start_instance(active)
 
 
+class DamagedSegment(Fault):
+    """kill -9 of the active, then what a bad disk and a crash leave in its journal: one byte
+    flipped in a record it has already stored, and a zero-filled next segment. It starts again
+    (the leftover is no foreign file), sets the damaged bytes aside and loses nothing else."""
+
+    name = "damaged-segment"
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        stage.mark(f"kill -9 {short_name(active)}, damage its journal")
+        since = time.monotonic()
+        active.kill()
+        directory = Path(active.config["journal"]["dir"])
+        flipped = flip_a_stored_byte(stage, directory, short_name(active))
+        segments = sorted(directory.glob(f"*-{short_name(active)}.seg"))
+        if segments:
+            last = segments[-1].name
+            (directory / f"{int(last[:8]) + 1:08d}{last[8:]}").write_bytes(bytes(64))
+        stage.note(flipped=flipped, zero_filled=bool(segments))
+        stage.failover(self.name, active, since, stage.pair.session_timeout_s + FAILOVER_SLACK_S)
+        stage.hold(0.5, 2.0)
+        stage.start_instance(active)
+
+
+def flip_a_stored_byte(stage: Stage, directory: Path, writer: str) -> bool:
+    """Flips a byte in the middle of a record of `writer` that the database already holds (a
+    record not yet stored would be lost to the damage, which the ledger check would count)."""
+    with Journal.open_readonly(directory) as journal:
+        entries = [e for e in journal.read() if e.position.segment.endswith(f"-{writer}.seg")]
+    ids = {from_record(e.data).report_id: e for e in entries}
+    sink = Sink(stage.pair.db_url, cluster="chaos-fault", journal="chaos-fault")
+    try:
+        stored = [i for i, n in sink.report_id_counts(ids).items() if n == 1]
+    finally:
+        sink.close()
+    if not stored:
+        return False
+    entry = ids[stage.rng.choice(sorted(stored))]
+    path = directory / entry.position.segment
+    try:
+        with path.open("r+b") as f:
+            f.seek(entry.position.byte - len(entry.data) // 2 - 1)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0x5A]))
+    except FileNotFoundError:
+        return False  # released by the other instance meanwhile
+    return True
+
+
+class DuplicateInstance(Fault):
+    """A second process started with the active's name and journal: it must exit at once (one
+    line naming the holder's pid, exit 1), and the pair go on undisturbed."""
+
+    name = "duplicate-instance"
+
+    def apply(self, stage: Stage) -> None:
+        active = stage.active()
+        stage.mark(f"second {short_name(active)}")
+        config = {k: dict(v) if isinstance(v, dict) else v for k, v in active.config.items()}
+        del config["http"]
+        twin = Instance(Path(active.workdir).with_name(f"{active.workdir.name}-twin"), config)
+        try:
+            twin.start(timeout_s=60)
+        except HarnessError:
+            refused = f"already running as pid {active.pid}" in twin.log_tail(5)
+        else:
+            refused = False
+            twin.kill()
+        stage.note(refused=refused)
+        if not refused:
+            raise AssertionError(f"a second {short_name(active)} was not refused")
+
+
 class RestartOrder(Fault):
     """The active killed -9, the other takes over, then both restart in a drawn order (the
     survivor stopped cleanly): each instance drains its own journal whatever its role and the
@@ -250,6 +337,54 @@ class RestartOrder(Fault):
             stage.start_instance(active)
 
 
+class PoisonReport(Fault):
+    """Reports no database can store sent to the active's broker amid the flow: an 8 KB
+    `call_id` (refused at decode) and a number jsonb cannot hold (refused by the database). Each
+    is rejected once into rejected_reports and the flow goes on: the ledger check at the end
+    counts every ordinary report sent around them."""
+
+    name = "poison-report"
+
+    def apply(self, stage: Stage) -> None:
+        broker = stage.pair.brokers[short_name(stage.active())]
+        queues = queues_by_kind(stage.pair.queues)
+        ids = [f"poison-{uuid.uuid4().hex}" for _ in range(2)]
+        cdr = sample_report("cdr", stage.rng) | {"call_id": stage.rng.randbytes(4096).hex()}
+        sq = json.dumps(sample_report("sq", stage.rng)).encode()[:-1] + b', "tiny": 1e-20000}'
+        client = ReportClient([broker.host], in_flight=10)
+        try:
+            client.send_raw(f"/queue/{queues['cdr']}", json.dumps(cdr).encode(), report_id=ids[0])
+            client.send_raw(f"/queue/{queues['sq']}", sq, report_id=ids[1])
+            client.flush()
+        finally:
+            client.close()
+        stage.mark("2 poison reports")
+        deadline = time.monotonic() + 60
+        rejected = 0
+        while time.monotonic() < deadline:
+            rejected = rejected_count(stage.pair.db_url, ids)
+            if rejected == len(ids):
+                break
+            time.sleep(0.5)  # polling the database, not synchronising the run
+        stage.note(poison_rejected=rejected, poison_sent=len(ids))
+        if rejected != len(ids):
+            # Counted among the run's errors: a poison report that is not rejected in a minute
+            # is stuck in front of the flow, or was stored.
+            raise AssertionError(f"{rejected} of {len(ids)} poison reports rejected after 60 s")
+
+
+def rejected_count(db_url: str, ids: list[str]) -> int:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            query = select(func.count()).where(rejected_reports.c.report_id.in_(ids))
+            return conn.scalar(query) or 0
+    except SQLAlchemyError:
+        return 0  # the database is down: counted on the next look
+    finally:
+        engine.dispose()
+
+
 ALL_FAULTS: tuple[Fault, ...] = (
     KillActive(),
     TermActive(),
@@ -260,6 +395,9 @@ ALL_FAULTS: tuple[Fault, ...] = (
     ZooKeeperPathDark(),
     HostDown(),
     RestartOrder(),
+    PoisonReport(),
+    DamagedSegment(),
+    DuplicateInstance(),
 )
 
 

@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from reporting.client import ReportClient, queues_by_kind
 from reporting.samples import sample_report
+from reporting.wire.producer import ReportClient, queues_by_kind
 from storage.reports import KINDS
 
 log = logging.getLogger(__name__)

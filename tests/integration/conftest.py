@@ -83,7 +83,7 @@ class Flow:
         rate: float,
         **client_options: Any,
     ) -> None:
-        from reporting.client import ReportClient
+        from reporting.wire.producer import ReportClient
 
         self.client = ReportClient(hosts, ledger=ledger, in_flight=50, **client_options)
         self.queue_prefix = queue_prefix

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from reporting.client import ReportClient
+from reporting.config import HostPort
 from reporting.harness import ActiveMQ
 from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.probes import StompSession
+from reporting.wire.producer import ReportClient
 from storage.reports import KINDS
 from tests.integration.conftest import assert_exactly_once, wait_for
 
@@ -142,18 +143,19 @@ def _answer(session: StompSession, command: str, headers: dict[str, str]) -> tup
 
 def test_each_user_has_only_its_own_right(secure_broker, queue_prefix) -> None:
     queue = f"/queue/{queue_prefix}gvp.reporting.cdr"
-    host, port = secure_broker.host.rsplit(":", 1)
-    with StompSession(host, int(port), login=("reporting", SERVER_PW), timeout_s=10) as server:
+    broker = HostPort.parse(secure_broker.host)
+    host, port = broker.host, broker.port
+    with StompSession(host, port, login=("reporting", SERVER_PW), timeout_s=10) as server:
         # The server may subscribe (which creates the queue) ...
         assert _answer(server, "SUBSCRIBE", {"destination": queue, "id": "0"})[0] == "RECEIPT"
-    with StompSession(host, int(port), login=("reporting", SERVER_PW), timeout_s=10) as server:
+    with StompSession(host, port, login=("reporting", SERVER_PW), timeout_s=10) as server:
         # ... but not send.
         reply, message = _answer(server, "SEND", {"destination": queue})
         assert reply == "ERROR" and "not authorized to write" in message
-    with StompSession(host, int(port), login=("producer", PRODUCER_PW), timeout_s=10) as producer:
+    with StompSession(host, port, login=("producer", PRODUCER_PW), timeout_s=10) as producer:
         reply, message = _answer(producer, "SUBSCRIBE", {"destination": queue, "id": "0"})
         assert reply == "ERROR" and "not authorized to read" in message
-    with StompSession(host, int(port), login=("producer", PRODUCER_PW), timeout_s=10) as producer:
+    with StompSession(host, port, login=("producer", PRODUCER_PW), timeout_s=10) as producer:
         assert _answer(producer, "SEND", {"destination": queue})[0] == "RECEIPT"
     with pytest.raises(ConnectionError, match="ERROR"):
-        StompSession(host, int(port), timeout_s=10)  # anonymous
+        StompSession(host, port, timeout_s=10)  # anonymous

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reporting.config import BrokerConfig
+from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerError, BrokerUntrusted
 from reporting.harness import ActiveMQ
 from reporting.harness.instance import to_toml
@@ -100,7 +100,10 @@ def test_wrong_ca_consumer_gives_up_with_one_log_line(
     tls_broker: ActiveMQ, other_ca: TlsBundle, queues: list[str], caplog
 ) -> None:
     config = BrokerConfig(
-        hosts=(tls_broker.tls_host,), queues=tuple(queues), tls=True, ca_file=other_ca.ca_file
+        hosts=(HostPort.parse(tls_broker.tls_host),),
+        queues=tuple(queues),
+        tls=True,
+        ca_file=other_ca.ca_file,
     )
     gave_up = threading.Event()
     errors: list[BrokerError] = []
@@ -131,4 +134,4 @@ def test_wrong_ca_consumer_gives_up_with_one_log_line(
 def test_plain_client_cannot_use_the_tls_port(tls_broker: ActiveMQ) -> None:
     from reporting.harness.probes import stomp_ready
 
-    assert not stomp_ready(int(tls_broker.tls_host.rsplit(":", 1)[1]))
+    assert not stomp_ready(HostPort.parse(tls_broker.tls_host).port)

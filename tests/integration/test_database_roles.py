@@ -11,9 +11,9 @@ from psycopg import errors
 from sqlalchemy.engine import make_url
 
 from reporting.cli import main
-from reporting.client import ReportClient
 from reporting.harness import Postgres
 from reporting.harness.instance import Instance, to_toml
+from reporting.wire.producer import ReportClient
 from tests.integration.conftest import Flow, assert_exactly_once, wait_for
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 
-from reporting.client import ReportClient
 from reporting.samples import sample_report
 from reporting.wire.decode import MAX_DEPTH, body_id
+from reporting.wire.producer import ReportClient
 from storage.database.schema import rejected_reports
 from storage.reports import FIELDS, KINDS
 from tests.integration.conftest import assert_exactly_once, wait_for

@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 import storage.database.engine as engine_module
-from reporting.client import ReportClient
 from reporting.pipeline import Drainer
 from reporting.samples import sample_report
 from reporting.status.metrics import Metrics
+from reporting.wire.producer import ReportClient
 from storage.database import Sink
 from storage.database.schema import rejected_reports, reports
 from storage.journal import Journal

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import stomp
 
-from reporting.client import ClientStats, ReportClient, destination_for
+from reporting.config import HostPort
 from reporting.ledger import read_ledger
 from reporting.samples import sample_report
+from reporting.wire.producer import ClientStats, ReportClient, destination_for
 from storage.reports import KINDS
 
 pytestmark = pytest.mark.integration
@@ -49,8 +50,8 @@ class _Reader(stomp.ConnectionListener):
 
 def read_back(host: str, prefix: str, expected: set[str]) -> list[str]:
     """The report-ids (with repeats) of this test's messages on the four queues."""
-    name, port = host.rsplit(":", 1)
-    conn = stomp.Connection12([(name, int(port))], auto_decode=False)
+    address = HostPort.parse(host)
+    conn = stomp.Connection12([(address.host, address.port)], auto_decode=False)
     reader = _Reader(conn, prefix, expected)
     conn.set_listener("reader", reader)
     conn.connect(wait=True)
@@ -92,8 +93,8 @@ def test_every_receipted_report_is_on_the_broker_once(activemq, tmp_path):
 def test_failover_from_a_dead_host_and_a_reset_connection(activemq, tcp_proxy, tmp_path):
     prefix = f"fo-{uuid.uuid4().hex[:8]}-"
     ledger = tmp_path / "ledger"
-    name, port = activemq.host.rsplit(":", 1)
-    proxy = tcp_proxy(name, int(port))
+    broker = HostPort.parse(activemq.host)
+    proxy = tcp_proxy(broker.host, broker.port)
     hosts = [dead_host(), proxy.host, activemq.host]
     with ReportClient(hosts, ledger=ledger, in_flight=20, failback_s=3600) as client:
         first = send_all(client, prefix + "a", 40, seed=2)
@@ -113,8 +114,8 @@ def test_failover_from_a_dead_host_and_a_reset_connection(activemq, tcp_proxy, t
 def test_receipts_that_stop_coming_fail_over_with_the_same_ids(activemq, tcp_proxy, tmp_path):
     prefix = f"bh-{uuid.uuid4().hex[:8]}-"
     ledger = tmp_path / "ledger"
-    name, port = activemq.host.rsplit(":", 1)
-    proxy = tcp_proxy(name, int(port))
+    broker = HostPort.parse(activemq.host)
+    proxy = tcp_proxy(broker.host, broker.port)
     client = ReportClient(
         [proxy.host, activemq.host], ledger=ledger, in_flight=10, receipt_timeout_s=1.0
     )

@@ -148,3 +148,20 @@ def test_replay_drains_once_nobody_holds_the_role(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "replayed" in done.stderr
     assert_exactly_once(pg_url, ids, timeout_s=10)
+
+
+def test_replay_refuses_beside_a_running_instance_of_its_own_journal(
+    standalone, segregated_pair, activemq, queue_prefix, tmp_path: Path
+) -> None:
+    solo = standalone()
+    solo.start()
+    pair = segregated_pair()
+    start_pair(pair)
+    # Standalone and segregated journals are an instance's own: no ZooKeeper node says who
+    # holds them, the journal's writer lock does.
+    for instance in (solo, *pair):
+        done = replay(instance.config_path, 60)
+        assert done.returncode == 1, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {instance.pid}" in lines[0], done.stderr
+        assert "Traceback" not in done.stderr

@@ -16,10 +16,10 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from reporting.client import ReportClient
 from reporting.harness import ActiveMQ, Postgres
 from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.instance import Instance
+from reporting.wire.producer import ReportClient
 from tests.integration.conftest import Flow, active_of, assert_exactly_once, roles, wait_for
 
 pytestmark = pytest.mark.integration

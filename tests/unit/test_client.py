@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reporting.client import ReportClient
+from reporting.config import HostPort
 from reporting.errors import BrokerError
 from reporting.ledger import Ledger, read_ledger
 from reporting.samples import sample_report
 from reporting.wire.decode import decode
+from reporting.wire.producer import ReportClient
 from storage.reports import KINDS, Report
 
 
@@ -248,8 +249,8 @@ def test_missing_receipt_times_out_and_fails_over(brokers, tmp_path):
 
 def test_fails_back_to_the_first_host_when_it_answers_again(brokers):
     backup = brokers()
-    primary_port = int(dead_host().rpartition(":")[2])
-    primary_host = f"127.0.0.1:{primary_port}"
+    primary_host = dead_host()
+    primary_port = HostPort.parse(primary_host).port
     with ReportClient([primary_host, backup.host], failback_s=0.0) as client:
         client.send("cdr", sample_report("cdr", random.Random(6)), report_id="c-1")
         assert client.current_host == backup.host

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from reporting.config import Config, ConfigError, load_config, parse_config
+from reporting.config import Config, ConfigError, HostPort, load_config, parse_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -38,7 +38,7 @@ listen = "127.0.0.1:8080"
     assert config.name == "rs-a"
     assert config.ha.mode == "shared"
     assert config.ha.session_timeout_s == 2.0
-    assert config.broker.hosts == ("127.0.0.1:61613",)
+    assert config.broker.hosts == (HostPort("127.0.0.1", 61613),)
     assert config.journal.dir == tmp_path / "journal"
     assert config.database.url == f"sqlite:///{tmp_path.resolve()}/reporting.db"
     assert config.http.port == 8080
@@ -158,3 +158,45 @@ def test_group_mode_has_a_journal_and_a_fence_per_queue(tmp_path: Path) -> None:
         assert lane.dir == tmp_path / "j" / queue
         assert lane.fence == lane.key == f"/g/1/queues/{queue}"
         assert lane.queues == (queue,)
+
+
+@pytest.mark.parametrize(
+    "text, address",
+    [
+        ("127.0.0.1:61613", HostPort("127.0.0.1", 61613)),
+        ("broker-a.example:61614", HostPort("broker-a.example", 61614)),
+        ("[::1]:61613", HostPort("::1", 61613)),
+    ],
+)
+def test_an_address_is_parsed_once_and_prints_as_written(text: str, address: HostPort) -> None:
+    assert HostPort.parse(text) == address
+    assert str(address) == text
+
+
+@pytest.mark.parametrize("text", ["localhost", ":61613", "h:", "h:0", "h:65536", "h:x", "h:-1"])
+def test_what_is_not_an_address_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        HostPort.parse(text)
+
+
+def test_every_address_of_the_config_is_typed() -> None:
+    config = parse_config(
+        {
+            "broker": {"hosts": ["a:1", "[::1]:2"]},
+            "ha": {"peers": ["b:3"]},
+            "http": {"listen": "0.0.0.0:4"},
+        },
+        env={},
+    )
+    assert config.broker.hosts == (HostPort("a", 1), HostPort("::1", 2))
+    assert config.ha.peers == (HostPort("b", 3),)
+    assert (config.http.host, config.http.port) == ("0.0.0.0", 4)
+
+
+@pytest.mark.parametrize("mode", ["shared", "segregated", "group"])
+def test_heartbeats_cannot_be_off_where_another_instance_takes_over(mode: str) -> None:
+    ha = {"mode": mode, "role": "primary"} if mode == "segregated" else {"mode": mode}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"ha": ha, "broker": {"heartbeat_ms": 0}}, env={})
+    assert caught.value.key == "broker.heartbeat_ms"
+    assert parse_config({"broker": {"heartbeat_ms": 0}}, env={}).broker.heartbeat_ms == 0

@@ -150,3 +150,28 @@ def test_error_lines_are_redacted(
     assert main(["status", "--config", "f"]) == code
     err = capsys.readouterr().err
     assert SECRET not in err and "***" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("secret", ["Zk\"S3cr'et", "back\\slash", "both'\"\\"])
+def test_a_secret_logged_inside_a_repr_is_masked_with_its_escapes(
+    secret: str, lines: list[str]
+) -> None:
+    logs.remember_secret(secret)
+    log = logging.getLogger("kazoo.client")
+    log.debug("Sending request(xid=-4): %r", ("digest", f"rs-pair:{secret}"))
+    log.debug("auth=%r", f"rs-pair:{secret}")
+    assert len(lines) == 2
+    for line in lines:
+        assert secret not in line and repr(secret)[1:-1] not in line, line
+
+
+def test_a_digest_acl_id_is_masked(lines: list[str]) -> None:
+    from kazoo.security import make_digest_acl
+
+    acl = make_digest_acl("rs-pair", "another-secret", all=True)
+    logging.getLogger("kazoo.client").debug("Sending request: Create(acl=[%r])", acl)
+    logging.getLogger("reporting.ha").warning("node /c has digest:%s", acl.id.id)
+    assert len(lines) == 2
+    for line in lines:
+        assert acl.id.id.split(":", 1)[1] not in line, line
+        assert "rs-pair:***" in line, line

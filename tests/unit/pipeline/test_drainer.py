@@ -117,7 +117,7 @@ def test_stop_is_prompt_while_the_database_is_down(tmp_path: Path) -> None:
 
 
 def test_an_idle_drainer_notices_lost_commits(tmp_path: Path, monkeypatch) -> None:
-    import reporting.pipeline as pipeline
+    import reporting.pipeline.drainer as pipeline
 
     monkeypatch.setattr(pipeline, "VERIFY_IDLE_S", 0.2)
     journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)

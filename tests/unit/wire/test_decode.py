@@ -79,7 +79,9 @@ def test_no_id_at_all_is_rejected_with_a_body_hash():
     assert "report-id" in item.reason
 
 
-@pytest.mark.parametrize("bad_id", ["x" * 201, "a\nb", "a\x00b", "tab\there", "   "])
+@pytest.mark.parametrize(
+    "bad_id", ["x" * 201, "a\nb", "a\x00b", "tab\there", "   ", "ord-42-\ufffd"]
+)
 def test_unusable_report_id_is_rejected(bad_id):
     item = rejected(headers={"report-id": bad_id})
     assert item.report_id.startswith("body-sha256:")

@@ -44,3 +44,31 @@ def test_inspect_of_a_foreign_file_or_a_missing_directory_is_one_clear_line(
     assert main(["journal", "inspect", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / "notes.txt") in err
+
+
+def test_inspect_shows_damaged_bytes_skipped_and_their_quarantine_copy(
+    journal_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Journal(journal_dir, writer="rs-a") as journal:
+        position = journal.append_batch([b"one", b"two", b"three"])
+    path = journal_dir / position.segment
+    data = bytearray(path.read_bytes())
+    start = HEADER_SIZE + FRAME_SIZE + 3
+    end = start + FRAME_SIZE + 3
+    data[start + FRAME_SIZE] ^= 0x20  # "two" -> "Two"
+    path.write_bytes(bytes(data))
+    # Before a server opened it: the damage is found, nothing is copied.
+    assert main(["journal", "inspect", str(journal_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"damaged bytes {start}-{end} skipped; not yet copied to quarantine" in out
+    assert "pending: 2 records" in out and "quarantined: 0" in out
+    Journal(journal_dir, writer="rs-a").close()  # the writer sets the bytes aside
+    assert main(["journal", "inspect", str(journal_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"damaged bytes {start}-{end} skipped" in out and "not yet" not in out
+    saved = journal_dir / "quarantine" / f"{position.segment}.bytes-{start}-{end}"
+    assert f"quarantined: 1\n  {saved} ({end - start} bytes)" in out
+    assert main(["journal", "inspect", str(journal_dir), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["segments"][0]["holes"] == [[start, end]]
+    assert doc["quarantined"] == [str(saved)]

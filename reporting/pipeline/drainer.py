@@ -1,9 +1,4 @@
-"""The data path in one instance: broker batch -> journal (fsync) -> ack; journal -> database.
-
-`Intake` is the consumer's batch handler: it validates each message into a report or a rejected
-message, appends the batch to the journal, and returns True (ack) only after the fsync. When the
-journal is full it holds the batch, unacked, until the drainer has made room: the broker keeps the
-rest (prefetch bounds what is in flight), which is the back-pressure.
+"""The drainer: journal -> database.
 
 `Drainer` moves journal records into the database, one transaction per batch holding the rows,
 the journal positions reached and the fence check. The same loop serves normal operation, a
@@ -16,28 +11,22 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 
-from reporting.config import BrokerConfig, Config
 from reporting.status.metrics import Metrics
-from reporting.wire.consumer import Message
-from reporting.wire.decode import decode
 from storage.database import Batch, Sink
 from storage.errors import (
     DatabaseUnavailable,
-    JournalFull,
     PositionsLost,
     StaleEpoch,
     StatementTimeout,
 )
 from storage.journal import Entry, Journal
-from storage.reports import Rejected, Report, from_record, kind_of, to_record
+from storage.reports import Rejected, Report, from_record
 
 log = logging.getLogger(__name__)
-
 
 # An idle drainer checks this often that the database still holds what it committed.
 VERIFY_IDLE_S = 5.0
@@ -51,81 +40,6 @@ BATCH_BYTES = 4 << 20
 # After a batch met the statement timeout, this many batches are stored at the smaller size
 # before it doubles again: growing at once would meet the timeout every other batch.
 GROW_AFTER_BATCHES = 20
-
-
-def open_journal(config: Config, directory: Path, *, epoch: int, metrics: Metrics) -> Journal:
-    """The instance's journal in `directory`, written under `epoch`, with `[journal]`'s limits."""
-    j = config.journal
-    return Journal(
-        directory,
-        writer=config.name,
-        epoch=epoch,
-        max_bytes=j.max_bytes,
-        segment_bytes=j.segment_bytes,
-        retain_s=j.retain_s,
-        on_quarantine=lambda path, reason: metrics.quarantined.inc(),
-    )
-
-
-class Intake:
-    def __init__(
-        self,
-        journal: Callable[[], Journal],
-        broker: BrokerConfig,
-        *,
-        metrics: Metrics,
-        room: threading.Event,
-        appended: Callable[[], None],
-        may_continue: Callable[[], bool],
-    ) -> None:
-        self.journal = journal
-        self.queues = frozenset(broker.queues)
-        self.max_body_bytes = broker.max_body_bytes
-        self.metrics = metrics
-        self.room = room
-        self.appended = appended
-        self.may_continue = may_continue
-        self.paused = False
-        self.records = 0
-
-    def __call__(self, batch: Sequence[Message]) -> bool:
-        now = datetime.now(UTC)
-        items = [
-            decode(
-                m.destination,
-                m.headers,
-                m.body,
-                queues=self.queues,
-                max_body_bytes=self.max_body_bytes,
-                now=now,
-            )
-            for m in batch
-        ]
-        records = [to_record(item) for item in items]
-        while True:
-            self.room.clear()
-            try:
-                with self.metrics.append_seconds.time():
-                    self.journal().append_batch(records)
-                break
-            except JournalFull as exc:
-                if not self.paused:
-                    self.paused = True
-                    self.metrics.journal_full.inc()
-                    log.warning("journal full (%s); consumption paused until it drains", exc)
-                # Held unacked: the broker keeps these and sends no more than the prefetch.
-                self.room.wait(0.5)
-                if not self.may_continue():
-                    return False
-        if self.paused:
-            self.paused = False
-            log.info("journal has room again; consumption resumed")
-        self.records += len(records)
-        self.metrics.journalled.inc(len(records))
-        for item in items:
-            self.metrics.received.labels(kind_of(item.queue)).inc()
-        self.appended()
-        return True
 
 
 def _decode_record(data: bytes) -> Report | Rejected:
@@ -268,6 +182,10 @@ class Drainer:
                 # commit is refused, not only from this drainer's first write.
                 self.sink.claim_epoch(self._epoch())
                 positions = self.sink.positions()
+                # Positions are keyed by segment name: a journal folder made anew (wiped, moved,
+                # a relative path read from elsewhere) must not name a new segment like one the
+                # database has a position in, or its first records would count as drained.
+                self.journal().note_used(positions)
                 self._mark(True)
                 return positions
             except DatabaseUnavailable:

@@ -9,11 +9,7 @@ appended to the ledger only after their receipt.
 
 The host list is in priority order (the primary's broker first). After a failover the client
 returns to the first host once it answers again (`failback_s`), so that nothing keeps flowing into
-a backup broker that is about to stand down.
-
-This module runs past 400 lines because connecting, failing over, failing back and resending all
-work on one table of unconfirmed reports under one lock; split up, that state would be shared
-across files.
+a backup broker that is about to stand down. Connecting, TLS and closing are wire/connection.py's.
 """
 
 import json
@@ -27,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import stomp
-import stomp.exception
 
-from reporting.errors import BrokerError
+from reporting.config import HostPort
+from reporting.errors import BrokerError, BrokerUnreachable
 from reporting.ledger import Ledger
-from reporting.wire import tls
+from reporting.wire.connection import Connection, Listener, failover
 from storage.reports import DEFAULT_QUEUES, KINDS, QUEUE_PREFIX, kind_of
 
 log = logging.getLogger(__name__)
@@ -53,11 +49,13 @@ def queues_by_kind(queues: Iterable[str]) -> dict[str, str]:
     return routes
 
 
-def parse_host(host: str) -> tuple[str, int]:
-    name, _, port = host.rpartition(":")
-    if not name or not port.isdigit():
-        raise BrokerError(f"broker address {host!r} is not host:port")
-    return name, int(port)
+def _host(host: str | HostPort) -> HostPort:
+    if isinstance(host, HostPort):
+        return host
+    try:
+        return HostPort.parse(host)
+    except ValueError:
+        raise BrokerError(f"broker address {host!r} is not host:port") from None
 
 
 @dataclass
@@ -81,27 +79,20 @@ class ClientStats:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (report_id, broker's message)
 
 
-class _Listener(stomp.ConnectionListener):
-    """Hands one connection's frames to the client; events of an older connection are ignored."""
+class _Listener(Listener):
+    """Hands each connection's frames to the client; events of an older connection are ignored."""
 
-    def __init__(self, client: "ReportClient", generation: int) -> None:
+    def __init__(self, client: "ReportClient") -> None:
         self.client = client
-        self.generation = generation
 
-    def on_connected(self, frame: Any) -> None:
-        self.client._on_connected(self.generation)
-
-    def on_receipt(self, frame: Any) -> None:
+    def on_receipt(self, conn: Connection, frame: stomp.utils.Frame) -> None:
         self.client._on_receipt(frame.headers.get("receipt-id", ""))
 
-    def on_error(self, frame: Any) -> None:
-        self.client._on_error(self.generation, frame.headers, frame.body)
+    def on_error(self, conn: Connection, frame: stomp.utils.Frame) -> None:
+        self.client._on_error(conn.generation, frame.headers)
 
-    def on_disconnected(self) -> None:
-        self.client._on_broken(self.generation, "connection lost")
-
-    def on_heartbeat_timeout(self) -> None:
-        self.client._on_broken(self.generation, "heartbeat timeout")
+    def on_lost(self, conn: Connection, reason: str) -> None:
+        self.client._on_broken(conn.generation, reason)
 
 
 class ReportClient:
@@ -116,7 +107,7 @@ class ReportClient:
 
     def __init__(
         self,
-        hosts: Sequence[str],
+        hosts: Sequence[str | HostPort],
         *,
         user: str | None = None,
         password: str | None = None,
@@ -132,7 +123,7 @@ class ReportClient:
     ) -> None:
         if not hosts:
             raise BrokerError("no broker hosts given")
-        self.hosts = [parse_host(h) for h in hosts]
+        self.hosts = [_host(h) for h in hosts]
         self.queues = queues_by_kind(queues)
         self.user = user
         self._password = password
@@ -151,11 +142,9 @@ class ReportClient:
         self._pending: dict[int, _Pending] = {}
         self._confirmed: list[_Pending] = []
         self._seq = 0
-        self._conn: stomp.Connection12 | None = None
+        self._conn: Connection | None = None
         self._generation = 0
-        self._connected_generation = -1
         self._broken: str | None = None
-        self._connect_error: str | None = None
         self._host_index = 0
         self._connected_at = 0.0
         self._closed = False
@@ -164,8 +153,7 @@ class ReportClient:
     def current_host(self) -> str | None:
         if self._conn is None:
             return None
-        host, port = self.hosts[self._host_index]
-        return f"{host}:{port}"
+        return str(self.hosts[self._host_index])
 
     @property
     def unconfirmed(self) -> int:
@@ -243,12 +231,6 @@ class ReportClient:
 
     # -- the stomp.py thread's side ------------------------------------------------------------
 
-    def _on_connected(self, generation: int) -> None:
-        with self._cond:
-            if generation == self._generation:
-                self._connected_generation = generation
-                self._cond.notify_all()
-
     def _on_receipt(self, receipt_id: str) -> None:
         if not receipt_id.startswith("r") or not receipt_id[1:].isdigit():
             return
@@ -258,7 +240,7 @@ class ReportClient:
                 self._confirmed.append(pending)
                 self._cond.notify_all()
 
-    def _on_error(self, generation: int, headers: dict[str, str], body: Any) -> None:
+    def _on_error(self, generation: int, headers: dict[str, str]) -> None:
         message = headers.get("message", "")
         receipt_id = headers.get("receipt-id", "")
         log.warning("broker error: %s", message or "(no message)")
@@ -270,8 +252,6 @@ class ReportClient:
                 pending = self._pending.pop(int(receipt_id[1:]), None)
                 if pending is not None:
                     self.stats.refused.append((pending.report_id, message))
-            if self._connected_generation != generation:
-                self._connect_error = message or "broker refused the connection"
             self._cond.notify_all()
 
     def _on_broken(self, generation: int, reason: str) -> None:
@@ -291,11 +271,11 @@ class ReportClient:
             self.stats.resent += 1
         try:
             if conn is None:
-                raise stomp.exception.NotConnectedException()
+                raise BrokerUnreachable("-", "not connected")
             conn.send(pending.destination, pending.body, headers=dict(pending.headers))
-        except (stomp.exception.StompException, OSError) as exc:
+        except BrokerUnreachable as exc:
             # The wait that follows sees the broken connection and fails over.
-            self._on_broken(self._generation, f"send failed: {exc!r}")
+            self._on_broken(self._generation, f"send failed: {exc.reason}")
 
     def _wait_until(self, done: Callable[[], bool]) -> None:
         while True:
@@ -353,77 +333,54 @@ class ReportClient:
         generation, broken = self._generation, self._broken
         if self._try_host(0):
             log.info("broker %s answers again; failing back to it", self.current_host)
-            self._close_connection(current, polite=True)
+            if current is not None:
+                current.close(polite=True)
             return
         # Stay where we are and ask the first host again later.
         with self._cond:
             self._conn, self._host_index = current, index
             self._generation, self._broken = generation, broken
-            if current is None or not current.is_connected():
+            if current is None or not current.alive:
                 self._broken = broken or "connection lost"
         self._connected_at = time.monotonic()
 
     def _connect(self, start: int) -> None:
-        deadline = time.monotonic() + self.reconnect_timeout_s
-        delay = 0.1
-        while True:
-            for step in range(len(self.hosts)):
-                if self._try_host((start + step) % len(self.hosts)):
-                    return
-            if time.monotonic() >= deadline:
-                names = ", ".join(f"{h}:{p}" for h, p in self.hosts)
-                raise BrokerError(
-                    f"no broker answered within {self.reconnect_timeout_s} s: {names}"
-                )
-            # A pause between rounds of the host list, so a broker that is restarting is not
-            # hammered; it is not waiting for anything in particular.
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
-
-    def _try_host(self, index: int) -> bool:
-        host, port = self.hosts[index]
-        conn = stomp.Connection12(
-            [(host, port)],
-            prefer_localhost=False,
-            try_loopback_connect=False,
-            reconnect_attempts_max=1,
-            reconnect_sleep_initial=0.0,
-            heartbeats=(self.heartbeat_ms, self.heartbeat_ms),
-            auto_decode=False,
+        # Raises BrokerUnreachable (a BrokerError) once reconnect_timeout_s has passed.
+        failover(
+            self.hosts,
+            self._try_host,
+            first=start,
+            give_up_s=self.reconnect_timeout_s,
+            max_pause_s=2.0,
         )
-        if self.ca_file is not None:
-            tls.use_tls(conn, host, port, self.ca_file)
+
+    def _try_host(self, index: int) -> bool | None:
+        """True once connected to hosts[index]; None when it does not answer or refuses."""
+        host = self.hosts[index]
         with self._cond:
             self._generation += 1
             generation = self._generation
             self._broken = None
-            self._connect_error = None
-        conn.set_listener("report-client", _Listener(self, generation))
+        conn = Connection(
+            host,
+            generation=generation,
+            listener=_Listener(self),
+            user=self.user,
+            password=self._password,
+            ca_file=self.ca_file,
+            heartbeat_ms=self.heartbeat_ms,
+            timeout_s=self.connect_timeout_s,
+        )
         try:
-            conn.connect(self.user, self._password, wait=False)
-        except (stomp.exception.StompException, OSError) as exc:
-            log.info("broker %s:%d does not answer: %s", host, port, exc or type(exc).__name__)
-            self._close_connection(conn, polite=False)
-            return False
-        with self._cond:
-            answered = self._cond.wait_for(
-                lambda: (
-                    self._connected_generation == generation
-                    or self._broken is not None
-                    or self._connect_error is not None
-                ),
-                timeout=self.connect_timeout_s,
-            )
-            ok = answered and self._connected_generation == generation and self._broken is None
-            problem = self._connect_error or self._broken or "no CONNECTED frame in time"
-        if not ok:
-            log.info("broker %s:%d refused the connection: %s", host, port, problem)
-            self._close_connection(conn, polite=False)
-            return False
+            conn.open()
+        except BrokerError as exc:
+            log.info("broker %s refused the connection or does not answer: %s", host, exc)
+            conn.close()
+            return None
         self._conn = conn
         self._host_index = index
         self._connected_at = time.monotonic()
-        log.info("connected to broker %s:%d", host, port)
+        log.info("connected to broker %s", host)
         return True
 
     def _drop_connection(self, *, polite: bool) -> None:
@@ -431,39 +388,4 @@ class ReportClient:
         with self._cond:
             self._generation += 1  # whatever the old connection reports now is stale
         if conn is not None:
-            self._close_connection(conn, polite=polite)
-
-    def _close_connection(self, conn: stomp.Connection12, *, polite: bool) -> None:
-        conn.remove_listener("report-client")
-        transport = conn.transport
-        if polite and conn.is_connected():
-            # The broker answers DISCONNECT with a receipt once it has handled every frame before
-            # it. Bounded wait: a hung broker must not hang close().
-            bye = _ByeListener(f"bye-{uuid.uuid4().hex}")
-            conn.set_listener("report-client-bye", bye)
-            try:
-                conn.send_frame("DISCONNECT", {"receipt": bye.receipt_id})
-                bye.done.wait(self.receipt_timeout_s)
-            except (stomp.exception.StompException, OSError):
-                pass
-            conn.remove_listener("report-client-bye")
-        try:
-            transport.disconnect_socket()
-        except (stomp.exception.StompException, OSError):
-            pass
-        io_thread = getattr(transport, "io_thread", None)
-        if io_thread is not None and io_thread is not threading.current_thread():
-            io_thread.join(timeout=5.0)
-
-
-class _ByeListener(stomp.ConnectionListener):
-    def __init__(self, receipt_id: str) -> None:
-        self.receipt_id = receipt_id
-        self.done = threading.Event()
-
-    def on_receipt(self, frame: Any) -> None:
-        if frame.headers.get("receipt-id") == self.receipt_id:
-            self.done.set()
-
-    def on_disconnected(self) -> None:
-        self.done.set()
+            conn.close(polite=polite)

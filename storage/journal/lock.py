@@ -1,0 +1,81 @@
+"""One process per writer name: an exclusive flock on `<journal>/locks/<writer>.lock`.
+
+Two processes appending to one segment would interleave records; so would two that both hand
+out the next sequence number. The lock is held while the journal is open and goes with the
+process (kill -9 included). The file also says who holds it, for the one that is refused, and
+the highest sequence number the writer has used, so that a name is not handed out again even
+after its segment was deleted from under it.
+"""
+
+import errno
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from storage.errors import JournalError, JournalLocked
+from storage.journal.record import pread_full
+from storage.journal.segment import create_private, make_private_dir
+
+log = logging.getLogger(__name__)
+
+LOCKS = "locks"
+_SIZE = 64
+
+
+class WriterLock:
+    """Taken on creation (JournalLocked if another process holds it); `release` lets go."""
+
+    def __init__(self, dir: Path, writer: str) -> None:
+        self.path = dir / LOCKS / f"{writer}.lock"
+        try:
+            make_private_dir(self.path.parent)
+            fd = create_private(self.path, os.O_RDWR)
+        except OSError as exc:
+            raise JournalError(f"journal {dir}: cannot open {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            words = pread_full(fd, _SIZE, 0).decode("ascii", "replace").split()
+            os.close(fd)
+            pid = int(words[0]) if words and words[0].isdigit() else None
+            raise JournalLocked(str(dir), writer, pid) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                os.close(fd)
+                raise JournalError(f"journal {dir}: cannot lock {self.path}: {exc}") from None
+            # Some network file systems have no locks: run, but say what is not guarded.
+            log.warning(
+                "journal %s: no file locks here (%s); a second process named %r is not refused",
+                dir,
+                exc.strerror,
+                writer,
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+        words = pread_full(fd, _SIZE, 0).decode("ascii", "replace").split()
+        self.highest = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+        try:
+            self._write()
+        except OSError as exc:
+            self.release()
+            raise JournalError(f"journal {dir}: cannot write {self.path}: {exc.strerror}") from None
+
+    def note_sequence(self, sequence: int) -> None:
+        """Remembers `sequence` as used (durably) if it is the highest so far."""
+        if sequence > self.highest:
+            self.highest = sequence
+            self._write()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # and with it the flock
+            self._fd = None
+
+    def _write(self) -> None:
+        assert self._fd is not None
+        text = f"{os.getpid()}\n{self.highest}\n".encode().ljust(_SIZE)
+        os.pwrite(self._fd, text, 0)
+        os.fdatasync(self._fd)

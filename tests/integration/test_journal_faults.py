@@ -1,0 +1,234 @@
+"""The journal under a standalone server on real ActiveMQ and PostgreSQL: a damaged segment, a
+crash leftover, a second process with the same name, a segment removed under its writer and a
+full disk. Each test keeps a ledger of receipted reports and checks the database against it."""
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reporting.cli import main
+from reporting.errors import HarnessError
+from reporting.harness.instance import Instance
+from storage.database import Sink
+from storage.journal import Journal
+from storage.reports import from_record
+from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def journal_dir(server: Instance) -> Path:
+    return Path(server.config["journal"]["dir"])
+
+
+def journalled(server: Instance, count: int) -> None:
+    wait_for(
+        lambda: server.status()["journal"]["pending"] == count, 60, f"{count} journalled reports"
+    )
+
+
+def stored_counts(pg_url: str, ids: set[str]) -> dict[str, int]:
+    sink = Sink(pg_url, cluster="verify", journal="verify")
+    try:
+        return sink.report_id_counts(ids)
+    finally:
+        sink.close()
+
+
+def test_one_flipped_byte_loses_only_its_record(
+    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path, capsys
+) -> None:
+    server = standalone()
+    server.start()
+    postgres.kill()
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=300, rate=0)
+    flow.start().join()
+    ids = flow.ids()
+    assert len(ids) == 300
+    journalled(server, 300)
+    server.kill()
+    # Record k of N, in the middle of the segment: its bytes, and which report it holds.
+    with Journal.open_readonly(journal_dir(server)) as journal:
+        entries = list(journal.read())
+    assert len(entries) == 300 and len({e.position.segment for e in entries}) == 1
+    k = 150
+    segment = journal_dir(server) / entries[k].position.segment
+    start, end = entries[k - 1].position.byte, entries[k].position.byte
+    damaged_id = from_record(entries[k].data).report_id
+    data = bytearray(segment.read_bytes())
+    original = bytes(data[start:end])
+    data[(start + end) // 2] ^= 0x10
+    segment.write_bytes(bytes(data))
+
+    postgres.restart()
+    server.start()
+    assert_exactly_once(pg_url, ids - {damaged_id})
+    assert stored_counts(pg_url, {damaged_id}) == {damaged_id: 0}
+    quarantine = journal_dir(server) / "quarantine"
+    [saved] = list(quarantine.iterdir())
+    assert saved.name == f"{segment.name}.bytes-{start}-{end}"
+    assert saved.read_bytes() == bytes(data[start:end]) != original  # as found on disk
+    assert "set aside" in server.log_tail(400)
+    wait_for(lambda: server.status()["journal"]["pending"] == 0, 60, "the journal to drain")
+    assert main(["journal", "inspect", str(journal_dir(server))]) == 0
+    out = capsys.readouterr().out
+    assert f"quarantined: 1\n  {saved} ({end - start} bytes)" in out
+
+
+def test_a_zero_filled_next_segment_does_not_stop_start_up(
+    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    postgres.kill()
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=100, rate=0)
+    flow.start().join()
+    journalled(server, 100)
+    server.kill()
+    [segment] = journal_dir(server).glob("*.seg")
+    # What a crash between creating the next segment and its fsync can leave.
+    leftover = journal_dir(server) / f"{int(segment.name[:8]) + 1:08d}{segment.name[8:]}"
+    leftover.write_bytes(bytes(64))
+    postgres.restart()
+    server.start()
+    assert_exactly_once(pg_url, flow.ids())
+    assert not leftover.exists()
+    assert not (journal_dir(server) / "quarantine").exists()
+
+
+def test_a_second_process_with_the_same_name_exits_naming_the_first(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    first = standalone()
+    first.start()
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in first.config.items()}
+    del config["http"]  # its own port, the same name and journal
+    second = Instance(tmp_path / "second", config)
+    with pytest.raises(HarnessError, match="code 1"):
+        second.start(timeout_s=60)
+    lines = [
+        line
+        for line in second.log_path.read_text().splitlines()
+        if not line.startswith("--- harness")
+    ]
+    assert lines == [
+        f"reporting-server: journal {journal_dir(first)}: writer 'rs-solo' is already running "
+        f"as pid {first.pid}"
+    ]
+    # The first goes on undisturbed.
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=200, rate=0)
+    flow.start().join()
+    assert_exactly_once(pg_url, flow.ids())
+
+
+def test_a_segment_removed_under_its_writer_is_redelivered(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    before = Flow([activemq.host], tmp_path / "l1", queue_prefix=queue_prefix, count=200, rate=0)
+    before.start().join()
+    assert_exactly_once(pg_url, before.ids())
+    wait_for(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
+    # Drained, but still the segment the writer appends to.
+    [live] = journal_dir(server).glob("*.seg")
+    live.unlink()
+    after = Flow([activemq.host], tmp_path / "l2", queue_prefix=queue_prefix, count=200, rate=0)
+    after.start().join()
+    assert_exactly_once(pg_url, before.ids() | after.ids())
+    log = server.log_tail(400)
+    assert f"segment {live.name} was removed while being written" in log
+    assert "the batch goes back to the broker" in log
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (mounted as root), unmounted after the test's instances have stopped."""
+    if os.geteuid() != 0:
+        pytest.fail("the full-disk tests mount a tmpfs: run them as root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_pause_ends_once_the_database_is_back(
+    small_disk: Path, standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone(journal={"dir": str(small_disk / "journal")})
+    server.start()
+    postgres.kill()
+    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=6000, rate=0)
+    flow.start().join()
+    ids = flow.ids()
+    assert len(ids) == 6000
+    wait_for(lambda: server.status()["journal"]["paused"], 120, "consumption to pause")
+    paused_at = server.status()["journal"]["pending"]
+    assert 0 < paused_at < 6000
+    postgres.restart()
+    assert_exactly_once(pg_url, ids, timeout_s=240)
+    wait_for(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
+
+
+def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
+    small_disk: Path, standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone(journal={"dir": str(small_disk / "journal")})
+    server.start()
+    flow = Flow(
+        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=4000, rate=200
+    )
+    flow.start()
+    wait_for(lambda: server.status()["stored"] > 200, 60, "reports flowing")
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\xaa" * 4096)
+    except OSError:
+        pass  # the disk is full
+    finally:
+        os.close(fd)
+    # Some room is left, less than the stream needs: the journal must reuse what it drained.
+    os.truncate(filler, max(0, filler.stat().st_size - 64 * 1024))
+    wait_for(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
+    stored = server.status()["stored"]
+    wait_for(
+        lambda: server.status()["stored"] > stored + 500,
+        120,
+        "consumption to go on while the filler is still there",
+    )
+    filler.unlink()
+    flow.join()
+    assert_exactly_once(pg_url, flow.ids())
+    wait_for(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
+
+
+def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+) -> None:
+    server = standalone()
+    server.start()
+    first = Flow([activemq.host], tmp_path / "first", queue_prefix=queue_prefix, count=300, rate=0)
+    first.start().join()
+    assert_exactly_once(pg_url, first.ids())
+    server.stop()
+    # The folder replaced (wiped, or a relative path now read from another folder): the
+    # database still holds a position in the segment the old folder had open.
+    shutil.rmtree(journal_dir(server))
+    server.start()
+    second = Flow(
+        [activemq.host], tmp_path / "second", queue_prefix=queue_prefix, count=300, rate=0
+    )
+    second.start().join()
+    assert_exactly_once(pg_url, first.ids() | second.ids(), timeout_s=60)

@@ -1,0 +1,130 @@
+"""Who may write a journal directory, and what it may be read by: one process per writer name,
+a segment removed under its writer, the directory's and the files' modes."""
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from storage.errors import JournalExposed, JournalLocked, SegmentLost
+from storage.journal import Journal
+
+Open = Callable[..., Journal]
+
+HOLD = textwrap.dedent(
+    """
+    import sys
+    from storage.journal import Journal
+    journal = Journal(sys.argv[1], writer=sys.argv[2])
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_a_second_process_with_the_same_writer_name_is_refused_naming_the_first(
+    journal_dir: Path,
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(journal_dir), "rs-a"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        with pytest.raises(JournalLocked) as caught:
+            Journal(journal_dir, writer="rs-a")
+        assert caught.value.pid == holder.pid
+        assert f"pid {holder.pid}" in str(caught.value)
+        # Another name on the same directory is another writer: allowed (shared storage).
+        Journal(journal_dir, writer="rs-b").close()
+    finally:
+        holder.communicate("")
+    # The lock goes with the process: the name is free again.
+    Journal(journal_dir, writer="rs-a").close()
+
+
+def test_the_lock_is_released_by_close(open_journal: Open, journal_dir: Path) -> None:
+    first = open_journal()
+    with pytest.raises(JournalLocked, match=f"pid {os.getpid()}"):
+        Journal(journal_dir, writer="rs-a")
+    first.close()
+    open_journal().append_batch([b"x"])
+
+
+def test_a_segment_removed_under_its_writer_is_not_acknowledged(
+    open_journal: Open, journal_dir: Path
+) -> None:
+    journal = open_journal()
+    first = journal.append_batch([b"a"])
+    (journal_dir / first.segment).unlink()
+    with pytest.raises(SegmentLost) as caught:
+        journal.append_batch([b"b"])
+    assert caught.value.segment == first.segment
+    # The next batch (the same one, redelivered) goes to a new segment and is read back.
+    again = journal.append_batch([b"b"])
+    assert again.segment != first.segment
+    assert [e.data for e in journal.read()] == [b"b"]
+
+
+def test_a_segment_replaced_under_its_writer_is_not_acknowledged(
+    open_journal: Open, journal_dir: Path
+) -> None:
+    journal = open_journal()
+    first = journal.append_batch([b"a"])
+    path = journal_dir / first.segment
+    copy = path.with_name("copy")
+    copy.write_bytes(path.read_bytes())
+    os.replace(copy, path)  # e.g. restored from a backup while the writer runs
+    with pytest.raises(SegmentLost):
+        journal.append_batch([b"b"])
+    journal.append_batch([b"c"])
+    assert [e.data for e in journal.read()] == [b"a", b"c"]
+
+
+def test_directory_and_files_are_private_whatever_the_umask(journal_dir: Path) -> None:
+    old = os.umask(0)
+    try:
+        with Journal(journal_dir, writer="rs-a", segment_bytes=64) as journal:
+            journal.append_batch([b"x" * 60])
+            journal.append_batch([b"y" * 60])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(journal_dir.stat().st_mode) == 0o700
+    paths = list(journal_dir.rglob("*"))
+    assert len(list(journal_dir.glob("*.seg"))) == 2
+    for path in paths:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o701])
+def test_a_directory_open_to_others_is_refused(journal_dir: Path, mode: int) -> None:
+    journal_dir.mkdir()
+    os.chmod(journal_dir, mode)
+    with pytest.raises(JournalExposed) as caught:
+        Journal(journal_dir, writer="rs-a")
+    assert f"{mode:04o}" in str(caught.value) and "chmod 700" in str(caught.value)
+    assert list(journal_dir.iterdir()) == []  # nothing written, no lock taken
+    Journal.open_readonly(journal_dir).close()  # inspecting it is still allowed
+
+
+def test_reopening_under_a_new_epoch_keeps_the_writer_lock(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", writer="rs-a", epoch=1)
+    journal.append_batch([b"one"])
+    reopened = journal.reopen(epoch=2)
+    try:
+        # No moment without the lock: a second process (here, a second open) is refused.
+        with pytest.raises(JournalLocked):
+            Journal(tmp_path / "j", writer="rs-a")
+        reopened.append_batch([b"two"])
+        assert any(s.name.endswith("-e0000002-rs-a.seg") for s in reopened.segments())
+    finally:
+        reopened.close()
+    Journal(tmp_path / "j", writer="rs-a").close()
