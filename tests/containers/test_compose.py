@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from reporting.client import ReportClient
 from reporting.config import KINDS
 from reporting.samples import sample_report
+from reporting.wire.producer import ReportClient
 from tests.containers.compose_stack import ComposeStack
 
 pytestmark = pytest.mark.containers

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from reporting.client import ReportClient
 from reporting.config import KINDS
 from reporting.harness.containers import InstanceContainer
 from reporting.samples import sample_report
+from reporting.wire.producer import ReportClient
 from storage.database import Sink
 from storage.errors import DatabaseError
 from tests.containers.test_compose import wait_for
