@@ -14,14 +14,17 @@ producer fails over to the backup's broker, and the primary's host then comes ba
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from bench.load import PacedSender
-from bench.servers import SESSION_TIMEOUT_S, Servers, role_of, say, wait_until
+from bench.servers import SESSION_TIMEOUT_S, Servers, role_of, say
 from reporting.harness import ActiveMQ
 from reporting.harness.instance import Instance
+from reporting.harness.pair import Pair
+from reporting.harness.waiting import wait_until
 
 POLL_S = 0.02
 RATE = 200  # reports/s of load during the rounds
@@ -56,20 +59,13 @@ def _stored(conn: psycopg.Connection, report_id: str) -> bool:
 
 
 def _round(
-    pair: list[Instance],
-    active: Instance,
-    sender: PacedSender,
-    conn: psycopg.Connection,
-    *,
-    host_broker: ActiveMQ | None = None,
+    pair: Pair, active: Instance, sender: PacedSender, conn: psycopg.Connection
 ) -> tuple[float | None, float | None, str]:
     """(seconds to the other active, seconds to the first new report stored, what went wrong);
     a time is None when it did not happen within a minute."""
     other = pair[1] if active is pair[0] else pair[0]
     killed = time.monotonic()
-    active.kill()
-    if host_broker is not None:
-        host_broker.kill()
+    pair.lose_host(active)
     # The first report sent once everything killed is gone: one sent while the host's broker was
     # still dying may have been taken (and receipted) by it, and waits there for the host to come
     # back, as segregated mode intends; it says nothing about the failover.
@@ -128,56 +124,71 @@ def _record(
     )
 
 
-def _shared(servers: Servers, rounds: int) -> dict[str, Any]:
-    prefix = servers.prefix()
-    db_url = servers.database("failover_shared")
-    pair = servers.pair(mode="shared", prefix=prefix, db_url=db_url)
-    sender = None
+def _rounds(
+    pair: Pair,
+    rounds: int,
+    db_url: str,
+    sender: PacedSender,
+    ready: Callable[[], Instance],
+) -> dict[str, Any]:
+    """`rounds` kills of the instance `ready()` returns once the pair is at rest and storing,
+    each followed by its host coming back; the figures of the rounds that went through."""
     to_active: list[float] = []
     to_stored: list[float] = []
     problems: list[str] = []
     try:
-        for instance in pair:
-            instance.start()
-        sender = PacedSender([servers.activemq.host], prefix, rate=RATE, id_prefix=prefix).start()
         with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as conn:
             try:
                 for number in range(rounds):
-                    active = wait_until(
-                        lambda: next((i for i in pair if role_of(i) == "active"), None),
-                        60,
-                        "an active instance",
-                    )
-                    standby = pair[1] if active is pair[0] else pair[0]
-                    wait_until(lambda s=standby: role_of(s) == "standby", 60, "a standby")
+                    active = ready()
                     # Under load: the active is storing what is being sent.
                     before = active.status()["stored"]
                     wait_until(
                         lambda a=active, b=before: a.status()["stored"] > b, 30, "reports stored"
                     )
                     outcome = _round(pair, active, sender, conn)
-                    _record("shared", number, rounds, outcome, to_active, to_stored, problems)
+                    _record(pair.mode, number, rounds, outcome, to_active, to_stored, problems)
                     if len(problems) >= MAX_FAILED_ROUNDS:
                         problems.append(f"stopped after {number + 1} rounds")
                         break
-                    active.start()
+                    pair.restore_host(active)
             except TimeoutError as exc:
                 # The figures of the rounds so far are kept.
                 problems.append(f"round {len(to_active) + 1}: {exc}; no further rounds")
                 say(f"  {exc}; no further rounds")
     finally:
-        if sender is not None:
-            try:
-                sender.stop()
-            except Exception as exc:  # the rounds' figures stand; the producer's end is noted
-                problems.append(f"producer: {type(exc).__name__}: {exc}")
-        for instance in pair:
-            instance.stop(timeout_s=15)
+        try:
+            sender.stop()
+        except Exception as exc:  # the rounds' figures stand; the producer's end is noted
+            problems.append(f"producer: {type(exc).__name__}: {exc}")
     return {
         "to_active": summary(to_active),
         "to_first_stored": summary(to_stored),
         "failed_rounds": problems,
     }
+
+
+def _shared(servers: Servers, rounds: int) -> dict[str, Any]:
+    prefix = servers.prefix()
+    db_url = servers.database("failover_shared")
+    pair = servers.pair(mode="shared", prefix=prefix, db_url=db_url)
+
+    def ready() -> Instance:
+        # Every round kills the instance that is active then.
+        active = wait_until(
+            lambda: next((i for i in pair if role_of(i) == "active"), None),
+            60,
+            "an active instance",
+        )
+        standby = pair[1] if active is pair[0] else pair[0]
+        wait_until(lambda: role_of(standby) == "standby", 60, "a standby")
+        return active
+
+    with pair:
+        for instance in pair:
+            instance.start()
+        sender = PacedSender([servers.activemq.host], prefix, rate=RATE, id_prefix=prefix).start()
+        return _rounds(pair, rounds, db_url, sender, ready)
 
 
 def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
@@ -185,66 +196,36 @@ def _segregated(servers: Servers, rounds: int) -> dict[str, Any]:
     db_url = servers.database("failover_segregated")
     brokers = [ActiveMQ(servers.workdir(f"activemq-{side}")) for side in ("primary", "backup")]
     hosts = [b.host for b in brokers]
-    pair = servers.pair(
-        mode="segregated", prefix=prefix, db_url=db_url, hosts=[[hosts[0]], [hosts[1]]]
-    )
+    pair = servers.pair(mode="segregated", prefix=prefix, db_url=db_url, brokers=brokers)
     primary, backup = pair
-    sender = None
-    to_active: list[float] = []
-    to_stored: list[float] = []
-    problems: list[str] = []
+
+    def ready() -> Instance:
+        # Each round is the loss of the primary's host, once the primary is back in its role.
+        wait_until(
+            lambda: role_of(primary) == "active" and role_of(backup) == "standby",
+            90,
+            "the primary active and the backup standing by",
+        )
+        wait_until(
+            lambda: sender.client.current_host == hosts[0],
+            60,
+            "the producer back on the primary's broker",
+        )
+        return primary
+
     try:
         for broker in brokers:
             say(f"  starting the {broker.workdir.name} broker")
             broker.start()
-        primary.start()
-        wait_until(lambda: role_of(primary) == "active", 60, "the primary active")
-        backup.start()
-        sender = PacedSender(hosts, prefix, rate=RATE, id_prefix=prefix).start()
-        with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as conn:
-            try:
-                for number in range(rounds):
-                    wait_until(
-                        lambda: role_of(primary) == "active" and role_of(backup) == "standby",
-                        90,
-                        "the primary active and the backup standing by",
-                    )
-                    wait_until(
-                        lambda: sender.client.current_host == hosts[0],
-                        60,
-                        "the producer back on the primary's broker",
-                    )
-                    before = primary.status()["stored"]
-                    wait_until(
-                        lambda b=before: primary.status()["stored"] > b, 30, "reports stored"
-                    )
-                    # The primary's host goes: its broker with it.
-                    outcome = _round(pair, primary, sender, conn, host_broker=brokers[0])
-                    _record("segregated", number, rounds, outcome, to_active, to_stored, problems)
-                    if len(problems) >= MAX_FAILED_ROUNDS:
-                        problems.append(f"stopped after {number + 1} rounds")
-                        break
-                    brokers[0].start()
-                    primary.start()
-            except TimeoutError as exc:
-                # The figures of the rounds so far are kept.
-                problems.append(f"round {len(to_active) + 1}: {exc}; no further rounds")
-                say(f"  {exc}; no further rounds")
+        with pair:
+            primary.start()
+            wait_until(lambda: role_of(primary) == "active", 60, "the primary active")
+            backup.start()
+            sender = PacedSender(hosts, prefix, rate=RATE, id_prefix=prefix).start()
+            return _rounds(pair, rounds, db_url, sender, ready)
     finally:
-        if sender is not None:
-            try:
-                sender.stop()
-            except Exception as exc:  # the rounds' figures stand; the producer's end is noted
-                problems.append(f"producer: {type(exc).__name__}: {exc}")
-        for instance in pair:
-            instance.stop(timeout_s=15)
         for broker in brokers:
             broker.stop(timeout_s=20)
-    return {
-        "to_active": summary(to_active),
-        "to_first_stored": summary(to_stored),
-        "failed_rounds": problems,
-    }
 
 
 def run(servers: Servers, *, rounds: int) -> dict[str, Any]:

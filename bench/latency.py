@@ -14,8 +14,9 @@ import psycopg
 
 from bench.failover import percentile
 from bench.load import PacedSender
-from bench.servers import Servers, say, wait_until
+from bench.servers import Servers, say
 from reporting.harness.instance import Instance
+from reporting.harness.waiting import wait_until
 
 
 def run(servers: Servers, *, seconds: float, max_rate: float) -> dict[str, Any]:

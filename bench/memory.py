@@ -12,9 +12,10 @@ from typing import Any
 
 from bench.backlog import build
 from bench.load import preload
-from bench.servers import Servers, peak_rss_mb, say, wait_until
+from bench.servers import Servers, peak_rss_mb, say
 from reporting.harness import TcpProxy
 from reporting.harness.instance import Instance
+from reporting.harness.waiting import wait_until
 
 HOLD_S = 5.0
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import preload
-from bench.servers import Servers, say, wait_until
+from bench.servers import Servers, say
 from reporting.harness.instance import Instance
+from reporting.harness.waiting import wait_until
 
 RESULTS = Path(__file__).parent / "results"
 TOP = 15

@@ -8,33 +8,15 @@ rate, not its start-up. The raw drain (receive and ack only, one consumer) runs 
 """
 
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.load import preload
-from bench.servers import Servers, say, wait_until
+from bench.servers import Servers, say
 from bench.throughput import POLL_S, raw
 from reporting.config import BrokerConfig
 from reporting.harness.instance import Instance
-
-
-def _group(servers: Servers, size: int, *, prefix: str, db_url: str) -> list[Instance]:
-    cluster = f"/bench/{uuid.uuid4().hex}"
-    base = servers.workdir(f"group-{size}")
-    members = []
-    for index in range(size):
-        name = f"rs-{index}"
-        config = servers.config(
-            name,
-            mode="group",
-            prefix=prefix,
-            db_url=db_url,
-            journal_dir=base / "journal",
-            cluster=cluster,
-        )
-        members.append(Instance(base / name, config))
-    return members
+from reporting.harness.waiting import wait_until
 
 
 def _spread(members: list[Instance], queues: int) -> tuple[int] | None:
@@ -50,7 +32,7 @@ def group(servers: Servers, size: int, count: int) -> dict[str, Any]:
     prefix = servers.prefix()
     say(f"group of {size}: preloading {count:,} reports")
     preload(servers.activemq.host, prefix, count, id_prefix=f"group{size}-{prefix}")
-    members = _group(servers, size, prefix=prefix, db_url=servers.database(f"group{size}"))
+    members = servers.group(size, prefix=prefix, db_url=servers.database(f"group{size}")).members
     queues = len(members[0].config["broker"]["queues"])
     try:
         started = time.monotonic()

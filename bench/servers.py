@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from reporting.harness import ActiveMQ, Postgres, ZooKeeper
-from reporting.harness.instance import Instance
+from reporting.harness.group import Group
+from reporting.harness.instance import Instance, instance_config
+from reporting.harness.pair import Pair, build_pair
 from storage.reports import KINDS
 
 SESSION_TIMEOUT_S = 2.0
@@ -121,48 +123,47 @@ class Servers:
                 "cluster": cluster or f"/bench/{uuid.uuid4().hex}",
                 "session_timeout": SESSION_TIMEOUT_S,
             }
-        return {
-            "name": name,
-            "ha": ha,
-            "broker": {"hosts": hosts or [self.activemq.host], "queues": queues(prefix)},
-            "database": {"url": db_url},
-            "journal": {"dir": str(journal_dir)},
-        }
+        return instance_config(
+            name,
+            ha=ha,
+            hosts=hosts or [self.activemq.host],
+            queues=queues(prefix),
+            db_url=db_url,
+            journal_dir=journal_dir,
+        )
 
     def pair(
-        self, *, mode: str, prefix: str, db_url: str, hosts: list[list[str]] | None = None
-    ) -> list[Instance]:
-        """Two instances (rs-a, rs-b) of one cluster; shared mode shares the journal directory."""
-        cluster = f"/bench/{uuid.uuid4().hex}"
-        base = self.workdir(f"pair-{mode}")
-        pair = []
-        for index, name in enumerate(("rs-a", "rs-b")):
-            journal = base / ("journal" if mode == "shared" else f"{name}-journal")
-            config = self.config(
-                name,
-                mode=mode,
-                prefix=prefix,
-                db_url=db_url,
-                journal_dir=journal,
-                hosts=hosts[index] if hosts else None,
-                cluster=cluster,
-                role=("primary", "backup")[index],
-            )
-            pair.append(Instance(base / name, config))
-        pair[0].config["ha"]["peers"] = [pair[1].listen]
-        pair[1].config["ha"]["peers"] = [pair[0].listen]
-        return pair
+        self, *, mode: str, prefix: str, db_url: str, brokers: list[ActiveMQ] | None = None
+    ) -> Pair:
+        """Two instances (rs-a, rs-b) of one cluster, with the product's defaults; shared mode
+        on this run's broker, segregated on `brokers` (the primary's first)."""
+        return build_pair(
+            self.workdir(f"pair-{mode}"),
+            mode=mode,
+            brokers=brokers or [self.activemq],
+            zookeeper=self.zookeeper,
+            postgres=self.postgres,
+            db_url=db_url,
+            queues=queues(prefix),
+            cluster=f"/bench/{uuid.uuid4().hex}",
+            names=("rs-a", "rs-b"),
+            session_timeout_s=SESSION_TIMEOUT_S,
+        )
 
-
-def wait_until(condition: Any, timeout_s: float, what: str, every_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
+    def group(self, size: int, *, prefix: str, db_url: str) -> Group:
+        """`size` group-mode instances (rs-0, rs-1, ...) of one cluster, built, not started."""
+        group = Group(
+            self.workdir(f"group-{size}"),
+            broker_host=self.activemq.host,
+            zookeeper_hosts=self.zookeeper.hosts,
+            db_url=db_url,
+            queues=queues(prefix),
+            cluster=f"/bench/{uuid.uuid4().hex}",
+            session_timeout_s=SESSION_TIMEOUT_S,
+        )
+        for index in range(size):
+            group.add(f"rs-{index}")
+        return group
 
 
 def role_of(instance: Instance) -> str:

@@ -10,9 +10,10 @@ import time
 from typing import Any
 
 from bench.load import naive_drain, preload, raw_drain
-from bench.servers import Servers, role_of, say, wait_until
+from bench.servers import Servers, role_of, say
 from reporting.config import BrokerConfig
 from reporting.harness.instance import Instance
+from reporting.harness.waiting import wait_until
 
 POLL_S = 0.05
 
@@ -51,7 +52,7 @@ def server(servers: Servers, mode: str, count: int) -> dict[str, Any]:
         )
         instances = [Instance(workdir / "rs-solo", config)]
     else:
-        instances = servers.pair(mode=mode, prefix=prefix, db_url=db_url)
+        instances = list(servers.pair(mode=mode, prefix=prefix, db_url=db_url))
     try:
         for instance in instances:
             instance.start()

@@ -17,6 +17,7 @@ from typing import Any
 from reporting.errors import ConfigError
 from reporting.ha.group import queue_key
 from reporting.logs import remember_secret
+from storage.journal.record import FRAME_SIZE, HEADER_SIZE
 from storage.reports import DEFAULT_QUEUES, KINDS, kind_of
 
 MODES = ("standalone", "shared", "segregated", "group")
@@ -26,6 +27,17 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # only, dot-separated parts, so neither '/' nor '..' nor a wildcard ('*', '>') gets through.
 _QUEUE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 QUEUE_MAX_CHARS = 200
+
+# The JSON around a body in a journal record: id and queue (at most 200 characters each, up to
+# 4 bytes a character), the reason of a rejection (it may quote the destination), the time, keys.
+RECORD_ENVELOPE_BYTES = 2048
+
+
+def record_bytes(max_body_bytes: int) -> int:
+    """The most one journal record takes for a body of max_body_bytes, with its frame.
+
+    A rejected body is kept as base64 (4 bytes for every 3), the largest of the encodings."""
+    return FRAME_SIZE + RECORD_ENVELOPE_BYTES + 4 * -(-max_body_bytes // 3)
 
 
 def redact_url(url: str) -> str:
@@ -450,6 +462,7 @@ def parse_config(
         retain_s=sec.number("retain", JournalConfig.retain_s, minimum=0.0),
     )
     sec.finish()
+    _check_sizes(broker, journal)
 
     sec = _section(top, "http")
     http = HttpConfig(
@@ -460,6 +473,26 @@ def parse_config(
     return Config(
         name=name, ha=ha, broker=broker, database=database, journal=journal, http=http, path=path
     )
+
+
+def _check_sizes(broker: BrokerConfig, journal: JournalConfig) -> None:
+    """Refuse sizes a batch of largest bodies cannot fit: the journal would pause for good."""
+    record = record_bytes(broker.max_body_bytes)
+    batch = broker.batch_records * record
+    if journal.max_bytes < batch:
+        raise ConfigError(
+            "journal.max_bytes",
+            f"{journal.max_bytes} cannot hold one batch at broker.max_body_bytes: "
+            f"broker.batch_records ({broker.batch_records}) records of up to {record} bytes "
+            f"need {batch}; raise it or lower broker.batch_records or broker.max_body_bytes",
+        )
+    if journal.segment_bytes < HEADER_SIZE + record:
+        raise ConfigError(
+            "journal.segment_bytes",
+            f"{journal.segment_bytes} cannot hold one record at broker.max_body_bytes "
+            f"({broker.max_body_bytes}): need {HEADER_SIZE + record}; raise it or lower "
+            "broker.max_body_bytes",
+        )
 
 
 def _password_key(sec: _Section) -> str | None:

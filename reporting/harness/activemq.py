@@ -17,8 +17,9 @@ from reporting.harness.service import Service
 from reporting.harness.tls import TlsBundle
 
 ACTIVEMQ_HOME = Path("/usr/share/activemq")
-INSTALL_HINT = "apt-get install -y activemq zookeeper"
-# Needed by the broker's jms-map-json rendering of statistics; the activemq package pulls them in.
+INSTALL_HINT = "scripts/setup (the packages of scripts/packages)"
+# Needed by the broker's jms-map-json rendering of statistics, which queue_depth reads. The
+# activemq package only recommends them, so an install without recommends lacks them.
 _STATISTICS_JARS = ("xstream.jar", "jettison.jar")
 _SYSTEM_JARS = Path("/usr/share/java")
 
@@ -165,8 +166,11 @@ class ActiveMQ(Service):
 
     def _prepare(self) -> None:
         jar = ACTIVEMQ_HOME / "bin" / "activemq.jar"
-        if not jar.exists() or shutil.which("java") is None:
-            raise HarnessError(f"activemq: {jar} or java not found; run: {INSTALL_HINT}")
+        needed = [jar, *(_SYSTEM_JARS / name for name in _STATISTICS_JARS)]
+        absent = [str(path) for path in needed if not path.exists()]
+        if absent or shutil.which("java") is None:
+            found = ", ".join(absent) or "java"
+            raise HarnessError(f"activemq: {found} not found; run: {INSTALL_HINT}")
         conf = self.workdir / "conf"
         conf.mkdir(exist_ok=True)
         (self.workdir / "data").mkdir(exist_ok=True)
@@ -188,7 +192,7 @@ class ActiveMQ(Service):
         lib = self.workdir / "lib"
         lib.mkdir(exist_ok=True)
         for name in _STATISTICS_JARS:
-            if (_SYSTEM_JARS / name).exists() and not (lib / name).exists():
+            if not (lib / name).exists():
                 (lib / name).symlink_to(_SYSTEM_JARS / name)
 
     def _command(self) -> list[str]:

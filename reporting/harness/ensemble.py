@@ -120,6 +120,14 @@ class ZooKeeperEnsemble:
             self.kill()
             raise errors[0]
 
+    def __enter__(self) -> "ZooKeeperEnsemble":
+        """Started for a `with` block (a fixture's life), stopped at its end."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         for member in self.members:
             member.stop()

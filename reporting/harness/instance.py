@@ -10,6 +10,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,46 @@ def to_toml(config: dict[str, Any]) -> str:
             lines.append(f"\n[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+# What tests and chaos runs set beyond the product's defaults: a heartbeat every second, so that a
+# dead broker connection is noticed within seconds, and smaller database batches.
+TEST_SETTINGS: dict[str, dict[str, Any]] = {
+    "broker": {"heartbeat_ms": 1000},
+    "database": {"batch_records": 500},
+}
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` laid over it, section by section (a section's keys are merged)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def instance_config(
+    name: str,
+    *,
+    ha: Mapping[str, Any],
+    hosts: Sequence[str],
+    queues: Sequence[str],
+    db_url: str,
+    journal_dir: Path,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config of one instance as a dict shaped like its TOML file, `settings` laid over it."""
+    config = {
+        "name": name,
+        "ha": dict(ha),
+        "broker": {"hosts": list(hosts), "queues": list(queues)},
+        "database": {"url": db_url},
+        "journal": {"dir": str(journal_dir)},
+    }
+    return merge(config, settings or {})
 
 
 class Instance(Service):

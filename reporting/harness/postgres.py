@@ -20,7 +20,7 @@ from reporting.harness.service import Service
 from reporting.harness.tls import TlsBundle
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-INSTALL_HINT = "apt-get install -y postgresql-15"
+INSTALL_HINT = "scripts/setup (the packages of scripts/packages)"
 # PostgreSQL refuses to run as root; the packages create this account.
 RUN_AS = "postgres"
 
@@ -129,20 +129,25 @@ class Postgres(PostgresAccess, Service):
                 account = pwd.getpwnam(RUN_AS)
                 os.chown(pwfile, account.pw_uid, account.pw_gid)
         try:
-            with open(self.log_path, "ab") as log_file:
-                done = subprocess.run(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.workdir,
-                    **self._spawn_options(),
-                )
+            self._run(command, "initdb")
         finally:
             pwfile.unlink(missing_ok=True)
+
+    def _run(self, command: list[str], what: str, timeout_s: float | None = None) -> None:
+        """Run one of PostgreSQL's programs as the server runs, its output into the log."""
+        with open(self.log_path, "ab") as log_file:
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                timeout=timeout_s,
+                **self._spawn_options(),
+            )
         if done.returncode != 0:
             raise HarnessError(
-                f"postgres: initdb failed; log {self.log_path}:\n{self.log_tail(30)}"
+                f"{self.name}: {what} failed; log {self.log_path}:\n{self.log_tail(30)}"
             )
 
     def _install_tls(self, bundle: TlsBundle) -> None:

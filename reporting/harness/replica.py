@@ -9,7 +9,6 @@ received. The standby is promoted with `pg_ctl promote`; a multi-host URL with
 
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -88,13 +87,13 @@ class Standby(Postgres):
             "--checkpoint", "fast",
             "--no-sync",
         ]  # fmt: skip
-        self._run(command, "pg_basebackup")
+        self._run(command, "pg_basebackup", timeout_s=120)
 
     def promote(self, timeout_s: float = 30) -> None:
         """`pg_ctl promote`; return once the server accepts writes."""
         self._require_running()
         command = [str(PG_BIN / "pg_ctl"), "promote", "--pgdata", str(self.data_dir), "--no-wait"]
-        self._run(command, "pg_ctl promote")
+        self._run(command, "pg_ctl promote", timeout_s=120)
         deadline = time.monotonic() + timeout_s
         while not self.accepts_writes():
             if time.monotonic() >= deadline:
@@ -107,22 +106,6 @@ class Standby(Postgres):
                 return conn.execute("SHOW transaction_read_only").fetchone() == ("off",)
         except psycopg.OperationalError:
             return False
-
-    def _run(self, command: list[str], what: str) -> None:
-        with open(self.log_path, "ab") as log_file:
-            done = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                timeout=120,
-                **self._spawn_options(),
-            )
-        if done.returncode != 0:
-            raise HarnessError(
-                f"{self.name}: {what} failed; log {self.log_path}:\n{self.log_tail(30)}"
-            )
 
 
 class PostgresPair:
@@ -175,6 +158,14 @@ class PostgresPair:
         """Create it on the primary (the standby replays it) and return its multi-host URL."""
         self.primary.create_database(name)
         return self.multi_host_url(name)
+
+    def __enter__(self) -> "PostgresPair":
+        """Started for a `with` block (a fixture's life), stopped at its end."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def multi_host_url(self, database: str) -> str:
         """SQLAlchemy URL naming both servers; psycopg connects to the one that takes writes."""

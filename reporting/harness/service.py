@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from reporting.errors import HarnessError
 from reporting.harness import processes
@@ -123,6 +123,14 @@ class Service:
         processes.kill_group(pgid)
         self._reap(5)
         self._forget()
+
+    def __enter__(self) -> Self:
+        """Started for a `with` block (a fixture's life), stopped at its end."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def kill(self) -> None:
         """SIGKILL the server and its children; return once all of them are gone."""

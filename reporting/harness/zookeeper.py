@@ -8,7 +8,7 @@ from reporting.harness import probes
 from reporting.harness.ports import LOOPBACK, free_port
 from reporting.harness.service import Service
 
-INSTALL_HINT = "apt-get install -y activemq zookeeper"
+INSTALL_HINT = "scripts/setup (the packages of scripts/packages)"
 _JARS = Path("/usr/share/java")
 # zookeeper.jar's manifest names its dependencies; slf4j-simple gives it a log on stderr.
 _CLASS_PATH = ("zookeeper.jar", "slf4j-simple.jar")

@@ -1,17 +1,11 @@
-"""Chaos fixtures beyond the session's servers (tests/conftest.py)."""
+"""Chaos fixtures beyond the session's servers (tests/conftest.py): the instance fixtures of the
+integration tests, one definition for both."""
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from reporting.harness import ActiveMQ
-
-
-@pytest.fixture
-def backup_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
-    """A second ActiveMQ: the segregated backup's own store."""
-    broker = ActiveMQ(tmp_path / "backup-activemq")
-    broker.start()
-    yield broker
-    broker.stop()
+from tests.integration.conftest import (  # noqa: F401  (fixtures, found by pytest by name)
+    backup_broker,
+    cluster_path,
+    group,
+    instances,
+    queue_prefix,
+    queues,
+)

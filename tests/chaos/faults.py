@@ -19,13 +19,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reporting.errors import HarnessError
 from reporting.harness.instance import Instance
+from reporting.harness.pair import Pair, short_name
 from reporting.samples import sample_report
 from reporting.wire.producer import ReportClient, queues_by_kind
 from storage.database import Sink
 from storage.database.schema import rejected_reports
 from storage.journal import Journal
 from storage.reports import from_record
-from tests.chaos.pair import Pair, short_name
 
 
 class Stage(Protocol):

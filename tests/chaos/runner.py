@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reporting.harness.instance import Instance
+from reporting.harness.pair import Pair, brief, short_name
+from reporting.harness.waiting import holds_within
 from reporting.ledger import read_ledger
 from storage.database import Sink
 from tests.chaos import timeline
 from tests.chaos.faults import Fault, faults_for
-from tests.chaos.pair import Pair, short_name
 from tests.chaos.producer import Producer
 from tests.chaos.result import ChaosResult, Failover, FaultRecord, Marker
 from tests.chaos.sampler import Sampler
@@ -155,7 +156,7 @@ class ChaosRun:
         try:
             fault.apply(self)
         except Exception as exc:  # a harness failure: reported, then healed like any fault
-            record.error = _brief(exc)
+            record.error = brief(exc)
             self.result.errors.append(f"{fault.name}: {record.error}")
             self.log(f"chaos: {fault.name} failed: {exc!r}")
             return False
@@ -166,12 +167,14 @@ class ChaosRun:
 
     def _settle(self, after: str) -> bool:
         """Wait for one active, the rest standby, and the active storing reports."""
-        if self._wait(self._settled, SETTLE_TIMEOUT_S):
+        if holds_within(self._settled, SETTLE_TIMEOUT_S, every_s=POLL_S):
             active = self._active_name()
             before = self.sampler.latest()[active].stored or 0
             producing = self.producer is not None and self.producer.alive
-            if not producing or self._wait(
-                lambda: (self.sampler.latest()[active].stored or 0) > before, SETTLE_TIMEOUT_S
+            if not producing or holds_within(
+                lambda: (self.sampler.latest()[active].stored or 0) > before,
+                SETTLE_TIMEOUT_S,
+                every_s=POLL_S,
             ):
                 return True
             self.result.unsettled.append(f"{after}: {active} active but storing nothing")
@@ -186,20 +189,10 @@ class ChaosRun:
     def _active_name(self) -> str:
         return next(name for name, role in self.sampler.roles().items() if role == "active")
 
-    def _wait(
-        self, condition: Callable[[], bool], timeout_s: float, every_s: float = POLL_S
-    ) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(every_s)
-        return True
-
     # -- the Stage the faults act on ----------------------------------------------------------
 
     def active(self) -> Instance:
-        if not self._wait(self._settled, SETTLE_TIMEOUT_S):
+        if not holds_within(self._settled, SETTLE_TIMEOUT_S, every_s=POLL_S):
             raise RuntimeError(f"no settled pair to inject into: {self.sampler.roles()}")
         name = self._active_name()
         return next(i for i in self.pair.instances if short_name(i) == name)
@@ -220,7 +213,9 @@ class ChaosRun:
             roles = self.sampler.roles()
             return next((n for n, r in roles.items() if r == "active" and n != old_name), None)
 
-        took_over = self._wait(lambda: successor() is not None, FAILOVER_TIMEOUT_S)
+        took_over = holds_within(
+            lambda: successor() is not None, FAILOVER_TIMEOUT_S, every_s=POLL_S
+        )
         # Timed by the samples, not by when this wait ended: stopping the old process may have
         # kept the fault busy past the takeover.
         since_t = since - self._t0
@@ -239,7 +234,9 @@ class ChaosRun:
 
     def wait_role(self, instance: Instance, role: str, timeout_s: float) -> bool:
         name = short_name(instance)
-        return self._wait(lambda: self.sampler.roles().get(name) == role, timeout_s)
+        return holds_within(
+            lambda: self.sampler.roles().get(name) == role, timeout_s, every_s=POLL_S
+        )
 
     def freeze(self, instance: Instance) -> None:
         self.sampler.freeze(instance)
@@ -279,7 +276,7 @@ class ChaosRun:
                     service.start()
                     healed.append(f"started {name}")
             except Exception as exc:  # reported; the check goes on with what runs
-                self.result.errors.append(f"healing {name}: {_brief(exc)}")
+                self.result.errors.append(f"healing {name}: {brief(exc)}")
         if healed:
             self.mark(f"healed: {', '.join(healed)}", recovery=True)
 
@@ -320,7 +317,7 @@ class ChaosRun:
                     return False
                 return self.pair.is_drained(self.sampler.roles(), self.sampler.pending())
 
-            if ids and not self._wait(drained, DRAIN_TIMEOUT_S, every_s=0.5):
+            if ids and not holds_within(drained, DRAIN_TIMEOUT_S, every_s=0.5):
                 self.log("chaos: the drain did not finish in time; checking what is stored")
             counts = sink.report_id_counts(ids)
         finally:
@@ -331,26 +328,6 @@ class ChaosRun:
 
     def _check_brokers_empty(self) -> None:
         """Nothing left in any queue of any broker: what was receipted was all consumed."""
-        brokers = {id(b): b for b in self.pair.brokers.values()}.values()
-
-        def left() -> dict[str, str]:
-            found = {}
-            for broker in brokers:
-                for queue in self.pair.queues:
-                    try:
-                        depth = broker.queue_depth(queue)
-                    except Exception as exc:  # the broker cannot tell now; ask again
-                        found[f"{broker.host} {queue}"] = f"unknown ({_brief(exc)})"
-                        continue
-                    if depth:
-                        found[f"{broker.host} {queue}"] = f"{depth} messages"
-            return found
-
-        if not self._wait(lambda: not left(), BROKER_EMPTY_TIMEOUT_S, every_s=1.0):
+        left = self.pair.left_in_brokers
+        if not holds_within(lambda: not left(), BROKER_EMPTY_TIMEOUT_S, every_s=1.0):
             self.result.stranded = [f"{q}: {what}" for q, what in left().items()]
-
-
-def _brief(exc: BaseException) -> str:
-    """The first line of an error: harness errors carry whole log tails."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]

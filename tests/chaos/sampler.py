@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reporting.harness.instance import Instance
-from tests.chaos.pair import short_name
+from reporting.harness.pair import short_name
 
 INTERVAL_S = 0.05
 # Longer than any answer of a working instance on a loaded machine.

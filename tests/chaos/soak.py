@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reporting.harness import ActiveMQ, Postgres, Service, ZooKeeper
 from tests.chaos.faults import faults_for
-from tests.chaos.pair import Pair, build_segregated_pair, build_shared_pair
+from tests.chaos.pair import chaos_pair
 from tests.chaos.runner import ChaosRun
 
 
@@ -72,19 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"soak: starting {server.name} in {server.workdir}", flush=True)
                 servers.append(server)
                 server.start()
-        pair: Pair
-        if backup_broker is not None:
-            pair = build_segregated_pair(
-                out / "pair",
-                primary_broker=broker,
-                backup_broker=backup_broker,
-                zookeeper=zookeeper,
-                postgres=postgres,
-            )
-        else:
-            pair = build_shared_pair(
-                out / "pair", broker=broker, zookeeper=zookeeper, postgres=postgres
-            )
+        brokers = [broker] if backup_broker is None else [broker, backup_broker]
+        pair = chaos_pair(
+            out / "pair", mode=args.mode, brokers=brokers, zookeeper=zookeeper, postgres=postgres
+        )
         with pair:
             result = ChaosRun(
                 seed,

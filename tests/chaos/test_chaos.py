@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.pair import Pair, build_segregated_pair, build_shared_pair
+from reporting.harness.pair import Pair
+from tests.chaos.pair import chaos_pair
 from tests.chaos.result import ChaosResult
 from tests.chaos.runner import ChaosRun
 
@@ -30,8 +31,8 @@ TIMEOUT_S = 120 + ROUNDS * 90
 def test_shared_pair_survives_random_faults(
     run: int, activemq, zookeeper, postgres, tmp_path: Path
 ) -> None:
-    pair = build_shared_pair(
-        tmp_path / "pair", broker=activemq, zookeeper=zookeeper, postgres=postgres
+    pair = chaos_pair(
+        tmp_path / "pair", mode="shared", brokers=[activemq], zookeeper=zookeeper, postgres=postgres
     )
     check(chaos(FIRST_SEED + run, pair, tmp_path))
 
@@ -40,10 +41,10 @@ def test_shared_pair_survives_random_faults(
 def test_segregated_pair_survives_random_faults(
     activemq, backup_broker, zookeeper, postgres, tmp_path: Path
 ) -> None:
-    pair = build_segregated_pair(
+    pair = chaos_pair(
         tmp_path / "pair",
-        primary_broker=activemq,
-        backup_broker=backup_broker,
+        mode="segregated",
+        brokers=[activemq, backup_broker],
         zookeeper=zookeeper,
         postgres=postgres,
     )

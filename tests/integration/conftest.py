@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from reporting.harness.instance import Instance
+from reporting.harness.group import Group, spread
+from reporting.harness.instance import TEST_SETTINGS, Instance, instance_config, merge
+from reporting.harness.pair import Pair, build_pair
+from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseError
 from storage.reports import KINDS
@@ -28,16 +31,6 @@ def queue_prefix() -> str:
 @pytest.fixture
 def queues(queue_prefix: str) -> list[str]:
     return [f"{queue_prefix}gvp.reporting.{kind}" for kind in KINDS]
-
-
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            out.setdefault(key, {}).update(value)
-        else:
-            out[key] = value
-    return out
 
 
 @pytest.fixture
@@ -56,13 +49,15 @@ def standalone(
     """Builds (not starts) a standalone instance on the session's broker and a fresh database."""
 
     def make(name: str = "rs-solo", **overrides: dict[str, Any]) -> Instance:
-        config = {
-            "name": name,
-            "ha": {"mode": "standalone"},
-            "broker": {"hosts": [activemq.host], "queues": queues, "heartbeat_ms": 1000},
-            "database": {"url": pg_url, "batch_records": 500},
-            "journal": {"dir": str(tmp_path / name / "journal")},
-        }
+        config = instance_config(
+            name,
+            ha={"mode": "standalone"},
+            hosts=[activemq.host],
+            queues=queues,
+            db_url=pg_url,
+            journal_dir=tmp_path / name / "journal",
+            settings=TEST_SETTINGS,
+        )
         instance = Instance(tmp_path / name, merge(config, overrides))
         instances.append(instance)
         return instance
@@ -132,21 +127,6 @@ class Flow:
         return {line for line in self.ledger.read_text().splitlines() if line}
 
 
-def wait_for(
-    condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1
-) -> Any:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-
-
 def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float = 120) -> None:
     """Every receipted id ends up stored, once; polls until the drain has caught up."""
     sink = Sink(db_url, cluster="verify", journal="verify")
@@ -161,7 +141,7 @@ def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float =
             return sum(1 for n in counts.values() if n >= 1) == len(ledger_ids)
 
         try:
-            wait_for(all_stored, timeout_s, "every receipted report to be stored", every_s=0.5)
+            wait_until(all_stored, timeout_s, "every receipted report to be stored", every_s=0.5)
         finally:
             counts = sink.report_id_counts(ledger_ids)
             missing = [i for i in ledger_ids if counts.get(i, 0) == 0]
@@ -172,56 +152,53 @@ def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float =
         sink.close()
 
 
+def nothing_stranded(pair: Pair) -> None:
+    """Nothing left in any queue of the pair's brokers, nor undrained in its journals."""
+    wait_until(lambda: not pair.left_in_brokers(), 60, "every queue of every broker empty")
+    wait_until(lambda: not pair.left_in_journals(), 60, "every journal drained")
+
+
 @pytest.fixture
 def cluster_path() -> str:
     return f"/rstest/{uuid.uuid4().hex}"
 
 
-def build_pair(
-    tmp_path: Path,
-    members: list[tuple[str, dict[str, Any], Any, str]],
-    ha: dict[str, Any],
-    pg_url: str,
-    queues: list[str],
-    instances: list[Instance],
-    overrides: dict[str, dict[str, Any]],
-) -> list[Instance]:
-    """Two instances (name, extra [ha] keys, broker, journal dir) that know each other."""
-    pair = []
-    for name, ha_extra, broker, journal_dir in members:
-        config = {
-            "name": name,
-            "ha": {**ha, **ha_extra, "session_timeout": 2.0},
-            "broker": {"hosts": [broker.host], "queues": queues, "heartbeat_ms": 1000},
-            "database": {"url": pg_url, "batch_records": 500},
-            "journal": {"dir": str(tmp_path / journal_dir)},
-        }
-        instance = Instance(tmp_path / name, merge(config, overrides.get(name, {})))
-        instances.append(instance)
-        pair.append(instance)
-    pair[0].config["ha"]["peers"] = [pair[1].listen]
-    pair[1].config["ha"]["peers"] = [pair[0].listen]
-    return pair
+def pair_builder(
+    mode: str, brokers: list[Any], workdir: Path, request: pytest.FixtureRequest
+) -> Callable[..., Pair]:
+    """Builds (not starts) a pair of `mode` on the session's servers, a fresh database and this
+    test's queues and cluster path; keyword arguments, by instance name, are laid over that
+    instance's config."""
+    zookeeper, postgres, db_url, queues, cluster, instances = (
+        request.getfixturevalue(name)
+        for name in ("zookeeper", "postgres", "pg_url", "queues", "cluster_path", "instances")
+    )
+
+    def make(**overrides: dict[str, Any]) -> Pair:
+        pair = build_pair(
+            workdir,
+            mode=mode,
+            brokers=brokers,
+            zookeeper=zookeeper,
+            postgres=postgres,
+            db_url=db_url,
+            queues=queues,
+            cluster=cluster,
+            settings=TEST_SETTINGS,
+            overrides=overrides,
+        )
+        instances.extend(pair)
+        return pair
+
+    return make
 
 
 @pytest.fixture
 def shared_pair(
-    tmp_path: Path,
-    activemq: Any,
-    zookeeper: Any,
-    pg_url: str,
-    queues: list[str],
-    cluster_path: str,
-    instances: list[Instance],
-) -> Callable[..., list[Instance]]:
-    """Builds (not starts) two shared-storage instances: one broker, one journal directory."""
-
-    def make(**overrides: dict[str, Any]) -> list[Instance]:
-        members = [(name, {}, activemq, "shared-journal") for name in ("rs-a", "rs-b")]
-        ha = {"mode": "shared", "zookeeper": zookeeper.hosts, "cluster": cluster_path}
-        return build_pair(tmp_path, members, ha, pg_url, queues, instances, overrides)
-
-    return make
+    tmp_path: Path, activemq: Any, request: pytest.FixtureRequest
+) -> Callable[..., Pair]:
+    """Two shared-storage instances: one broker, one journal directory."""
+    return pair_builder("shared", [activemq], tmp_path, request)
 
 
 @pytest.fixture
@@ -236,43 +213,43 @@ def group(
 ) -> Callable[..., Instance]:
     """Builds (not starts) one more group-mode instance: one broker, one journal folder for all;
     each instance lists the ones built before it as peers."""
-    members: list[Instance] = []
+    members = Group(
+        tmp_path,
+        broker_host=activemq.host,
+        zookeeper_hosts=zookeeper.hosts,
+        db_url=pg_url,
+        queues=queues,
+        cluster=cluster_path,
+        settings=TEST_SETTINGS,
+    )
 
     def make(name: str, **overrides: dict[str, Any]) -> Instance:
-        config = {
-            "name": name,
-            "ha": {
-                "mode": "group",
-                "zookeeper": zookeeper.hosts,
-                "cluster": cluster_path,
-                "session_timeout": 2.0,
-                "peers": [m.listen for m in members],
-            },
-            "broker": {"hosts": [activemq.host], "queues": queues, "heartbeat_ms": 1000},
-            "database": {"url": pg_url, "batch_records": 500},
-            "journal": {"dir": str(tmp_path / "group-journal")},
-        }
-        instance = Instance(tmp_path / name, merge(config, overrides))
+        instance = members.add(name, **overrides)
         instances.append(instance)
-        members.append(instance)
         return instance
 
     return make
 
 
-def roles(pair: list[Instance]) -> dict[str, str]:
-    """Each instance's role as its /status says, or "unreachable"."""
-    out = {}
-    for instance in pair:
-        status = instance.try_status(timeout_s=0.5)
-        out[instance.name] = status["role"] if status else "unreachable"
-    return out
+def flowing(
+    members: list[Instance], broker: str, queue_prefix: str, tmp_path: Path, *, count: int
+) -> Flow:
+    """`count` reports sent at 300/s into a ledger, once the members have stored the first 300."""
+    flow = Flow([broker], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=300)
+    flow.start()
+    wait_until(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    return flow
 
 
-def active_of(pair: list[Instance]) -> Instance | None:
-    actives = [i for i in pair if (i.try_status(timeout_s=0.5) or {}).get("role") == "active"]
-    assert len(actives) <= 1, f"two active instances: {roles(pair)}"
-    return actives[0] if actives else None
+def start_group(
+    group: Callable[..., Instance], count: int, queues: list[str]
+) -> tuple[list[Instance], dict[str, str]]:
+    """`count` members of a group built by the `group` fixture, started, each queue owned once."""
+    members = [group(f"rs-{i}") for i in range(count)]
+    for instance in members:
+        instance.start()
+    assignment = wait_until(lambda: spread(members, queues), 30, "every queue owned, once")
+    return members, assignment
 
 
 @pytest.fixture
@@ -280,31 +257,13 @@ def backup_broker(tmp_path: Path) -> Iterator[Any]:
     """A second ActiveMQ, the segregated backup's own store."""
     from reporting.harness import ActiveMQ
 
-    broker = ActiveMQ(tmp_path / "backup-activemq")
-    broker.start()
-    yield broker
-    broker.stop()
+    with ActiveMQ(tmp_path / "backup-activemq") as broker:
+        yield broker
 
 
 @pytest.fixture
 def segregated_pair(
-    tmp_path: Path,
-    activemq: Any,
-    backup_broker: Any,
-    zookeeper: Any,
-    pg_url: str,
-    queues: list[str],
-    cluster_path: str,
-    instances: list[Instance],
-) -> Callable[..., list[Instance]]:
-    """Builds (not starts) a segregated primary (the session's broker) and backup (its own)."""
-
-    def make(**overrides: dict[str, Any]) -> list[Instance]:
-        members = [
-            ("rs-p", {"role": "primary"}, activemq, "rs-p/journal"),
-            ("rs-b", {"role": "backup"}, backup_broker, "rs-b/journal"),
-        ]
-        ha = {"mode": "segregated", "zookeeper": zookeeper.hosts, "cluster": cluster_path}
-        return build_pair(tmp_path, members, ha, pg_url, queues, instances, overrides)
-
-    return make
+    tmp_path: Path, activemq: Any, backup_broker: Any, request: pytest.FixtureRequest
+) -> Callable[..., Pair]:
+    """A segregated primary (the session's broker) and backup (its own)."""
+    return pair_builder("segregated", [activemq, backup_broker], tmp_path, request)

@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 
 from reporting.harness.replica import PostgresPair
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from reporting.harness.waiting import wait_until
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def async_pair(tmp_path: Path) -> Iterator[PostgresPair]:
-    databases = PostgresPair(tmp_path / "pg", synchronous=False)
-    databases.start()
-    yield databases
-    databases.stop()
+    with PostgresPair(tmp_path / "pg", synchronous=False) as databases:
+        yield databases
 
 
 def _rewound(listen: str) -> float:
@@ -36,23 +35,27 @@ def test_commits_lost_by_a_promoted_async_standby_are_replayed(
 ) -> None:
     url = async_pair.create_database("reports_async")
     # Small segments, so that drained ones would be released if they were not retained.
-    server = standalone(database={"url": url}, journal={"retain": 600.0, "segment_bytes": 65536})
+    server = standalone(
+        database={"url": url},
+        broker={"max_body_bytes": 16384},
+        journal={"retain": 600.0, "segment_bytes": 65536},
+    )
     server.start()
     flow = Flow(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=200
     )
     flow.start()
-    wait_for(lambda: server.status()["stored"] > 300, 30, "reports flowing")
+    wait_until(lambda: server.status()["stored"] > 300, 30, "reports flowing")
     # The standby goes away while the primary goes on committing: those commits exist only on
     # the primary when it dies, as after a burst that replication had not caught up on.
     async_pair.standby.kill()
     mark = server.status()["stored"]
-    wait_for(lambda: server.status()["stored"] > mark + 200, 30, "commits the standby lacks")
+    wait_until(lambda: server.status()["stored"] > mark + 200, 30, "commits the standby lacks")
     async_pair.primary.kill()
     async_pair.standby.start()
     async_pair.promote()
     promoted = time.monotonic()
-    wait_for(lambda: _rewound(server.listen) > 0, 60, "the server to notice the lost commits")
+    wait_until(lambda: _rewound(server.listen) > 0, 60, "the server to notice the lost commits")
     print(f"\nlost commits noticed {time.monotonic() - promoted:.2f} s after the promotion")
     flow.join()
     assert_exactly_once(url, flow.ids())

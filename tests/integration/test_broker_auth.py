@@ -15,9 +15,10 @@ from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.probes import StompSession
+from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
 from storage.reports import KINDS
-from tests.integration.conftest import assert_exactly_once, wait_for
+from tests.integration.conftest import assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,7 @@ def test_right_credentials_round_trip(
     instances.append(server)
     server.start()
     # The server's subscriptions create the queues: producers have no right to.
-    wait_for(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
     ledger = tmp_path / "ledger"
     with ReportClient(
         [secure_broker.host], ledger=ledger, user="producer", password=PRODUCER_PW

@@ -17,8 +17,9 @@ from reporting.harness import ActiveMQ
 from reporting.harness.instance import to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.tls import TlsBundle, make_ca
+from reporting.harness.waiting import wait_until
 from reporting.wire.consumer import Consumer
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def test_right_ca_round_trips_exactly_once(
 ) -> None:
     server = standalone(broker=tls_keys(tls_broker, ca))
     server.start()
-    wait_for(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
     flow = Flow(
         [tls_broker.tls_host],
         tmp_path / "ledger",

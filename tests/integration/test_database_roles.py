@@ -13,8 +13,9 @@ from sqlalchemy.engine import make_url
 from reporting.cli import main
 from reporting.harness import Postgres
 from reporting.harness.instance import Instance, to_toml
+from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,7 @@ def test_server_role_stores_reports_but_cannot_drop_or_truncate(
             query = "SELECT count(*) FROM rejected_reports WHERE report_id = 'bad-1'"
             return conn.execute(query).fetchone()[0]
 
-    wait_for(rejected, 30, "the rejected report to be stored")
+    wait_until(rejected, 30, "the rejected report to be stored")
     assert server.status()["database"] == "up"
 
     with connect(pg, "rs_server", SERVER_PW, "reporting") as conn:
@@ -229,10 +230,10 @@ def test_why_the_database_is_down_is_logged_once_and_shown_in_status(
     instances.append(server)
     server.start()
     refused = 'password authentication failed for user "rs_server"'
-    wait_for(lambda: refused in (server.status().get("database_error") or ""), 30, "the reason")
+    wait_until(lambda: refused in (server.status().get("database_error") or ""), 30, "the reason")
     assert server.status()["database"] == "down"
     # The drainer and the probe keep trying; the reason is logged once all the same.
-    wait_for(lambda: pg.log_path.read_text().count(refused) >= 5, 30, "five refused logins")
+    wait_until(lambda: pg.log_path.read_text().count(refused) >= 5, 30, "five refused logins")
     lines = [line for line in server.log_path.read_text().splitlines() if refused in line]
     assert len(lines) == 1 and " WARNING " in lines[0], lines
 
@@ -240,7 +241,7 @@ def test_why_the_database_is_down_is_logged_once_and_shown_in_status(
     with connect(pg, "postgres", SUPER_PW) as conn:
         conn.autocommit = True
         conn.execute(f"ALTER ROLE rs_server PASSWORD '{wrong}'")
-    wait_for(lambda: server.status()["database"] == "up", 30, "the database to be up")
+    wait_until(lambda: server.status()["database"] == "up", 30, "the database to be up")
     assert server.status()["database_error"] is None
     assert "reachable" in server.log_path.read_text()
     assert wrong not in server.log_path.read_text()

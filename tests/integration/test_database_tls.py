@@ -14,9 +14,10 @@ import pytest
 from reporting.harness import Postgres
 from reporting.harness.instance import to_toml
 from reporting.harness.tls import TlsBundle, make_ca
+from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseError
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def test_right_ca_stores_reports_exactly_once(
     url = verified_url(tls_postgres, new_database(tls_postgres), ca.ca_file)
     server = standalone(database={"url": url})
     server.start()
-    wait_for(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
     flow = Flow(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=200, rate=0
     ).start()

@@ -14,6 +14,7 @@ from kazoo.client import KazooClient
 
 from reporting.ha import Election, Role, RoleChange, make_election
 from reporting.harness import TcpProxy, ZooKeeper
+from reporting.harness.waiting import holds_within, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,24 +45,9 @@ class Recorder:
             return [c for t, c in self.changes if t >= after]
 
 
-def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def happens_within(condition: Callable[[], Any], window_s: float) -> bool:
     """Whether `condition` becomes true during the window: for what must not happen."""
-    try:
-        wait_until(condition, window_s, "")
-    except AssertionError:
-        return False
-    return True
+    return holds_within(condition, window_s, every_s=0.02)
 
 
 def is_active(change: RoleChange) -> bool:

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from reporting.harness.instance import Instance
+from reporting.harness.group import spread
+from reporting.harness.pair import short_name as name
+from reporting.harness.waiting import wait_until
 from storage.reports import kind_of
-from tests.chaos.ownership import OwnershipSampler
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once, flowing, start_group
 
 pytestmark = pytest.mark.integration
 
@@ -24,50 +25,6 @@ SESSION_S = 2.0
 # What a move may take beyond the session's expiry: the watch firing, the new owner draining
 # what the dead one journalled, and its consumer subscribing.
 REBALANCE_S = 2.0
-
-
-def name(instance: Instance) -> str:
-    return instance.config["name"]
-
-
-def owners(members: list[Instance]) -> dict[str, list[str]]:
-    """queue -> the instances that say they own it (an unreachable instance says nothing)."""
-    out: dict[str, list[str]] = {}
-    for instance in members:
-        status = instance.try_status(timeout_s=0.5) or {}
-        for queue, q in (status.get("queues") or {}).items():
-            out.setdefault(queue, [])
-            if q["role"] == "active":
-                out[queue].append(status["name"])
-    return out
-
-
-def spread(members: list[Instance], queues: list[str]) -> dict[str, str] | None:
-    """queue -> its one owner, once every queue has exactly one and every member owns one."""
-    seen = owners(members)
-    if any(len(seen.get(queue, [])) != 1 for queue in queues):
-        return None
-    assignment = {queue: seen[queue][0] for queue in queues}
-    names = {name(i) for i in members}
-    return assignment if set(assignment.values()) == names else None
-
-
-def flowing(
-    members: list[Instance], broker: str, queue_prefix: str, tmp_path: Path, *, count: int
-) -> Flow:
-    """`count` reports sent at 300/s into a ledger, once the members have stored the first 300."""
-    flow = Flow([broker], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=300)
-    flow.start()
-    wait_for(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
-    return flow
-
-
-def start_group(group, count: int, queues: list[str]) -> tuple[list[Instance], dict[str, str]]:
-    members = [group(f"rs-{i}") for i in range(count)]
-    for instance in members:
-        instance.start()
-    assignment = wait_for(lambda: spread(members, queues), 30, "every queue owned, once")
-    return members, assignment
 
 
 def test_queues_spread_over_three_instances(
@@ -127,7 +84,7 @@ def test_kill_9_moves_the_queues_of_the_dead(
     killed = time.monotonic()
     victim.kill()
     survivors = [i for i in members if i is not victim]
-    after = wait_for(lambda: spread(survivors, queues), 30, "the dead one's queues to move")
+    after = wait_until(lambda: spread(survivors, queues), 30, "the dead one's queues to move")
     took = time.monotonic() - killed
     print(f"\nkill -9: {orphans} owned again {took:.2f} s after the kill")
     assert all(after[q] != name(victim) for q in orphans)
@@ -144,7 +101,7 @@ def test_sigterm_hands_the_queues_over_before_any_session_expires(
     leaving = members.pop(0)
     stopped = time.monotonic()
     leaving.stop()
-    wait_for(lambda: spread(members, queues), 30, "the queues to move", every_s=0.02)
+    wait_until(lambda: spread(members, queues), 30, "the queues to move", every_s=0.02)
     took = time.monotonic() - stopped
     print(f"\nSIGTERM: queues of {name(leaving)} owned again {took:.2f} s after the signal")
     assert took < SESSION_S, f"the hand-over took {took:.2f} s, as long as a session expiry"
@@ -161,7 +118,7 @@ def test_an_instance_joining_takes_its_share(
     newcomer.start()
     members.append(newcomer)
     joined = time.monotonic()
-    assignment = wait_for(lambda: spread(members, queues), 30, "a share for the newcomer")
+    assignment = wait_until(lambda: spread(members, queues), 30, "a share for the newcomer")
     print(f"\njoin: rebalanced {time.monotonic() - joined:.2f} s after the start")
     # Sticky: the newcomer takes one queue (4 over 3: shares 2, 1, 1); nothing else moves.
     moved = {q: o for q, o in assignment.items() if before[q] != o}
@@ -170,61 +127,13 @@ def test_an_instance_joining_takes_its_share(
     assert_exactly_once(pg_url, flow.ids())
 
 
-@pytest.mark.chaos
-@pytest.mark.timeout(400)
-def test_kill_add_and_pause_never_two_owners(
-    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
-) -> None:
-    """Three instances under load: kill -9 one, add one, SIGSTOP one past its session. Every
-    50 ms each instance's /status is sampled: no queue may ever have two owners."""
-    sampler = OwnershipSampler().start()
-    try:
-        members, _ = start_group(group, 3, queues)
-        for instance in members:
-            sampler.add(instance)
-        flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=6000)
-
-        killed = members.pop(0)
-        killed.kill()
-        wait_for(lambda: spread(members, queues), 30, "the killed one's queues to move")
-        print(f"\nafter kill -9 of {name(killed)}: {owners(members)}")
-
-        newcomer = group("rs-3")
-        newcomer.start()
-        sampler.add(newcomer)
-        members.append(newcomer)
-        wait_for(lambda: spread(members, queues), 30, "a share for the newcomer")
-        print(f"after {name(newcomer)} joined: {owners(members)}")
-
-        paused = members[0]
-        others = members[1:]
-        sampler.freeze(paused)
-        paused.pause()
-        wait_for(lambda: spread(others, queues), 30, "the paused one's queues to move")
-        # Past its session for a while, so that its drainer and consumer resume into a group
-        # that has moved on.
-        time.sleep(SESSION_S)  # the fault's length, not a synchronisation
-        paused.resume()
-        sampler.thaw(paused)
-        wait_for(lambda: spread(members, queues), 30, "the resumed one to take a share again")
-        print(f"after SIGSTOP/SIGCONT of {name(paused)}: {owners(members)}")
-
-        flow.join()
-        assert_exactly_once(pg_url, flow.ids())
-    finally:
-        sampler.stop()
-    print(f"ownership sampled {sampler.ticks} times")
-    assert sampler.ticks > 100, "the sampler hardly ran"
-    assert not sampler.breaches, f"queues with two owners: {sampler.breaches[:5]}"
-
-
 def test_database_down_then_replay_of_every_queue_journal(
     group, activemq, postgres, pg_url, queues, queue_prefix, tmp_path: Path
 ) -> None:
     """With the database down, each owner buffers its queues in their own journal folders; a
     replay with any member's config drains every queue's journal."""
     members, _ = start_group(group, 2, queues)
-    wait_for(lambda: all(i.status()["database"] == "up" for i in members), 30, "database: up")
+    wait_until(lambda: all(i.status()["database"] == "up" for i in members), 30, "database: up")
     postgres.kill()
     flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=400, rate=0)
     flow.start().join()
@@ -232,7 +141,7 @@ def test_database_down_then_replay_of_every_queue_journal(
     def pending() -> int:
         return sum(i.status()["journal"]["pending"] for i in members)
 
-    wait_for(lambda: pending() >= 400, 60, "the backlog journalled")
+    wait_until(lambda: pending() >= 400, 60, "the backlog journalled")
     assert {i.status()["database"] for i in members} == {"down"}
     for instance in members:
         instance.kill()
@@ -256,39 +165,6 @@ def test_a_member_listing_other_queues_is_reported(group, queues) -> None:
     odd = group("rs-odd", broker={"queues": queues[:3]})
     first.start()
     odd.start()
-    wait_for(lambda: first.status()["mismatched"] == ["rs-odd"], 30, "rs-odd reported")
+    wait_until(lambda: first.status()["mismatched"] == ["rs-odd"], 30, "rs-odd reported")
     assert odd.status()["mismatched"] == ["rs-0"]
     assert "rs-odd lists other queues than this instance" in first.log_tail(200)
-
-
-@pytest.mark.chaos
-def test_an_owner_cut_off_from_zookeeper_stands_by_before_its_queues_move(
-    group, activemq, zookeeper, tcp_proxy, pg_url, queues, queue_prefix, tmp_path: Path
-) -> None:
-    """A partition, not a pause: rs-0 keeps running while its path to ZooKeeper is dark. It must
-    stop consuming on its own before its session expires and the others take its queues."""
-    zk_proxy = tcp_proxy("127.0.0.1", zookeeper.port)
-    sampler = OwnershipSampler()
-    cut_off = group("rs-0", ha={"zookeeper": f"127.0.0.1:{zk_proxy.port}"})
-    members = [cut_off, group("rs-1"), group("rs-2")]
-    for instance in members:
-        instance.start()
-        sampler.add(instance)
-    wait_for(lambda: spread(members, queues), 30, "every queue owned, once")
-    sampler.start()
-    try:
-        flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
-        zk_proxy.blackhole()
-        darkened = time.monotonic()
-        wait_for(lambda: spread(members[1:], queues), 30, "rs-0's queues to move")
-        print(f"\npartition: rs-0's queues owned again {time.monotonic() - darkened:.2f} s later")
-        # Still running, cut off, and owning nothing.
-        assert cut_off.status()["owned"] == []
-        zk_proxy.heal()
-        wait_for(lambda: spread(members, queues), 30, "rs-0 to take a share again")
-        flow.join()
-        assert_exactly_once(pg_url, flow.ids())
-    finally:
-        sampler.stop()
-    assert sampler.ticks > 50, "the sampler hardly ran"
-    assert not sampler.breaches, f"queues with two owners: {sampler.breaches[:5]}"

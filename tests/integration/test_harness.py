@@ -16,6 +16,7 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
 from reporting.harness import ActiveMQ, Postgres, TcpProxy, ZooKeeper, probes, processes
+from reporting.harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +134,7 @@ def test_queue_depth_counts_unacknowledged_messages(activemq: ActiveMQ) -> None:
     conn = _stomp_connection(activemq)
     for n in range(3):
         conn.send(f"/queue/{name}", body=str(n), headers={"persistent": "true"})
-    _wait_for(lambda: activemq.queue_depth(name) == 3)
+    wait_until(lambda: activemq.queue_depth(name) == 3, 10, "3 on the queue")
     inbox = _Inbox()
     conn.set_listener("", inbox)
     conn.subscribe(
@@ -143,7 +144,7 @@ def test_queue_depth_counts_unacknowledged_messages(activemq: ActiveMQ) -> None:
     # Delivered but not acknowledged: still on the queue.
     assert activemq.queue_depth(name) == 3
     conn.ack(inbox.messages[0].headers["message-id"], "1")
-    _wait_for(lambda: activemq.queue_depth(name) == 2)
+    wait_until(lambda: activemq.queue_depth(name) == 2, 10, "2 on the queue")
     conn.disconnect()
 
 
@@ -172,10 +173,10 @@ def test_ephemeral_node_disappears_when_the_session_is_lost(
         assert observer.exists(path) is not None
 
         proxy.blackhole()
-        _wait_for(lambda: observer.exists(path) is None, timeout_s=15)
+        wait_until(lambda: observer.exists(path) is None, 15, "the node gone")
         assert KazooState.SUSPENDED in states
         proxy.heal()
-        _wait_for(lambda: KazooState.LOST in states, timeout_s=15)
+        wait_until(lambda: KazooState.LOST in states, 15, "the session lost")
     finally:
         proxy.heal()
         holder.stop()
@@ -228,10 +229,3 @@ def test_proxy_reset_drops_current_connections(
         session.read_frame()
     session.close()
     assert probes.stomp_ready(proxy.port)
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not met within {timeout_s} s"
-        time.sleep(0.05)

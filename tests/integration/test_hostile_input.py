@@ -19,12 +19,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 
+from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.decode import MAX_DEPTH, body_id
 from reporting.wire.producer import ReportClient
 from storage.database.schema import rejected_reports
 from storage.reports import FIELDS, KINDS
-from tests.integration.conftest import assert_exactly_once, wait_for
+from tests.integration.conftest import assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +172,7 @@ def test_hostile_frames_never_win(
 ) -> None:
     server = standalone(broker={"max_body_bytes": MAX_BODY_BYTES})
     server.start()
-    wait_for(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
     pid = server.pid
     rss_start = rss_kib(pid)
     rss_peak = rss_start
@@ -248,7 +249,7 @@ def test_hostile_frames_never_win(
         ]
 
     try:
-        wait_for(lambda: not missing(), 60, "every hostile frame to be rejected", every_s=0.5)
+        wait_until(lambda: not missing(), 60, "every hostile frame to be rejected", every_s=0.5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; not rejected: {sorted(missing())}") from None
     rows = rejected_rows()

@@ -13,10 +13,11 @@ import pytest
 from reporting.cli import main
 from reporting.errors import HarnessError
 from reporting.harness.instance import Instance
+from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.journal import Journal
 from storage.reports import from_record
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def journal_dir(server: Instance) -> Path:
 
 
 def journalled(server: Instance, count: int) -> None:
-    wait_for(
+    wait_until(
         lambda: server.status()["journal"]["pending"] == count, 60, f"{count} journalled reports"
     )
 
@@ -73,7 +74,7 @@ def test_one_flipped_byte_loses_only_its_record(
     assert saved.name == f"{segment.name}.bytes-{start}-{end}"
     assert saved.read_bytes() == bytes(data[start:end]) != original  # as found on disk
     assert "set aside" in server.log_tail(400)
-    wait_for(lambda: server.status()["journal"]["pending"] == 0, 60, "the journal to drain")
+    wait_until(lambda: server.status()["journal"]["pending"] == 0, 60, "the journal to drain")
     assert main(["journal", "inspect", str(journal_dir(server))]) == 0
     out = capsys.readouterr().out
     assert f"quarantined: 1\n  {saved} ({end - start} bytes)" in out
@@ -133,7 +134,7 @@ def test_a_segment_removed_under_its_writer_is_redelivered(
     before = Flow([activemq.host], tmp_path / "l1", queue_prefix=queue_prefix, count=200, rate=0)
     before.start().join()
     assert_exactly_once(pg_url, before.ids())
-    wait_for(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
+    wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
     # Drained, but still the segment the writer appends to.
     [live] = journal_dir(server).glob("*.seg")
     live.unlink()
@@ -172,12 +173,12 @@ def test_a_full_disk_pause_ends_once_the_database_is_back(
     flow.start().join()
     ids = flow.ids()
     assert len(ids) == 6000
-    wait_for(lambda: server.status()["journal"]["paused"], 120, "consumption to pause")
+    wait_until(lambda: server.status()["journal"]["paused"], 120, "consumption to pause")
     paused_at = server.status()["journal"]["pending"]
     assert 0 < paused_at < 6000
     postgres.restart()
     assert_exactly_once(pg_url, ids, timeout_s=240)
-    wait_for(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
+    wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
 
 
 def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
@@ -189,7 +190,7 @@ def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=4000, rate=200
     )
     flow.start()
-    wait_for(lambda: server.status()["stored"] > 200, 60, "reports flowing")
+    wait_until(lambda: server.status()["stored"] > 200, 60, "reports flowing")
     filler = small_disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -201,9 +202,9 @@ def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
         os.close(fd)
     # Some room is left, less than the stream needs: the journal must reuse what it drained.
     os.truncate(filler, max(0, filler.stat().st_size - 64 * 1024))
-    wait_for(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
+    wait_until(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
     stored = server.status()["stored"]
-    wait_for(
+    wait_until(
         lambda: server.status()["stored"] > stored + 500,
         120,
         "consumption to go on while the filler is still there",
@@ -211,7 +212,7 @@ def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
     filler.unlink()
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
-    wait_for(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
+    wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
 
 
 def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(

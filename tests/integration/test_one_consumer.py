@@ -13,10 +13,12 @@ import pytest
 
 from reporting.config import BrokerConfig, HostPort
 from reporting.harness import ActiveMQ
+from reporting.harness.pair import active_of, roles
+from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.consumer import Consumer, Message
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, active_of, assert_exactly_once, roles, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +87,7 @@ def test_a_dark_broker_path_with_stop_and_start_never_shows_two_consumers(
     consumer = Consumer(config, handler, name="rs-one")
     consumer.start()
     try:
-        wait_for(lambda: consumer.connected, 30, "the consumer to subscribe")
+        wait_until(lambda: consumer.connected, 30, "the consumer to subscribe")
         with StatsWatch(activemq, queue) as watch:
             proxy.blackhole()
             # Sent straight to the broker: it dispatches them to the connection on the dark path,
@@ -100,7 +102,7 @@ def test_a_dark_broker_path_with_stop_and_start_never_shows_two_consumers(
             consumer.stop()
             # Nothing stays in flight to a consumer that stopped, though its path is still dark:
             # the broker takes back what it had dispatched.
-            wait_for(
+            wait_until(
                 lambda: (
                     activemq.queue_stats(queue).get("inflightCount", 0) == 0
                     and activemq.queue_stats(queue).get("consumerCount", 0) == 0
@@ -111,10 +113,10 @@ def test_a_dark_broker_path_with_stop_and_start_never_shows_two_consumers(
             assert activemq.queue_depth(queue) == len(dark)
             proxy.heal()
             consumer.start()
-            wait_for(lambda: set(ids) >= dark, 60, "every report to be handed over")
-            wait_for(lambda: activemq.queue_depth(queue) == 0, 30, "every report to be acked")
+            wait_until(lambda: set(ids) >= dark, 60, "every report to be handed over")
+            wait_until(lambda: activemq.queue_depth(queue) == 0, 30, "every report to be acked")
             consumer.stop()
-            wait_for(
+            wait_until(
                 lambda: activemq.queue_stats(queue).get("consumerCount", 0) == 0,
                 30,
                 "the consumer to be gone from the broker",
@@ -156,10 +158,10 @@ def test_zookeeper_cuts_shorter_than_the_session_on_a_dark_broker_path_keep_one_
     }
     a, b = shared_pair(**{"rs-a": rs_a, "rs-b": {"ha": session}})
     a.start()
-    wait_for(lambda: role(a) == "active", 30, "rs-a to be active")
+    wait_until(lambda: role(a) == "active", 30, "rs-a to be active")
     b.start()
-    wait_for(lambda: role(b) == "standby", 30, "rs-b to be standby")
-    wait_for(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume")
+    wait_until(lambda: role(b) == "standby", 30, "rs-b to be standby")
+    wait_until(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume")
     flow = Flow(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=4000, rate=100
     )
@@ -168,22 +170,22 @@ def test_zookeeper_cuts_shorter_than_the_session_on_a_dark_broker_path_keep_one_
         for _ in range(3):
             broker_proxy.blackhole()
             zk_proxy.blackhole()
-            wait_for(lambda: role(a) == "standby", 10, "rs-a to stand by")
+            wait_until(lambda: role(a) == "standby", 10, "rs-a to stand by")
             zk_proxy.heal()
-            wait_for(lambda: role(a) == "active", 20, "rs-a active again")
+            wait_until(lambda: role(a) == "active", 20, "rs-a active again")
             # Its broker path still dark: what the broker had dispatched over it comes back to
             # the queue once the broker's heartbeat check ends that connection, and rs-a is
             # not left with a consumer there. Nothing stays in flight to a stopped consumer.
-            wait_for(
+            wait_until(
                 lambda: in_flight(activemq, queues) == 0 and consumers(activemq, queues) == 0,
                 30,
                 "the dark connection's messages back in the queue",
             )
             broker_proxy.heal()
-            wait_for(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume again")
+            wait_until(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume again")
             assert active_of([a, b]) is a
         flow.join()
         assert_exactly_once(pg_url, flow.ids())
     assert watch.samples > 10
     assert watch.most_consumers == 1
-    wait_for(lambda: in_flight(activemq, queues) == 0, 10, "every report acknowledged")
+    wait_until(lambda: in_flight(activemq, queues) == 0, 10, "every report acknowledged")

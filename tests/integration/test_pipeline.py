@@ -15,9 +15,10 @@ import sqlalchemy
 import stomp
 from sqlalchemy import select
 
+from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.database.schema import rejected_reports
-from tests.integration.conftest import Flow, assert_exactly_once, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_ten_thousand_reports_round_trip_exactly_once(
     status = server.status()
     assert status["role"] == "active" and status["mode"] == "standalone"
     assert status["database"] == "up" and status["broker"] == "connected"
-    wait_for(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
+    wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
 
 
 def test_database_killed_for_twenty_seconds(
@@ -49,7 +50,7 @@ def test_database_killed_for_twenty_seconds(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=100
     )
     flow.start()
-    wait_for(lambda: server.status()["stored"] > 0, 30, "the first stored reports")
+    wait_until(lambda: server.status()["stored"] > 0, 30, "the first stored reports")
     postgres.kill()
     down_since = time.monotonic()
     seen_down = False
@@ -67,7 +68,7 @@ def test_database_killed_for_twenty_seconds(
     postgres.restart()
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
-    wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
+    wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
 
 
 def test_server_killed_mid_stream_and_restarted(
@@ -79,7 +80,7 @@ def test_server_killed_mid_stream_and_restarted(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=4000, rate=400
     )
     flow.start()
-    wait_for(lambda: server.status()["stored"] > 200, 30, "reports flowing")
+    wait_until(lambda: server.status()["stored"] > 200, 30, "reports flowing")
     server.kill()
     server.start()
     flow.join()
@@ -95,12 +96,12 @@ def test_broker_killed_mid_stream_and_restarted(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
     )
     flow.start()
-    wait_for(lambda: server.status()["stored"] > 200, 30, "reports flowing")
+    wait_until(lambda: server.status()["stored"] > 200, 30, "reports flowing")
     activemq.kill()
     activemq.restart()
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
-    wait_for(lambda: server.status()["broker"] == "connected", 30, "the consumer to reconnect")
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the consumer to reconnect")
 
 
 MALFORMED = [
@@ -145,7 +146,7 @@ def test_malformed_reports_are_rejected_and_the_stream_goes_on(
     assert_exactly_once(pg_url, before.ids() | after.ids())
     sink = Sink(pg_url, cluster="verify", journal="verify")
     try:
-        wait_for(lambda: sink.count_rejected() >= len(MALFORMED), 30, "rejected rows")
+        wait_until(lambda: sink.count_rejected() >= len(MALFORMED), 30, "rejected rows")
         assert sink.count_rejected() == len(MALFORMED)
     finally:
         sink.close()
@@ -163,21 +164,23 @@ def test_malformed_reports_are_rejected_and_the_stream_goes_on(
 def test_full_journal_pauses_consumption_and_loses_nothing(
     standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
 ) -> None:
+    # Large enough for one batch of the largest bodies (start-up refuses less), small enough
+    # for 1,500 reports to fill it.
     server = standalone(
-        journal={"max_bytes": 64 * 1024, "segment_bytes": 16 * 1024},
-        broker={"prefetch": 50, "batch_records": 50},
+        journal={"max_bytes": 256 * 1024, "segment_bytes": 16 * 1024},
+        broker={"prefetch": 50, "batch_records": 50, "max_body_bytes": 1024},
     )
     server.start()
-    wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
+    wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
     postgres.kill()
     flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=1500, rate=0)
     flow.start()
-    wait_for(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
-    assert server.status()["journal"]["pending_bytes"] <= 64 * 1024
+    wait_until(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
+    assert server.status()["journal"]["pending_bytes"] <= 256 * 1024
     postgres.restart()
     flow.join()
     assert_exactly_once(pg_url, flow.ids())
-    wait_for(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
+    wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
 
 
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
@@ -200,11 +203,11 @@ def test_replay_drains_a_stopped_instances_journal_with_progress(
 ) -> None:
     server = standalone()
     server.start()
-    wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
+    wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
     postgres.kill()
     flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=500, rate=0)
     flow.start().join()
-    wait_for(lambda: server.status()["journal"]["pending"] >= 500, 60, "the backlog journalled")
+    wait_until(lambda: server.status()["journal"]["pending"] >= 500, 60, "the backlog journalled")
     server.kill()
     postgres.restart()
     result = subprocess.run(

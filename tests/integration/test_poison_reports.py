@@ -20,6 +20,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 import storage.database.engine as engine_module
+from reporting.config import BrokerConfig, record_bytes
+from reporting.harness.waiting import wait_until
 from reporting.pipeline import Drainer
 from reporting.samples import sample_report
 from reporting.status.metrics import Metrics
@@ -28,7 +30,7 @@ from storage.database import Sink
 from storage.database.schema import rejected_reports, reports
 from storage.journal import Journal
 from storage.reports import MAX_TEXT_CHARS, Report, to_record
-from tests.integration.conftest import assert_exactly_once, wait_for
+from tests.integration.conftest import assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -86,9 +88,13 @@ def poison_reports(rng: random.Random) -> dict[str, tuple[str, bytes, str]]:
 def test_each_poison_report_is_rejected_once_and_the_reports_after_it_are_stored(
     standalone, activemq, pg_url, queue_prefix, tmp_path: Path
 ) -> None:
-    server = standalone(broker={"max_body_bytes": MAX_BODY_BYTES})
+    # Start-up refuses a journal that cannot hold one batch of the largest bodies.
+    server = standalone(
+        broker={"max_body_bytes": MAX_BODY_BYTES},
+        journal={"max_bytes": BrokerConfig.batch_records * record_bytes(MAX_BODY_BYTES)},
+    )
     server.start()
-    wait_for(lambda: server.status()["database"] == "up", 30, "database: up")
+    wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
     rng = random.Random(14)
     poison = poison_reports(rng)
     ordinary: set[str] = set()
@@ -108,7 +114,7 @@ def test_each_poison_report_is_rejected_once_and_the_reports_after_it_are_stored
                     ordinary.add(ordinary_id)
             client.flush()
         assert_exactly_once(pg_url, ordinary | {"large-payload"}, timeout_s=90)
-        wait_for(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
+        wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
 
     engine = create_engine(pg_url)
     try:
@@ -183,7 +189,7 @@ def test_a_batch_that_meets_the_statement_timeout_is_split(
     started = time.monotonic()
     drainer.start(1)
     try:
-        wait_for(drained, 60, "every record drained", every_s=0.05)
+        wait_until(drained, 60, "every record drained", every_s=0.05)
         # Two batches met the timeout, 40 and 20 records, each tried once; then batches of 10.
         assert time.monotonic() - started < 30
         assert sink.count_reports() == 40 and sink.count_rejected() == 0

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.integration.conftest import Flow, active_of, assert_exactly_once, roles, wait_for
-from tests.integration.test_segregated_pair import nothing_stranded, start_pair
+from reporting.harness.pair import active_of, roles
+from reporting.harness.waiting import wait_until
+from tests.integration.conftest import Flow, assert_exactly_once, nothing_stranded
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +30,11 @@ def test_restarted_backup_drains_what_its_broker_still_gets(
     segregated_pair, activemq, backup_broker, pg_url, queues, queue_prefix, tmp_path: Path
 ) -> None:
     pair = segregated_pair()
-    primary, backup = start_pair(pair)
+    primary, backup = pair.start()
     primary.kill()
-    wait_for(lambda: active_of(pair) is backup, 30, "the backup active")
+    wait_until(lambda: active_of(pair) is backup, 30, "the backup active")
     primary.start()
-    wait_for(
+    wait_until(
         lambda: roles(pair) == {primary.name: "active", backup.name: "standby"},
         60,
         "the backup standing down",
@@ -41,14 +42,14 @@ def test_restarted_backup_drains_what_its_broker_still_gets(
     # The backup restarted cleanly: it comes back standby, its fence raised by its last role.
     backup.stop()
     backup.start()
-    wait_for(lambda: roles(pair)[backup.name] == "standby", 30, "the backup standby")
+    wait_until(lambda: roles(pair)[backup.name] == "standby", 30, "the backup standby")
     # A late producer still sends to the backup's broker: the standby sweep takes the reports,
     # and its drainer, under an epoch it holds, stores them.
     ids = send(backup_broker, tmp_path, queue_prefix, count=40, name="late")
     assert_exactly_once(pg_url, ids, timeout_s=30)
     status = backup.status()
     assert status["drainers"][backup.config["name"]]["state"] == "running", status
-    nothing_stranded(pair, [activemq, backup_broker], queues)
+    nothing_stranded(pair)
 
 
 @pytest.mark.parametrize("order", ["primary first", "backup first", "both together"])
@@ -56,13 +57,13 @@ def test_every_restart_order_with_reports_waiting_in_both_brokers(
     order, segregated_pair, activemq, backup_broker, pg_url, queues, queue_prefix, tmp_path: Path
 ) -> None:
     pair = segregated_pair()
-    primary, backup = start_pair(pair)
+    primary, backup = pair.start()
     # Each instance journals something it has not stored: the database is reachable, but both
     # stop before the next reports arrive.
     first = send(activemq, tmp_path, queue_prefix, count=200, name="first")
     assert_exactly_once(pg_url, first, timeout_s=60)
     primary.kill()
-    wait_for(lambda: active_of(pair) is backup, 30, "the backup active")
+    wait_until(lambda: active_of(pair) is backup, 30, "the backup active")
     backup.kill()
     waiting = send(activemq, tmp_path, queue_prefix, count=200, name="to-primary")
     waiting |= send(backup_broker, tmp_path, queue_prefix, count=200, name="to-backup")
@@ -76,13 +77,13 @@ def test_every_restart_order_with_reports_waiting_in_both_brokers(
         with ThreadPoolExecutor(2) as both:
             for started in [both.submit(primary.start), both.submit(backup.start)]:
                 started.result()
-    wait_for(
+    wait_until(
         lambda: roles(pair) == {primary.name: "active", backup.name: "standby"},
         60,
         "the primary active, the backup standby",
     )
     assert_exactly_once(pg_url, waiting | first, timeout_s=60)
-    nothing_stranded(pair, [activemq, backup_broker], queues)
+    nothing_stranded(pair)
 
 
 def replay(config_path: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -103,17 +104,17 @@ def test_new_holder_raises_the_fence_before_any_write(shared_pair, pg_url, clust
     pair = shared_pair()
     a, b = pair
     a.start()
-    wait_for(lambda: roles([a])[a.name] == "active", 30, "rs-a active")
+    wait_until(lambda: roles([a])[a.name] == "active", 30, "rs-a active")
     b.start()
     first = a.status()["epoch"]
-    wait_for(lambda: fence_epoch(pg_url, cluster_path) == first, 30, "the fence at rs-a's epoch")
+    wait_until(lambda: fence_epoch(pg_url, cluster_path) == first, 30, "the fence at rs-a's epoch")
     # No report flows: nothing but the role change itself can move the fence.
     a.pause()
     try:
-        wait_for(lambda: active_of([b]) is b, 30, "rs-b active")
+        wait_until(lambda: active_of([b]) is b, 30, "rs-b active")
         second = b.status()["epoch"]
         assert second > first
-        wait_for(
+        wait_until(
             lambda: fence_epoch(pg_url, cluster_path) == second,
             10,
             "the fence raised to rs-b's epoch with nothing written",
@@ -125,7 +126,7 @@ def test_new_holder_raises_the_fence_before_any_write(shared_pair, pg_url, clust
 def test_replay_refuses_while_an_instance_holds_the_role(shared_pair) -> None:
     a, b = shared_pair()
     a.start()
-    wait_for(lambda: roles([a])[a.name] == "active", 30, "rs-a active")
+    wait_until(lambda: roles([a])[a.name] == "active", 30, "rs-a active")
     b.start()
     # The standby's own configuration: the journal is the one rs-a is writing.
     done = replay(b.config_path, 60)
@@ -140,7 +141,7 @@ def test_replay_drains_once_nobody_holds_the_role(
 ) -> None:
     a, b = shared_pair()
     a.start()
-    wait_for(lambda: roles([a])[a.name] == "active", 30, "rs-a active")
+    wait_until(lambda: roles([a])[a.name] == "active", 30, "rs-a active")
     ids = send(activemq, tmp_path, queue_prefix, count=100, name="ids")
     assert_exactly_once(pg_url, ids, timeout_s=60)
     a.stop()
@@ -156,7 +157,7 @@ def test_replay_refuses_beside_a_running_instance_of_its_own_journal(
     solo = standalone()
     solo.start()
     pair = segregated_pair()
-    start_pair(pair)
+    pair.start()
     # Standalone and segregated journals are an instance's own: no ZooKeeper node says who
     # holds them, the journal's writer lock does.
     for instance in (solo, *pair):

@@ -16,9 +16,11 @@ import pytest
 
 from reporting.harness.ensemble import QuorumPeer, ZooKeeperEnsemble
 from reporting.harness.instance import Instance
+from reporting.harness.pair import active_of
 from reporting.harness.replica import PostgresPair
 from reporting.harness.service import Service
-from tests.integration.conftest import Flow, active_of, assert_exactly_once, roles, wait_for
+from reporting.harness.waiting import wait_until
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +41,8 @@ def logs_on_failure(*servers: Service) -> Iterator[None]:
 
 @pytest.fixture
 def ensemble(tmp_path: Path) -> Iterator[ZooKeeperEnsemble]:
-    zk = ZooKeeperEnsemble(tmp_path / "ensemble")
-    zk.start()
-    yield zk
-    zk.stop()
+    with ZooKeeperEnsemble(tmp_path / "ensemble") as zk:
+        yield zk
 
 
 class Sampler:
@@ -97,28 +97,19 @@ class Sampler:
         return max((b - a for a, b in itertools.pairwise(window)), default=end - start)
 
 
-def start_pair(pair: list[Instance]) -> tuple[Instance, Instance]:
-    for instance in pair:
-        instance.start()
-    active = wait_for(lambda: active_of(pair), 30, "an active instance")
-    standby = next(i for i in pair if i is not active)
-    wait_for(lambda: roles(pair)[standby.name] == "standby", 15, "the other to be standby")
-    return active, standby
-
-
 def test_pair_on_an_ensemble_survives_leader_and_follower_kill_9(
     shared_pair, ensemble, activemq, pg_url, queue_prefix, tmp_path: Path
 ) -> None:
     on_ensemble = {"ha": {"zookeeper": ensemble.hosts, "session_timeout": SESSION_S}}
     pair = shared_pair(**{"rs-a": on_ensemble, "rs-b": on_ensemble})
     with logs_on_failure(*ensemble.members, *pair):
-        start_pair(pair)
+        pair.start()
         flow = Flow(
             [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=5000, rate=200
         )
         flow.start()
         sampler = Sampler(pair).start()
-        wait_for(lambda: sampler.stored() > 200, 30, "reports flowing")
+        wait_until(lambda: sampler.stored() > 200, 30, "reports flowing")
 
         pauses = {}
         for victim_kind in ("leader", "follower"):
@@ -128,9 +119,9 @@ def test_pair_on_an_ensemble_survives_leader_and_follower_kill_9(
             mark = sampler.stored()
             killed = time.monotonic()
             victim.kill()
-            wait_for(lambda: ensemble.leader() is not None, 30, "a leader among the others")
+            wait_until(lambda: ensemble.leader() is not None, 30, "a leader among the others")
             elected = time.monotonic() - killed
-            wait_for(
+            wait_until(
                 lambda mark=mark: sampler.stored() > mark + 100,
                 30,
                 "storing to go on",
@@ -169,10 +160,8 @@ def _client_connections(member: QuorumPeer) -> int:
 
 @pytest.fixture
 def sync_pair(tmp_path: Path) -> Iterator[PostgresPair]:
-    databases = PostgresPair(tmp_path / "pg", synchronous=True)
-    databases.start()
-    yield databases
-    databases.stop()
+    with PostgresPair(tmp_path / "pg", synchronous=True) as databases:
+        yield databases
 
 
 def test_synchronous_standby_promoted_after_primary_kill_9_loses_nothing(
@@ -186,14 +175,14 @@ def test_synchronous_standby_promoted_after_primary_kill_9_loses_nothing(
             [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=200
         )
         flow.start()
-        wait_for(lambda: server.status()["stored"] > 300, 30, "reports flowing")
+        wait_until(lambda: server.status()["stored"] > 300, 30, "reports flowing")
         sync_pair.primary.kill()
         killed = time.monotonic()
-        wait_for(lambda: server.status()["database"] == "down", 30, "the server to see it down")
+        wait_until(lambda: server.status()["database"] == "down", 30, "the server to see it down")
         mark = server.status()["stored"]
         sync_pair.promote()
         promoted = time.monotonic()
-        wait_for(
+        wait_until(
             lambda: server.status()["stored"] > mark and server.status()["database"] == "up",
             60,
             "the server to store into the promoted standby",
@@ -207,7 +196,7 @@ def test_synchronous_standby_promoted_after_primary_kill_9_loses_nothing(
         flow.join()
         # The URL names both servers; only the promoted standby is left to answer.
         assert_exactly_once(url, flow.ids())
-        wait_for(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal drained")
+        wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal drained")
 
 
 def test_asynchronous_standby_streams_and_is_promoted(tmp_path: Path) -> None:
@@ -220,7 +209,7 @@ def test_asynchronous_standby_streams_and_is_promoted(tmp_path: Path) -> None:
             conn.execute("INSERT INTO marks VALUES (1)")
             conn.commit()
         # Asynchronous: the standby gets it soon, not before the commit returns.
-        wait_for(lambda: _marks(databases) == 1, 30, "the row replayed on the standby")
+        wait_until(lambda: _marks(databases) == 1, 30, "the row replayed on the standby")
         assert not databases.standby.accepts_writes()
         databases.primary.stop()
         databases.promote()

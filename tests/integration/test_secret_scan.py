@@ -19,8 +19,10 @@ from sqlalchemy.engine import make_url
 from reporting.harness import ActiveMQ, Postgres
 from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.instance import Instance
+from reporting.harness.pair import active_of, roles
+from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, active_of, assert_exactly_once, roles, wait_for
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -131,10 +133,10 @@ def test_no_password_in_logs_http_or_database(
         command = instance._command()
         instance._command = lambda command=command: [*command, "--log-level", log_level]
         instance.start()
-    active = wait_for(lambda: active_of(pair), 30, "an active instance")
+    active = wait_until(lambda: active_of(pair), 30, "an active instance")
     standby = next(i for i in pair if i is not active)
     # The active's subscriptions create the queues: producers have no right to.
-    wait_for(lambda: active.status()["broker"] == "connected", 30, "the active to subscribe")
+    wait_until(lambda: active.status()["broker"] == "connected", 30, "the active to subscribe")
 
     flow = Flow(
         [secure_broker.host],
@@ -145,9 +147,9 @@ def test_no_password_in_logs_http_or_database(
         user="producer",
         password=PRODUCER_PW,
     ).start()
-    wait_for(lambda: active.status()["stored"] > 200, 30, "reports flowing")
+    wait_until(lambda: active.status()["stored"] > 200, 30, "reports flowing")
     active.kill()
-    wait_for(lambda: active_of(pair) is standby, 30, f"{standby.name} to take over")
+    wait_until(lambda: active_of(pair) is standby, 30, f"{standby.name} to take over")
     active.start()
     flow.join(120)
     with ReportClient([secure_broker.host], user="producer", password=PRODUCER_PW) as client:
@@ -156,12 +158,12 @@ def test_no_password_in_logs_http_or_database(
         client.flush()
     owner = make_url(url).set(password=DB_PW).render_as_string(hide_password=False)
     assert_exactly_once(owner, flow.ids())
-    wait_for(
+    wait_until(
         lambda: database_hits(scram_postgres, {"canary": CANARY}), 30, "the canary to be stored"
     )
     assert roles(pair) == {active.name: "standby", standby.name: "active"}
 
-    wait_for(
+    wait_until(
         lambda: database_hits(scram_postgres, {"body": BODY_CANARY}), 30, "the body to be stored"
     )
     leaks = []

@@ -2,8 +2,7 @@
 
 import random
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from reporting.harness import Postgres
+from reporting.harness.waiting import wait_until
 from storage.database import Sink, insert
 from storage.database.schema import rejected_reports, reports
 from storage.errors import DatabaseUnavailable, StaleEpoch
@@ -365,12 +365,14 @@ def test_postgres_killed_during_a_stream_of_batches(tmp_path: Path) -> None:
         writer.start()
         # Kill it while the writer is mid-stream, twice: once at a batch boundary the writer
         # is waiting on, once while batches are flowing.
-        _wait_for(lambda: len(done_batches) > batches // 3)
+        wait_until(
+            lambda: len(done_batches) > batches // 3, 60, "a third of the batches", every_s=0.01
+        )
         pg.kill()
         killed.set()
-        _wait_for(lambda: len(retries) >= 1)
+        wait_until(lambda: len(retries) >= 1, 60, "a retry", every_s=0.01)
         pg.restart()
-        _wait_for(lambda: len(done_batches) > batches // 2)
+        wait_until(lambda: len(done_batches) > batches // 2, 60, "half the batches", every_s=0.01)
         pg.kill()
         pg.restart()
         writer.join(timeout=180)
@@ -388,12 +390,3 @@ def test_postgres_killed_during_a_stream_of_batches(tmp_path: Path) -> None:
         stop.set()  # a failed assertion must not leave the writer retrying for ever
         sink.close()
         pg.stop()
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> None:
-    # Polls state the writer thread publishes: the wait is for that state, not for time to pass.
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        threading.Event().wait(0.01)

@@ -21,8 +21,9 @@ from reporting.ha import Election, Role, RoleChange, make_election
 from reporting.ha.group import GroupElection, queue_key
 from reporting.harness import ZooKeeper
 from reporting.harness.instance import to_toml
+from reporting.harness.pair import active_of, roles
 from reporting.harness.ports import free_port
-from tests.integration.conftest import active_of, roles, wait_for
+from reporting.harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +109,7 @@ def elect(zookeeper: ZooKeeper, cluster: str) -> Iterator[Callable[..., Election
 
 def test_without_credentials_the_lock_and_epoch_cannot_be_touched(elect, zk, cluster) -> None:
     election = elect("rs-a", "shared")
-    wait_for(lambda: election.role is Role.ACTIVE, 30, "rs-a to take the lock")
+    wait_until(lambda: election.role is Role.ACTIVE, 30, "rs-a to take the lock")
     owner, stranger = zk(auth=True), zk(auth=False)
     lock, epoch = f"{cluster}/lock", f"{cluster}/epoch"
     contenders = owner.get_children(lock)
@@ -140,7 +141,7 @@ def test_without_credentials_the_lock_and_epoch_cannot_be_touched(elect, zk, clu
 
 def test_without_credentials_the_primary_node_cannot_be_removed(elect, zk, cluster) -> None:
     primary = elect("rs-p", "segregated", "primary")
-    wait_for(lambda: primary.role is Role.ACTIVE, 30, "the primary to hold its node")
+    wait_until(lambda: primary.role is Role.ACTIVE, 30, "the primary to hold its node")
     owner, stranger = zk(auth=True), zk(auth=False)
     node = f"{cluster}/primary"
     assert owner.get_acls(node)[0] == [make_digest_acl(USER, PASSWORD, all=True)]
@@ -155,7 +156,7 @@ def test_without_credentials_the_primary_node_cannot_be_removed(elect, zk, clust
 
 def test_folders_above_the_cluster_give_nobody_admin(elect, zk, cluster) -> None:
     election = elect("rs-a", "shared")
-    wait_for(lambda: election.role is Role.ACTIVE, 30, "rs-a to take the lock")
+    wait_until(lambda: election.role is Role.ACTIVE, 30, "rs-a to take the lock")
     stranger = zk(auth=False)
     parent = cluster.rsplit("/", 1)[0]
     acls, _ = stranger.get_acls(parent)
@@ -178,7 +179,7 @@ class Refusals:
 
 
 def refused_within(election: Election, refusals: Refusals, started: float, what: str):
-    wait_for(lambda: refusals.seen, 10, what)
+    wait_until(lambda: refusals.seen, 10, what)
     (at, refusal), *more = refusals.seen
     assert not more, "told more than once"
     print(f"\n{what}: refused {at - started:.2f} s after start: {refusal}")
@@ -191,7 +192,7 @@ def test_a_wrong_password_is_refused_at_start_and_the_pair_goes_on(
     elect, zookeeper, cluster
 ) -> None:
     right = elect("rs-a", "shared")
-    wait_for(lambda: right.role is Role.ACTIVE, 30, "rs-a to take the lock")
+    wait_until(lambda: right.role is Role.ACTIVE, 30, "rs-a to take the lock")
     refusals = Refusals()
     started = time.monotonic()
     wrong = elect("rs-c", "shared", auth=(USER, "not-the-password"), refusals=refusals)
@@ -206,7 +207,7 @@ def test_a_wrong_password_is_refused_at_start_and_the_pair_goes_on(
 
 def test_a_missing_password_is_refused_at_start(elect, cluster) -> None:
     right = elect("rs-a", "segregated", "primary")
-    wait_for(lambda: right.role is Role.ACTIVE, 30, "the primary to hold its node")
+    wait_until(lambda: right.role is Role.ACTIVE, 30, "the primary to hold its node")
     refusals = Refusals()
     started = time.monotonic()
     backup = elect("rs-b", "segregated", "backup", auth=None, refusals=refusals)
@@ -217,10 +218,10 @@ def test_a_missing_password_is_refused_at_start(elect, cluster) -> None:
 
 def test_access_lost_later_is_refused_too(elect, zk, cluster) -> None:
     active = elect("rs-a", "shared")
-    wait_for(lambda: active.role is Role.ACTIVE, 30, "rs-a to take the lock")
+    wait_until(lambda: active.role is Role.ACTIVE, 30, "rs-a to take the lock")
     refusals = Refusals()
     standby = elect("rs-b", "shared", refusals=refusals)
-    wait_for(lambda: standby.holder == "rs-a", 10, "rs-b to see rs-a as holder")
+    wait_until(lambda: standby.holder == "rs-a", 10, "rs-b to see rs-a as holder")
     # Someone with the pair's rights makes the epoch read-only.
     epoch = f"{cluster}/epoch"
     read_only = make_digest_acl(USER, PASSWORD, read=True, admin=True)
@@ -303,7 +304,7 @@ def test_an_instance_with_a_wrong_password_exits_with_one_line(
     pair = shared_pair(**{"rs-a": keys, "rs-b": keys})
     for instance in pair:
         instance.start()
-    wait_for(lambda: active_of(pair), 30, "an active instance")
+    wait_until(lambda: active_of(pair), 30, "an active instance")
 
     # A third instance of the pair, its password file wrong; `status` asks it and the pair.
     config = copy.deepcopy(pair[0].config)

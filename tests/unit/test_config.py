@@ -1,8 +1,18 @@
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from reporting.config import Config, ConfigError, HostPort, load_config, parse_config
+from reporting.config import (
+    Config,
+    ConfigError,
+    HostPort,
+    load_config,
+    parse_config,
+    record_bytes,
+)
+from storage.journal.record import FRAME_SIZE, HEADER_SIZE
+from storage.reports import Rejected, to_record
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -191,6 +201,58 @@ def test_every_address_of_the_config_is_typed() -> None:
     assert config.broker.hosts == (HostPort("a", 1), HostPort("::1", 2))
     assert config.ha.peers == (HostPort("b", 3),)
     assert (config.http.host, config.http.port) == ("0.0.0.0", 4)
+
+
+def test_default_sizes_hold_a_batch_of_largest_bodies() -> None:
+    config = parse_config({})
+    record = record_bytes(config.broker.max_body_bytes)
+    assert config.journal.max_bytes >= config.broker.batch_records * record
+    assert config.journal.segment_bytes >= record
+
+
+def test_record_bytes_bounds_the_largest_record_of_a_body() -> None:
+    # A body of max_body_bytes rejected with the longest id, queue and reason decode makes.
+    limit = 4096
+    body = b"\xff" * limit
+    item = Rejected("é" * 200, "q" * 200, "why " * 150, body, datetime.now(UTC))
+    assert len(to_record(item)) + FRAME_SIZE <= record_bytes(limit)
+
+
+@pytest.mark.parametrize(
+    ("journal", "key"),
+    [
+        # 100 records of 64 KiB bodies (about 87 KiB each as base64) need about 8.5 MiB.
+        ({"max_bytes": 8 << 20}, "journal.max_bytes"),
+        # One record of a 64 KiB body does not fit a 64 KiB segment.
+        ({"segment_bytes": 64 << 10}, "journal.segment_bytes"),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_naming_the_keys(journal: dict, key: str) -> None:
+    data = {"broker": {"batch_records": 100, "max_body_bytes": 64 << 10}, "journal": journal}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.key == key
+    assert "broker.max_body_bytes" in str(err.value)
+    if key == "journal.max_bytes":
+        assert "broker.batch_records" in str(err.value)
+
+
+def test_sizes_that_just_fit_are_accepted() -> None:
+    record = record_bytes(64 << 10)
+    journal = {"max_bytes": 100 * record, "segment_bytes": HEADER_SIZE + record}
+    config = parse_config(
+        {"broker": {"batch_records": 100, "max_body_bytes": 64 << 10}, "journal": journal}
+    )
+    assert config.journal.max_bytes == 100 * record
+
+
+def test_sizes_that_cannot_fit_stop_start_up_with_exit_2(tmp_path: Path, capsys) -> None:
+    from reporting.cli import main
+
+    path = write(tmp_path, "[journal]\nmax_bytes = 1048576\n")
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config error: journal.max_bytes:" in err
 
 
 @pytest.mark.parametrize("mode", ["shared", "segregated", "group"])

@@ -1,5 +1,6 @@
 """The drainer against a journal and an SQLite sink: what the database loses is replayed."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import delete, func, select, update
 
+from reporting.harness import waiting
 from reporting.pipeline import Drainer
 from reporting.status.metrics import Metrics
 from storage.database import Batch, Sink
@@ -27,11 +29,8 @@ def batch(start: int, count: int) -> list[bytes]:
     ]
 
 
-def wait_until(condition, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+# What these tests wait for is published by the drainer's thread within a second or so.
+wait_until = functools.partial(waiting.wait_until, timeout_s=20, every_s=0.02)
 
 
 def count(sink: Sink) -> int:
