@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from reporting.config import KINDS
+from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.producer import ReportClient
 from tests.containers.compose_stack import ComposeStack
@@ -39,15 +40,8 @@ HOST_OF = {("segregated", "rs-primary"): ["activemq-primary"]}
 REPORTS_PER_PHASE = 200
 
 
-def wait_for(condition: Any, timeout_s: float, what: str, every_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
+def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
+    return wait_until(condition, timeout_s, what, every_s=0.2)
 
 
 def status(listen: str) -> dict[str, Any] | None:
