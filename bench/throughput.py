@@ -13,7 +13,7 @@ stored in it; for the raw drain, the CPU time of the process that drains.
 import time
 from typing import Any
 
-from bench.load import naive_drain, preload, raw_drain
+from bench.load import naive_drain, preload, raw_drain, raw_drain_per_queue
 from bench.servers import Servers, role_of, say
 from reporting.config import BrokerConfig
 from reporting.harness.instance import Instance
@@ -114,6 +114,22 @@ def raw(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
     return result
 
 
+def limit(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
+    """The machine's limit: the raw drain with a consumer per queue, each in its own process."""
+    prefix = servers.prefix()
+    say(f"raw drain per queue: preloading {count:,} reports")
+    preload(servers.activemq.host, prefix, count, id_prefix=f"limit-{prefix}")
+    result = raw_drain_per_queue(
+        servers.activemq.host,
+        prefix,
+        count,
+        prefetch=broker.prefetch,
+        ack_every=broker.batch_records,
+    )
+    say(f"  raw drain per queue: {result['reports_per_s']:,.0f} reports/s")
+    return result
+
+
 def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> dict[str, Any]:
     broker = BrokerConfig()
     results: dict[str, Any] = {"reports": count}
@@ -128,6 +144,7 @@ def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> di
     results["shared"] = server(servers, "shared", count)
     results["raw_runs"].append(raw(servers, count, broker))
     results["raw"] = max(results["raw_runs"], key=lambda run: run["reports_per_s"])
+    results["limit"] = limit(servers, count, broker)
 
     prefix = servers.prefix()
     say(f"naive: preloading {naive_count:,} reports")
@@ -144,5 +161,6 @@ def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> di
     for mode in ("standalone", "shared"):
         rate = results[mode]["reports_per_s"]
         results[mode]["ratio_to_raw"] = rate / results["raw"]["reports_per_s"]
+        results[mode]["ratio_to_limit"] = rate / results["limit"]["reports_per_s"]
         results[mode]["ratio_to_naive"] = rate / results["naive"]["reports_per_s"]
     return results

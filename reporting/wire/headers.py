@@ -9,6 +9,7 @@ without the `copy` module. `install()` puts them in place of stomp.py's.
 """
 
 import re
+from typing import Any
 
 import stomp.transport
 import stomp.utils
@@ -27,14 +28,21 @@ def parse_headers(lines: list[str], offset: int = 0) -> dict[str, str]:
         if not colon or not key:
             continue
         if "\\" in key:
-            key = _ESCAPE.sub(unescape, key)
+            key = _unescape(key, unescape)
         if key not in headers:
             if "\n" in value:
                 value = value[: value.index("\n")]
             if "\\" in value:
-                value = _ESCAPE.sub(unescape, value)
+                value = _unescape(value, unescape)
             headers[key] = value
     return headers
+
+
+def _unescape(text: str, unescape: Any) -> str:
+    # ActiveMQ's message ids hold `\c` (an escaped colon), and nothing else to unescape.
+    if text.count("\\") == text.count("\\c"):
+        return text.replace("\\c", ":")
+    return _ESCAPE.sub(unescape, text)
 
 
 def parse_frame(frame: bytes) -> Frame | None:
