@@ -43,6 +43,15 @@ def _throughput(m: dict[str, Any]) -> list[str]:
             f"limit) | {_rate(m['limit'])}{_cpu(m['limit'])} | | | baseline |",
         )
     for mode in ("standalone", "shared"):
+        old = m.get(f"{mode}_baseline")
+        if old and "cpu_us_per_report" in old and "cpu_us_per_report" in m[mode]:
+            ratio = m[mode]["cpu_us_per_report"] / old["cpu_us_per_report"]
+            rows.append(
+                f"| throughput: server {mode} from `{m['baseline_code']}` (the earlier code) "
+                f"| {_rate(old)}{_cpu(old)} | CPU now/then {ratio:.2f} | <= 0.5 "
+                f"| {_met(ratio <= 0.5)} |"
+            )
+    for mode in ("standalone", "shared"):
         f = m[mode]
         ok = f["ratio_to_raw"] >= 0.8 and f["ratio_to_naive"] >= 10
         rows.append(
