@@ -101,35 +101,32 @@ def server(servers: Servers, mode: str, count: int, code: Path | None = None) ->
 
 
 def raw(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
-    prefix = servers.prefix()
-    say(f"raw drain: preloading {count:,} reports")
-    preload(servers.activemq.host, prefix, count, id_prefix=f"raw-{prefix}")
-    started_cpu = time.process_time()
-    result = raw_drain(
-        servers.activemq.host,
-        prefix,
-        count,
-        prefetch=broker.prefetch,
-        ack_every=broker.batch_records,
-    )
-    result["cpu_us_per_report"] = (time.process_time() - started_cpu) / count * 1e6
-    say(f"  raw drain: {result['reports_per_s']:,.0f} reports/s")
-    return result
+    """The broker's limit: one stomp.py consumer that acks and stores nothing."""
+    return _raw_drain(servers, count, broker, "raw drain", raw_drain)
 
 
 def limit(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
     """The machine's limit: the raw drain with a consumer per queue, each in its own process."""
+    return _raw_drain(servers, count, broker, "raw drain per queue", raw_drain_per_queue)
+
+
+def _raw_drain(
+    servers: Servers, count: int, broker: BrokerConfig, what: str, drain: Any
+) -> dict[str, float]:
     prefix = servers.prefix()
-    say(f"raw drain per queue: preloading {count:,} reports")
-    preload(servers.activemq.host, prefix, count, id_prefix=f"limit-{prefix}")
-    result = raw_drain_per_queue(
+    say(f"{what}: preloading {count:,} reports")
+    preload(servers.activemq.host, prefix, count, id_prefix=f"raw-{prefix}")
+    started_cpu = time.process_time()
+    result = drain(
         servers.activemq.host,
         prefix,
         count,
         prefetch=broker.prefetch,
         ack_every=broker.batch_records,
     )
-    say(f"  raw drain per queue: {result['reports_per_s']:,.0f} reports/s")
+    # In this process for one consumer; the consumers' own processes say theirs.
+    result.setdefault("cpu_us_per_report", (time.process_time() - started_cpu) / count * 1e6)
+    say(f"  {what}: {result['reports_per_s']:,.0f} reports/s")
     return result
 
 

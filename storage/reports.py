@@ -174,14 +174,18 @@ def typed_values(kind: str, payload: dict[str, Any]) -> list[Any]:
 # -- what is stored and journalled ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Reports and rejected messages are made for every message, twice (at intake and again when
+# drained): plain slotted classes, whose constructors cost half a frozen one's. Nothing changes
+# one once made.
+@dataclass(slots=True)
 class Report:
     """A report that passed validation; `payload` is the producer's JSON object, unchanged."""
 
     report_id: str
     kind: str
     queue: str
-    payload: dict[str, Any]
+    # None only as `from_record(payload=False)` gives it, beside the text and columns.
+    payload: dict[str, Any] | None
     received_at: datetime
     # The payload's JSON text as the producer sent it (validated), when there is one.
     body: str | None = None
@@ -189,7 +193,7 @@ class Report:
     columns: list[Any] | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejected:
     """A message that could not be taken as a report, with the reason and its raw body."""
 
@@ -246,8 +250,11 @@ def to_record(item: Report | Rejected) -> bytes:
         head["at"] = item.received_at.isoformat()
         try:
             # The typed columns too, so that the drain copies them without reading the payload.
-            text = orjson.dumps(head | {"c": typed_values(item.kind, item.payload)})
+            columns = item.columns
+            head["c"] = typed_values(item.kind, item.payload) if columns is None else columns
+            text = orjson.dumps(head)
         except TypeError:  # an integer beyond 64 bits: the drain reads the payload for them
+            del head["c"]
             text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return text[:-1] + _BODY_KEY + item.body.encode("utf-8") + b"}"
     if isinstance(item, Report):
@@ -271,12 +278,25 @@ def to_record(item: Report | Rejected) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def from_record(data: bytes) -> Report | Rejected:
+def from_record(data: bytes, *, payload: bool = True) -> Report | Rejected:
+    """The report or rejected message a journal record holds. With `payload` False, a report
+    whose record carries its typed columns comes without its parsed payload (None): its text and
+    columns are all COPY needs."""
+    if not payload and data.startswith(b'{"t":"R"'):
+        # The head's strings are JSON-escaped, so the first `,"p":` is the body's key.
+        start = data.index(_BODY_KEY)
+        head = orjson.loads(data[:start] + b"}")
+        columns = head.get("c")
+        if columns is not None:
+            if len(columns) != len(TYPED_COLUMNS):
+                raise ValueError(f"a record with {len(columns)} typed columns")
+            body = data[start + len(_BODY_KEY) : -1].decode("utf-8")
+            at = _received_at(head["at"])
+            return Report(head["id"], head["k"], head["q"], None, at, body, columns)
     # Parsed as bytes, the body sliced as text; records are UTF-8 (to_record writes them).
     doc = _loads(data)
     at = _received_at(doc["at"])
     if doc["t"] == "R":
-        # The head's strings are JSON-escaped, so the first `,"p":` is the body's key.
         body = data[data.index(_BODY_KEY) + len(_BODY_KEY) : -1].decode("utf-8")
         columns = doc.get("c")
         if columns is not None and len(columns) != len(TYPED_COLUMNS):

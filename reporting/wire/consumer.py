@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import stomp
 
@@ -35,9 +35,9 @@ __all__ = ["BatchHandler", "Consumer", "Message", "check_login", "is_refusal"]
 SUBSCRIBE_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One MESSAGE frame as received: where it came from, its headers and its raw body."""
+class Message(NamedTuple):
+    """One MESSAGE frame as received: where it came from, its headers and its raw body (a
+    tuple: made for every message, in the receive thread)."""
 
     destination: str
     headers: dict[str, str]

@@ -108,6 +108,12 @@ class Sink:
         for engine in (self._engine, self._probe_engine):
             watch_availability(engine, self._note)
 
+    @property
+    def copies(self) -> bool:
+        """True where reports go in by COPY (PostgreSQL), which needs their text and typed
+        columns but not their parsed payloads."""
+        return self._dialect is postgresql
+
     def view(self, *, cluster: str, journal: str) -> "Sink":
         """The same database under another fence and positions key, sharing this sink's engines
         (which only this sink closes)."""
