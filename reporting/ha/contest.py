@@ -148,17 +148,10 @@ class Contest:
         self.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, name=f"{name}-election", daemon=True)
 
-    def add_slot(
-        self,
-        label: str,
-        *,
-        policy: Policy,
-        on_change: Callable[[RoleChange], None],
-        thread: str,
-        queue: str | None = None,
-    ) -> Slot:
-        """A role to decide: the pair's, or `queue`'s of a group (its lines carry the queue)."""
-        slot = Slot(label, policy=policy, on_change=on_change, thread=thread, queue=queue)
+    def add_slot(self, label: str, **options: Any) -> Slot:
+        """A role to decide, with the options `Slot` takes: the pair's, or a `queue`'s of a
+        group (its lines carry the queue)."""
+        slot = Slot(label, **options)
         self.slots.append(slot)
         return slot
 

@@ -4,13 +4,13 @@ promtool accepts its configuration; Grafana's provisioning points at that Promet
 deploy/monitoring/dashboard.json."""
 
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.unit.deploy.test_monitoring import promtool
 from tests.unit.test_compose import (
     COMPOSE,
     MONITORING,
@@ -81,17 +81,8 @@ def test_every_instance_of_the_stack_is_scraped_and_nothing_else(path: Path) -> 
 
 @pytest.mark.parametrize("stack", [p.stem for p in STACKS])
 def test_promtool_check_config(stack: str, tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    done = subprocess.run(
-        [promtool, "check", "config", str(prometheus_etc(stack, tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 9 rules found" in done.stdout, done.stdout
+    out = promtool("check", "config", str(prometheus_etc(stack, tmp_path)))
+    assert "SUCCESS: 9 rules found" in out, out
 
 
 def test_grafana_provisions_the_prometheus_and_the_dashboard() -> None:

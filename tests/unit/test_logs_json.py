@@ -16,7 +16,8 @@ import pytest
 from reporting import logs
 from reporting.cli import build_parser
 from reporting.config import BrokerConfig, Config, DatabaseConfig, HostPort, JournalConfig
-from reporting.ha import Role, RoleChange, make_election
+from reporting.ha import Role, RoleChange
+from reporting.ha.election import StandaloneElection
 from reporting.ha.group import GroupElection
 from reporting.ha.roles import Started
 from reporting.harness import waiting
@@ -181,17 +182,7 @@ def test_a_full_journal_pauses_the_intake_of_a_queue(lines: list[str], tmp_path:
 
 
 def test_role_changes_say_the_epoch_and_in_a_group_the_queue(lines: list[str]) -> None:
-    solo = make_election(
-        mode="standalone",
-        name="rs-solo",
-        role="",
-        zookeeper="127.0.0.1:1",
-        cluster="/c",
-        session_timeout_s=2.0,
-        grace_s=1.0,
-        healthy=lambda: True,
-        on_change=lambda change: None,
-    )
+    solo = StandaloneElection(name="rs-solo", on_change=lambda change: None)
     solo.start()
     solo.stop()
     assert about(lines, "rs-solo: role active")["epoch"] == 0
