@@ -20,6 +20,7 @@ from typing import Any
 
 from reporting.config import Config, LaneSpec
 from reporting.ha import Role, RoleChange
+from reporting.logs import About
 from reporting.pipeline import Drainer, Intake, open_journal
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Consumer
@@ -68,6 +69,7 @@ class Lane:
     ) -> None:
         self.spec = spec
         self.name = name
+        self.log = About(log, queue=spec.queues)
         self.policy = Policy.of(config)
         self._role = role
         self._stood_down = stood_down
@@ -82,6 +84,7 @@ class Lane:
             on_fenced=on_fenced,
             on_room=room.set,
             name=name,
+            queues=spec.queues,
         )
         broker = dataclasses.replace(config.broker, queues=spec.queues)
         self.intake = Intake(
@@ -164,12 +167,7 @@ class Lane:
             if self.consuming:
                 self.consuming = False
                 self.consumer.stop()
-                log.info(
-                    "%s: consumer stopped (%s)",
-                    self.name,
-                    reason,
-                    extra={"queue": ",".join(self.spec.queues)},
-                )
+                self.log.info("%s: consumer stopped (%s)", self.name, reason)
 
     def _sweep(self) -> None:
         # A segregated backup in standby still owns its broker: producers that failed over to it
@@ -186,7 +184,7 @@ class Lane:
                 self._stop_consuming("standby sweep of the own broker done")
             taken = self.intake.records - before
             if taken:
-                log.info(
+                self.log.info(
                     "%s: standby sweep took %d reports left in the own broker", self.name, taken
                 )
 

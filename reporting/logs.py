@@ -10,14 +10,15 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMATS = ("text", "json")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# What a line is about, given as `extra=` by the call sites that know it; kept in a JSON line.
+# What a line is about, given by an `About` logger or as `extra=`; kept in a JSON line.
 FIELDS = ("queue", "epoch", "segment")
 MASK = "***"
 
@@ -114,6 +115,29 @@ def _cut_body(record: logging.LogRecord) -> bool:
     elif record.name.startswith("sqlalchemy") and record.msg == _SQLALCHEMY_ROW:
         return False  # result rows may be reports
     return True
+
+
+class About(logging.LoggerAdapter):
+    """A logger for the lines of one lane, drainer, consumer or election slot: each line carries
+    the FIELDS given here, besides its own `extra=`. A callable is read at every line (the epoch a
+    drainer writes under changes with its role); None leaves the field out; a lane's queues are
+    one comma-joined field. Only the JSON format shows them: the text lines stay as they were."""
+
+    def __init__(self, logger: logging.Logger, **fields: object) -> None:
+        unknown = set(fields) - set(FIELDS)
+        assert not unknown, f"not a log field: {sorted(unknown)}"
+        for field, value in fields.items():
+            if isinstance(value, Sequence) and not isinstance(value, str):
+                fields[field] = ",".join(value) or None
+        super().__init__(logger, fields)
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        fields = {name: value() if callable(value) else value for name, value in self.extra.items()}
+        kwargs["extra"] = {**fields, **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 class JsonFormatter(logging.Formatter):

@@ -43,6 +43,7 @@ from reporting.ha.roles import (
     Suspended,
     describe,
 )
+from reporting.logs import About
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,16 @@ class Slot:
     """
 
     def __init__(
-        self, label: str, *, policy: Policy, on_change: Callable[[RoleChange], None], thread: str
+        self,
+        label: str,
+        *,
+        policy: Policy,
+        on_change: Callable[[RoleChange], None],
+        thread: str,
+        queue: str | None = None,
     ) -> None:
         self.label = label
+        self.log = About(log, queue=queue)
         self.roles = Roles(label, policy=policy)
         self.delivery = Delivery(thread, on_change)
 
@@ -140,10 +148,10 @@ class Contest:
         self.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, name=f"{name}-election", daemon=True)
 
-    def add_slot(
-        self, label: str, *, policy: Policy, on_change: Callable[[RoleChange], None], thread: str
-    ) -> Slot:
-        slot = Slot(label, policy=policy, on_change=on_change, thread=thread)
+    def add_slot(self, label: str, **options: Any) -> Slot:
+        """A role to decide, with the options `Slot` takes: the pair's, or a `queue`'s of a
+        group (its lines carry the queue)."""
+        slot = Slot(label, **options)
         self.slots.append(slot)
         return slot
 
@@ -244,7 +252,7 @@ class Contest:
         # Called with the mutex held, so that the order of delivery is that of the transitions.
         change = slot.roles.apply(event)
         if change is not None:
-            log.info("%s", describe(slot.label, change), extra={"epoch": change.epoch})
+            slot.log.info("%s", describe(slot.label, change), extra={"epoch": change.epoch})
             slot.delivery.put(change)
         return change
 

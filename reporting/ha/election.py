@@ -75,7 +75,7 @@ class StandaloneElection:
         self.holder = self.name
         self.joined = True
         change = RoleChange(Role.ACTIVE, 0, self.name, "standalone")
-        log.info("%s", describe(self.name, change))
+        log.info("%s", describe(self.name, change), extra={"epoch": change.epoch})
         # Same promise as the other elections: the callback never runs on the caller's thread.
         self._thread = threading.Thread(
             target=self._on_change, args=(change,), name=f"{self.name}-role-changes", daemon=True
@@ -94,7 +94,12 @@ class StandaloneElection:
 
     def lost_fence(self, epoch: int | None = None) -> None:
         # Nobody else can hold epoch 0's role; a fence here is a bug elsewhere, not a handover.
-        log.error("%s: fenced in standalone mode (epoch %s); keeping the role", self.name, epoch)
+        log.error(
+            "%s: fenced in standalone mode (epoch %s); keeping the role",
+            self.name,
+            epoch,
+            extra={"epoch": epoch},
+        )
 
 
 def make_election(

@@ -89,6 +89,7 @@ class GroupElection(Participant):
                     policy=Policy.SHARED,
                     on_change=functools.partial(on_change, queue),
                     thread=f"{name}-{kind_of(queue)}",
+                    queue=queue,
                 ),
             )
             for queue in sorted(set(queues))

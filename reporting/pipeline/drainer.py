@@ -11,10 +11,11 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from reporting.logs import About
 from reporting.status.metrics import Metrics
 from storage.database import Batch, Sink
 from storage.errors import (
@@ -86,6 +87,7 @@ class Drainer:
         on_fenced: Callable[[StaleEpoch], None],
         on_room: Callable[[], None],
         name: str,
+        queues: Sequence[str] = (),
         batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.journal = journal
@@ -107,6 +109,8 @@ class Drainer:
         self.on_fenced = on_fenced
         self.on_room = on_room
         self.name = name
+        # Its lines carry the lane's queues and the epoch it writes under at the time.
+        self.log = About(log, queue=queues, epoch=lambda: self.epoch)
         self.database_up: bool | None = None
         self._positions: dict[str, int] | None = None
         self._stop = threading.Event()
@@ -125,7 +129,7 @@ class Drainer:
         if old is not None and old.is_alive():
             # Stuck in a database call that stop() could not interrupt: two drainers must
             # never run at once, so wait for it (PostgreSQL's statement timeout bounds this).
-            log.warning("%s: waiting for the previous drainer to finish", self.name)
+            self.log.warning("%s: waiting for the previous drainer to finish", self.name)
             old.join()
         self._stop.clear()
         self._caught_up.clear()
@@ -155,7 +159,7 @@ class Drainer:
             if self.database_up is False:
                 return False
             if not self.running:
-                log.warning(
+                self.log.warning(
                     "%s: drainer ended while waited for (%s)", self.name, self.stopped_because
                 )
                 return False
@@ -168,9 +172,9 @@ class Drainer:
     def _mark(self, up: bool) -> None:
         if up != self.database_up:
             if up:
-                log.info("%s: database is up", self.name)
+                self.log.info("%s: database is up", self.name)
             else:
-                log.warning("%s: database is down; buffering in the journal", self.name)
+                self.log.warning("%s: database is down; buffering in the journal", self.name)
                 self._catching_up = True
         self.database_up = up
 
@@ -213,7 +217,7 @@ class Drainer:
             except Exception:
                 # Whatever went wrong, the journal still holds every record: start over from
                 # the positions the database has, after a pause.
-                log.exception("%s: drainer failed; starting over", self.name)
+                self.log.exception("%s: drainer failed; starting over", self.name)
                 self._stop.wait(1.0)
 
     def _drain(self) -> None:
@@ -328,7 +332,7 @@ class Drainer:
             self._max_bytes = max(1, size // 2)
             self._stored_since = 0
             self._ahead = None  # read from after this batch, which is not stored
-            log.warning(
+            self.log.warning(
                 "%s: a batch of %d records (%d bytes) met the statement timeout, splitting it: %s",
                 self.name,
                 len(entries),
@@ -367,7 +371,7 @@ class Drainer:
         # again once a role change gives it an epoch it holds.
         self.stopped_because = f"fenced: {exc}"
         self.metrics.fenced.inc()
-        log.warning("%s: write refused by the fence: %s", self.name, exc)
+        self.log.warning("%s: write refused by the fence: %s", self.name, exc)
         self.on_fenced(exc)
 
     def _verify(self, positions: dict[str, int]) -> None:
@@ -384,7 +388,7 @@ class Drainer:
         """Goes back to the database's positions: the records after them are drained again."""
         self.metrics.rewound.inc()
         self._ahead = None  # read from positions that are no longer ours
-        log.warning("%s: %s; replaying from the journal's retained segments", self.name, why)
+        self.log.warning("%s: %s; replaying from the journal's retained segments", self.name, why)
         stored = self._load_positions()
         if stored is None:
             return False

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reporting.config import BrokerConfig, Config
+from reporting.logs import About
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Message
 from reporting.wire.decode import decode
@@ -57,6 +58,7 @@ class Intake:
     ) -> None:
         self.journal = journal
         self.queues = frozenset(broker.queues)
+        self.log = About(log, queue=broker.queues)
         self.max_body_bytes = broker.max_body_bytes
         self.metrics = metrics
         self.room = room
@@ -83,7 +85,7 @@ class Intake:
             return False
         if self.paused:
             self.paused = False
-            log.info("journal has room again; consumption resumed")
+            self.log.info("journal has room again; consumption resumed")
         self.records += len(records)
         self.metrics.journalled.inc(len(records))
         # Counted per kind, one metric update each: a labelled update costs a lock and a lookup.
@@ -117,7 +119,7 @@ class Intake:
                 if not self.paused:
                     self.paused = True
                     self.metrics.journal_full.inc()
-                    log.warning("journal full (%s); consumption paused until it drains", exc)
+                    self.log.warning("journal full (%s); consumption paused until it drains", exc)
                 # Held unacked: the broker keeps these and sends no more than the prefetch.
                 # The drainer sets `room` when it has freed some; an outside process freeing
                 # disk space does not, hence the time-out.
@@ -128,7 +130,7 @@ class Intake:
             except JournalError as exc:
                 # E.g. the segment was removed under us: the batch may not be durable, so it
                 # is not acked and the broker hands it out again.
-                log.error("%s; the batch goes back to the broker", exc)
+                self.log.error("%s; the batch goes back to the broker", exc)
                 self.room.wait(1.0)  # a journal that keeps failing must not spin
                 return False
             parts.pop(0)

@@ -24,6 +24,7 @@ import stomp
 
 from reporting.config import BrokerConfig
 from reporting.errors import BrokerError, BrokerRefused, BrokerUnreachable, BrokerUntrusted
+from reporting.logs import About
 from reporting.wire import headers
 from reporting.wire.connection import Connection, Listener, failover, is_refusal
 
@@ -125,12 +126,12 @@ class _Listener(Listener):
             error = BrokerRefused(str(conn.host), self.consumer.config.user, message)
             self.consumer._give_up(self.run, error, "fix [broker] user/password or the rights")
         else:
-            log.warning("broker error: %s", message)
+            self.consumer.log.warning("broker error: %s", message)
         self.answered.set()
 
     def on_lost(self, conn: Connection, reason: str) -> None:
         if reason == "heartbeat timeout":
-            log.warning("broker heartbeat timed out")
+            self.consumer.log.warning("broker heartbeat timed out")
         self.answered.set()
 
 
@@ -154,6 +155,7 @@ class Consumer:
         self.config = config
         self.handler = handler
         self.name = name
+        self.log = About(log, queue=config.queues)
         # Called once, from a consumer or receiver thread, when the broker refuses us (or we it).
         self.on_refused = on_refused
         self.refused: BrokerError | None = None
@@ -228,7 +230,9 @@ class Consumer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
             if thread.is_alive():
-                log.warning("%s: consumer thread still ending; it can no longer consume", self.name)
+                self.log.warning(
+                    "%s: consumer thread still ending; it can no longer consume", self.name
+                )
 
     def idle_for(self, seconds: float, *, timeout_s: float = 60.0) -> bool:
         """True once connected with no message for `seconds` (the broker is drained); False when
@@ -256,7 +260,7 @@ class Consumer:
             return
         self.refused = error
         run.stop.set()
-        log.error("%s: %s; not retrying: %s", self.name, error, fix)
+        self.log.error("%s: %s; not retrying: %s", self.name, error, fix)
         if self.on_refused is not None:
             self.on_refused(error)
 
@@ -331,11 +335,10 @@ class Consumer:
         except BrokerUnreachable as exc:
             self._close(run, conn)
             if self.refused is None and not run.stop.is_set():
-                log.info("broker %s not reachable: %s", host, exc.reason)
+                self.log.info("broker %s not reachable: %s", host, exc.reason)
             return None
-        queues = ",".join(self.config.queues)
-        log.info(
-            "%s: consuming %s from broker %s", self.name, queues, host, extra={"queue": queues}
+        self.log.info(
+            "%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host
         )
         return conn
 
@@ -350,11 +353,11 @@ class Consumer:
             except Exception:
                 # E.g. a journal that cannot write: nothing of the batch was acked, so dropping
                 # the connection hands it back to the broker for the next try.
-                log.exception("%s: batch failed; reconnecting", self.name)
+                self.log.exception("%s: batch failed; reconnecting", self.name)
                 run.stop.wait(1.0)
             self._close(run, conn)
             if not run.stop.is_set():
-                log.warning("%s: broker connection lost; reconnecting", self.name)
+                self.log.warning("%s: broker connection lost; reconnecting", self.name)
 
     def _next_batch(self, run: _Run) -> list[Message]:
         inbox = run.inbox

@@ -312,7 +312,12 @@ class Journal:
                 os.unlink(path)
                 fsync_dir(self.dir)
             except OSError:
-                log.warning("journal %s: could not remove unfinished %s", self.dir, name)
+                log.warning(
+                    "journal %s: could not remove unfinished %s",
+                    self.dir,
+                    name,
+                    extra={"segment": name},
+                )
             raise self._write_error(name, exc) from exc
         self._retire_current()
         parsed = parse_name(name)
@@ -503,9 +508,18 @@ class Journal:
                 deleted.append(seg.name)
             if deleted:
                 fsync_dir(self.dir)
-                log.info("journal %s: released %d segment(s)", self.dir, len(deleted))
+                log.info(
+                    "journal %s: released %d segment(s)",
+                    self.dir,
+                    len(deleted),
+                    extra={"segment": ",".join(deleted)},
+                )
             if emptied:
-                log.info("journal %s: everything drained; freed the newest segment", self.dir)
+                log.info(
+                    "journal %s: everything drained; freed the newest segment",
+                    self.dir,
+                    extra={"segment": newest},
+                )
             return deleted
 
     def _empty(self, seg: _Segment, path: Path) -> bool:
@@ -719,6 +733,7 @@ class Journal:
                 "journal %s: %s has a damaged header; left alone until its writer is quiet",
                 self.dir,
                 seg.name,
+                extra={"segment": seg.name},
             )
         return None
 
@@ -780,6 +795,7 @@ class Journal:
                 self.dir,
                 reason,
                 seg.name,
+                extra={"segment": seg.name},
             )
 
     def _save_holes(self, seg: _Segment, reason: str) -> None:
@@ -819,7 +835,13 @@ class Journal:
             # copy is made, so the bytes are not lost meanwhile. Tried again on every look.
             if f"save:{target.name}" not in self._warned:
                 self._warned.add(f"save:{target.name}")
-                log.error("journal %s: cannot quarantine %s: %s", self.dir, target.name, exc)
+                log.error(
+                    "journal %s: cannot quarantine %s: %s",
+                    self.dir,
+                    target.name,
+                    exc,
+                    extra={"segment": seg.name},
+                )
             return False
         log.warning(
             "journal %s: %s: bytes %d-%d of %s set aside in %s; reading goes on after them",
@@ -857,7 +879,13 @@ class Journal:
             return  # another writer moved or released it first
         except OSError as exc:
             # A full or read-only disk must not stop the other segments from being drained.
-            log.error("journal %s: cannot quarantine %s: %s", self.dir, seg.name, exc)
+            log.error(
+                "journal %s: cannot quarantine %s: %s",
+                self.dir,
+                seg.name,
+                exc,
+                extra={"segment": seg.name},
+            )
             return
         self._segments.pop(seg.name, None)
         self._drained.pop(seg.name, None)
@@ -893,7 +921,9 @@ class Journal:
         except FileNotFoundError:
             return
         fsync_dir(self.dir)
-        log.warning("journal %s: removed %s: %s", self.dir, path.name, reason)
+        log.warning(
+            "journal %s: removed %s: %s", self.dir, path.name, reason, extra={"segment": path.name}
+        )
 
     def _foreign(self, path: Path, reason: str, opening: bool) -> None:
         if opening:

@@ -1,7 +1,10 @@
 """compose/: valid YAML, every referenced file exists, every server config passes validation, and
 every stack is secure as shipped: authenticated hops, passwords only in secret files, the server
-on a least-privilege database role, ports published on 127.0.0.1 only, no registry image."""
+on a least-privilege database role, ports published on 127.0.0.1 only, no registry image. The
+monitoring override (compose/monitoring.yml) is held to the same rules, except for Grafana's
+image, which Debian does not package; it runs on the host's network, listening on 127.0.0.1."""
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -12,12 +15,18 @@ from reporting.config import load_config
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"
 COMPOSE_FILES = sorted(COMPOSE.glob("*.yml"))
+MONITORING = COMPOSE / "monitoring.yml"
+STACKS = [path for path in COMPOSE_FILES if path != MONITORING]
 PROJECT_IMAGES = {
     "reporting/activemq",
     "reporting/zookeeper",
     "reporting/postgres",
     "reporting/server",
+    "reporting/prometheus",
 }
+# Images from a registry: each only in the file named, and only because Debian lacks it.
+REGISTRY_IMAGES = {"docker.io/grafana/grafana-oss:10.4.2": "monitoring.yml"}
+STACK_VARIABLE = re.compile(r"\$\{REPORTING_STACK[^}]*\}")
 SERVER_CONFIG = "/etc/reporting/reporting.toml"
 
 
@@ -36,8 +45,13 @@ def server_configs(path: Path) -> dict[str, Path]:
     return out
 
 
+def for_stack(text: str, stack: str) -> str:
+    """`text` with the monitoring override's ${REPORTING_STACK...} as `stack` makes it."""
+    return STACK_VARIABLE.sub(stack, text)
+
+
 def test_there_is_a_compose_file_per_mode_and_per_scaled_out_system() -> None:
-    assert {f.name for f in COMPOSE_FILES} == {
+    assert {f.name for f in STACKS} == {
         "shared.yml",
         "segregated.yml",
         "ensemble.yml",
@@ -50,9 +64,14 @@ def test_there_is_a_compose_file_per_mode_and_per_scaled_out_system() -> None:
 def test_compose_file_references_only_existing_files(path: Path) -> None:
     document = yaml.safe_load(path.read_text())
     for name, service in document["services"].items():
-        assert service["image"] in PROJECT_IMAGES, f"{name}: {service['image']}"
+        image = service["image"]
+        assert image in PROJECT_IMAGES or REGISTRY_IMAGES.get(image) == path.name, (
+            f"{name}: {image}"
+        )
         assert "build" not in service, f"{name}: images come from scripts/containers"
-        for volume in service.get("volumes", []):
+        for volume in {
+            for_stack(v, stack.stem) for v in service.get("volumes", []) for stack in STACKS
+        }:
             source = volume.split(":")[0]
             if source.startswith((".", "/")):
                 assert (path.parent / source).exists(), f"{name}: {source}"
@@ -64,7 +83,7 @@ def test_compose_file_references_only_existing_files(path: Path) -> None:
             assert secret in document["secrets"], f"{name}: undeclared secret {secret}"
 
 
-@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", STACKS, ids=lambda p: p.name)
 def test_a_pair_is_two_instances_and_the_group_three(path: Path) -> None:
     assert len(server_configs(path)) == (3 if path.name == "group.yml" else 2)
 
@@ -110,7 +129,7 @@ def test_passwords_are_compose_secrets_from_files(path: Path) -> None:
         assert insecure not in text, insecure
 
 
-@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", STACKS, ids=lambda p: p.name)
 def test_every_hop_authenticates(path: Path) -> None:
     for name, service in services(path).items():
         env = service.get("environment", {})
@@ -129,7 +148,7 @@ def test_every_hop_authenticates(path: Path) -> None:
         assert config["database"]["url"].startswith("postgresql+psycopg://reporting_server@"), name
 
 
-@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", STACKS, ids=lambda p: p.name)
 def test_the_schema_is_made_by_its_owner_and_the_server_role_granted(path: Path) -> None:
     setup = services(path)["db-setup"]
     command = " ".join(setup["command"])
@@ -139,3 +158,18 @@ def test_the_schema_is_made_by_its_owner_and_the_server_role_granted(path: Path)
     for name in server_configs(path):
         condition = services(path)[name]["depends_on"]["db-setup"]["condition"]
         assert condition == "service_completed_successfully", name
+
+
+def test_the_monitoring_override_listens_on_loopback_of_the_hosts_network() -> None:
+    """Nothing published, nothing on a Docker network: host networking, bound to 127.0.0.1."""
+    monitoring = services(MONITORING)
+    stack_services = {name for path in STACKS for name in services(path)}
+    assert not set(monitoring) & stack_services, "an override service would replace a stack's"
+    for name, service in monitoring.items():
+        assert service["network_mode"] == "host", name
+        assert "ports" not in service, name
+    assert "--web.listen-address=127.0.0.1:9090" in monitoring["prometheus"]["command"]
+    grafana = monitoring["grafana"]["environment"]
+    assert grafana["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana-admin"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
