@@ -76,6 +76,22 @@ def frame_bytes(command: str, headers: dict[str, str]) -> bytes:
     return f"{command}\n{head}\n".encode() + b"\0"
 
 
+def shut_down(server: socket.socket, lock: threading.Lock, clients: list[socket.socket]) -> None:
+    """Closes a fake broker's listener, then cuts off the clients it had accepted."""
+    try:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the accept thread
+    except OSError:
+        pass
+    server.close()
+    with lock:
+        clients = list(clients)
+    for client in clients:
+        try:
+            client.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 @dataclass
 class FakeBroker:
     """One STOMP listener; `sends` keeps every SEND frame it stored (sent a receipt for)."""
@@ -147,18 +163,7 @@ class FakeBroker:
         return frame_bytes("RECEIPT", {"receipt-id": receipt}) if receipt else b""
 
     def stop(self) -> None:
-        try:
-            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the accept thread
-        except OSError:
-            pass
-        self._server.close()
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            try:
-                client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(self._server, self._lock, self._clients)
         for thread in self._threads:
             thread.join(timeout=5)
 

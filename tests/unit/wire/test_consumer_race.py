@@ -17,7 +17,7 @@ from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerUnreachable
 from reporting.wire.connection import Connection, failover
 from reporting.wire.consumer import Consumer, Message
-from tests.unit.test_client import frame_bytes, read_frame
+from tests.unit.test_client import frame_bytes, read_frame, shut_down
 
 QUEUE = "gvp.reporting.cdr"
 
@@ -112,18 +112,7 @@ class QueueServer:
         return reply
 
     def stop(self) -> None:
-        try:
-            self._server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._server.close()
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            try:
-                client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut_down(self._server, self._lock, self._clients)
 
 
 @pytest.fixture
