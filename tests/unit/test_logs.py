@@ -2,8 +2,6 @@
 library logs it; and the CLI's --log-level."""
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from stomp.utils import Frame, convert_frame
 from reporting import logs
 from reporting.cli import build_parser, main
 from reporting.errors import ConfigError, ReportingError
+from reporting.harness.commands import run_command
 from storage.errors import DatabaseError
 
 SECRET = "zk-S3cret/+&=x"
@@ -119,12 +118,7 @@ def test_default_log_level_is_info() -> None:
 
 def test_unknown_log_level_is_an_error(tmp_path: Path) -> None:
     for argv in (["--log-level", "LOUD", "status"], ["status", "--log-level", "LOUD"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "reporting.cli", *argv, "--config", str(tmp_path / "x.toml")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_command(*argv, "--config", str(tmp_path / "x.toml"))
         assert done.returncode == 2
         assert "invalid choice: 'LOUD'" in done.stderr and "Traceback" not in done.stderr
 
