@@ -232,13 +232,28 @@ def group(
 
 
 def flowing(
-    members: list[Instance], broker: str, queue_prefix: str, tmp_path: Path, *, count: int
+    members: list[Instance],
+    broker: str,
+    queue_prefix: str,
+    tmp_path: Path,
+    *,
+    count: int,
+    rate: int = 300,
+    stored: int = 300,
 ) -> Flow:
-    """`count` reports sent at 300/s into a ledger, once the members have stored the first 300."""
-    flow = Flow([broker], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=300)
+    """`count` reports sent at `rate`/s into a ledger, once the members have stored more than
+    `stored` of them."""
+    flow = Flow([broker], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate)
     flow.start()
-    wait_until(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
+    wait_until(lambda: sum(i.status()["stored"] for i in members) > stored, 30, "reports flowing")
     return flow
+
+
+def send_all(broker: str, ledger: Path, *, queue_prefix: str, count: int) -> set[str]:
+    """`count` reports sent as fast as the receipts come back; the ids receipted."""
+    flow = Flow([broker], ledger, queue_prefix=queue_prefix, count=count, rate=0)
+    flow.start().join()
+    return flow.ids()
 
 
 def start_group(

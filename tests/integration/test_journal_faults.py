@@ -17,7 +17,7 @@ from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.journal import Journal
 from storage.reports import from_record
-from tests.integration.conftest import Flow, assert_exactly_once
+from tests.integration.conftest import Flow, assert_exactly_once, send_all
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +46,7 @@ def test_one_flipped_byte_loses_only_its_record(
     server = standalone()
     server.start()
     postgres.kill()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=300, rate=0)
-    flow.start().join()
-    ids = flow.ids()
+    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=300)
     assert len(ids) == 300
     journalled(server, 300)
     server.kill()
@@ -86,8 +84,7 @@ def test_a_zero_filled_next_segment_does_not_stop_start_up(
     server = standalone()
     server.start()
     postgres.kill()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=100, rate=0)
-    flow.start().join()
+    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=100)
     journalled(server, 100)
     server.kill()
     [segment] = journal_dir(server).glob("*.seg")
@@ -96,7 +93,7 @@ def test_a_zero_filled_next_segment_does_not_stop_start_up(
     leftover.write_bytes(bytes(64))
     postgres.restart()
     server.start()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, ids)
     assert not leftover.exists()
     assert not (journal_dir(server) / "quarantine").exists()
 
@@ -121,9 +118,8 @@ def test_a_second_process_with_the_same_name_exits_naming_the_first(
         f"as pid {first.pid}"
     ]
     # The first goes on undisturbed.
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=200, rate=0)
-    flow.start().join()
-    assert_exactly_once(pg_url, flow.ids())
+    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=200)
+    assert_exactly_once(pg_url, ids)
 
 
 def test_a_segment_removed_under_its_writer_is_redelivered(
@@ -131,16 +127,14 @@ def test_a_segment_removed_under_its_writer_is_redelivered(
 ) -> None:
     server = standalone()
     server.start()
-    before = Flow([activemq.host], tmp_path / "l1", queue_prefix=queue_prefix, count=200, rate=0)
-    before.start().join()
-    assert_exactly_once(pg_url, before.ids())
+    before_ids = send_all(activemq.host, tmp_path / "l1", queue_prefix=queue_prefix, count=200)
+    assert_exactly_once(pg_url, before_ids)
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
     # Drained, but still the segment the writer appends to.
     [live] = journal_dir(server).glob("*.seg")
     live.unlink()
-    after = Flow([activemq.host], tmp_path / "l2", queue_prefix=queue_prefix, count=200, rate=0)
-    after.start().join()
-    assert_exactly_once(pg_url, before.ids() | after.ids())
+    after_ids = send_all(activemq.host, tmp_path / "l2", queue_prefix=queue_prefix, count=200)
+    assert_exactly_once(pg_url, before_ids | after_ids)
     log = server.log_tail(400)
     assert f"segment {live.name} was removed while being written" in log
     assert "the batch goes back to the broker" in log
@@ -169,9 +163,7 @@ def test_a_full_disk_pause_ends_once_the_database_is_back(
     server = standalone(journal={"dir": str(small_disk / "journal")})
     server.start()
     postgres.kill()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=6000, rate=0)
-    flow.start().join()
-    ids = flow.ids()
+    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=6000)
     assert len(ids) == 6000
     wait_until(lambda: server.status()["journal"]["paused"], 120, "consumption to pause")
     paused_at = server.status()["journal"]["pending"]
@@ -220,9 +212,8 @@ def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
 ) -> None:
     server = standalone()
     server.start()
-    first = Flow([activemq.host], tmp_path / "first", queue_prefix=queue_prefix, count=300, rate=0)
-    first.start().join()
-    assert_exactly_once(pg_url, first.ids())
+    first_ids = send_all(activemq.host, tmp_path / "first", queue_prefix=queue_prefix, count=300)
+    assert_exactly_once(pg_url, first_ids)
     server.stop()
     # The folder replaced (wiped, or a relative path now read from another folder): the
     # database still holds a position in the segment the old folder had open.
@@ -232,4 +223,4 @@ def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
         [activemq.host], tmp_path / "second", queue_prefix=queue_prefix, count=300, rate=0
     )
     second.start().join()
-    assert_exactly_once(pg_url, first.ids() | second.ids(), timeout_s=60)
+    assert_exactly_once(pg_url, first_ids | second.ids(), timeout_s=60)
