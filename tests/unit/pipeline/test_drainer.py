@@ -52,6 +52,7 @@ def drainer_for(  # type: ignore[no-untyped-def]
     *,
     metrics: Metrics | None = None,
     on_fenced=lambda exc: None,
+    on_room=lambda: None,
     **options,
 ) -> Drainer:
     return Drainer(
@@ -59,7 +60,7 @@ def drainer_for(  # type: ignore[no-untyped-def]
         sink,
         metrics=metrics or Metrics(),
         on_fenced=on_fenced,
-        on_room=lambda: None,
+        on_room=on_room,
         name="rs",
         **options,
     )
