@@ -28,13 +28,11 @@ PRODUCER_PW = "prd-Pw-42aa"
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
-    broker = ActiveMQ(
+    with ActiveMQ(
         tmp_path / "secure-activemq",
         users={"reporting": (SERVER_PW, SERVER), "producer": (PRODUCER_PW, PRODUCER)},
-    )
-    broker.start()
-    yield broker
-    broker.stop()
+    ) as broker:
+        yield broker
 
 
 def password_file(path: Path, password: str) -> str:

@@ -36,10 +36,8 @@ def other_ca(tmp_path: Path) -> TlsBundle:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path, ca: TlsBundle) -> Iterator[ActiveMQ]:
-    broker = ActiveMQ(tmp_path / "tls-activemq", tls=ca)
-    broker.start()
-    yield broker
-    broker.stop()
+    with ActiveMQ(tmp_path / "tls-activemq", tls=ca) as broker:
+        yield broker
 
 
 def tls_keys(broker: ActiveMQ, bundle: TlsBundle) -> dict:

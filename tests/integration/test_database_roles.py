@@ -24,10 +24,8 @@ SUPER_PW, OWNER_PW, SERVER_PW = "su-Pw-0b3f", "own-Pw-9e12", "srv-Pw-c4d7"
 
 @pytest.fixture
 def secure_postgres(tmp_path: Path) -> Iterator[Postgres]:
-    server = Postgres(tmp_path / "secure-postgres", password=SUPER_PW)
-    server.start()
-    yield server
-    server.stop()
+    with Postgres(tmp_path / "secure-postgres", password=SUPER_PW) as server:
+        yield server
 
 
 def connect(pg: Postgres, user: str, password: str | None, db: str = "postgres"):

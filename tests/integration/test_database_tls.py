@@ -29,10 +29,8 @@ def ca(tmp_path: Path) -> TlsBundle:
 
 @pytest.fixture
 def tls_postgres(tmp_path: Path, ca: TlsBundle) -> Iterator[Postgres]:
-    server = Postgres(tmp_path / "tls-postgres", tls=ca)
-    server.start()
-    yield server
-    server.stop()
+    with Postgres(tmp_path / "tls-postgres", tls=ca) as server:
+        yield server
 
 
 def verified_url(server: Postgres, database: str, ca_file: Path) -> str:

@@ -46,25 +46,22 @@ BODY_CANARY = f"body-{uuid.uuid4().hex}"
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
-    broker = ActiveMQ(
+    with ActiveMQ(
         tmp_path / "secure-activemq",
         users={"reporting": (BROKER_PW, SERVER), "producer": (PRODUCER_PW, PRODUCER)},
-    )
-    broker.start()
-    yield broker
-    broker.stop()
+    ) as broker:
+        yield broker
 
 
 @pytest.fixture
 def scram_postgres(tmp_path: Path) -> Iterator[Postgres]:
-    server = Postgres(tmp_path / "scram-postgres", password=SUPER_PW)
-    server.start()
-    with server.connect() as conn:
-        conn.autocommit = True
-        conn.execute(sql.SQL("CREATE ROLE rs_server LOGIN PASSWORD {}").format(sql.Literal(DB_PW)))
-        conn.execute("CREATE DATABASE reporting OWNER rs_server")
-    yield server
-    server.stop()
+    with Postgres(tmp_path / "scram-postgres", password=SUPER_PW) as server:
+        with server.connect() as conn:
+            conn.autocommit = True
+            create_role = sql.SQL("CREATE ROLE rs_server LOGIN PASSWORD {}")
+            conn.execute(create_role.format(sql.Literal(DB_PW)))
+            conn.execute("CREATE DATABASE reporting OWNER rs_server")
+        yield server
 
 
 def http_get(instance: Instance, path: str) -> str:
