@@ -2,9 +2,6 @@
 another CA it does not connect, and says so in one line."""
 
 import logging
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ import pytest
 from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerError, BrokerUntrusted
 from reporting.harness import ActiveMQ
+from reporting.harness.commands import run_command
 from reporting.harness.instance import to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.tls import TlsBundle, make_ca
@@ -77,13 +75,7 @@ def test_wrong_ca_stops_run_with_one_line(
     }
     path = tmp_path / "wrong-ca.toml"
     path.write_text(to_toml(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
+    done = run_command("run", "--config", str(path))
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     mentions = [line for line in lines if "certif" in line.lower()]

@@ -1,9 +1,6 @@
 """PostgreSQL over TLS: with sslmode=verify-full and the server's CA reports are stored; another
 CA is refused with one line; a connection without TLS is refused by the server."""
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +9,7 @@ import psycopg
 import pytest
 
 from reporting.harness import Postgres
+from reporting.harness.commands import run_command
 from reporting.harness.instance import to_toml
 from reporting.harness.tls import TlsBundle, make_ca
 from reporting.harness.waiting import wait_until
@@ -77,13 +75,7 @@ def test_wrong_ca_is_refused_with_one_line(tls_postgres: Postgres, tmp_path: Pat
 
     path = tmp_path / "wrong-ca.toml"
     path.write_text(to_toml({"name": "rs-db-tls", "database": {"url": url}}))
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "db", "upgrade", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
+    done = run_command("db", "upgrade", "--config", str(path))
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -4,8 +4,6 @@ then no log, no /status or /metrics answer and no text or bytea column of the da
 of the passwords. At the default log level and at DEBUG, where stomp.py and kazoo write the
 frames and requests that carry the passwords, and the bodies of reports."""
 
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from reporting.harness import ActiveMQ, Postgres
 from reporting.harness.activemq import PRODUCER, SERVER
+from reporting.harness.commands import run_command
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
@@ -179,13 +178,7 @@ def test_no_password_in_logs_http_or_database(
     leaks += database_hits(scram_postgres, PASSWORDS)
     journal_dir = Path(pair[0].config["journal"]["dir"])
     for extra in ([], ["--json"]):
-        inspect = [sys.executable, "-m", "reporting.cli", "--log-level", log_level, "journal"]
-        done = subprocess.run(
-            [*inspect, "inspect", str(journal_dir), *extra],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_command("--log-level", log_level, "journal", "inspect", str(journal_dir), *extra)
         assert done.returncode == 0 and "segments" in done.stdout.lower(), done.stderr
         needles = {**PASSWORDS, "report body": BODY_CANARY}
         leaks += [
