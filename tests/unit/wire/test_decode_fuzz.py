@@ -18,6 +18,22 @@ from storage.reports import (
 )
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def decode_kind(
+    kind: str, headers: dict[str, str], body: bytes, now: datetime = NOW
+) -> Report | Rejected:
+    """`body` as it arrives on the default queue of `kind`, with room for bodies up to 1 MiB."""
+    return decode(
+        f"/queue/gvp.reporting.{kind}",
+        headers,
+        body,
+        queues=DEFAULT_QUEUES,
+        max_body_bytes=1 << 20,
+        now=now,
+    )
+
+
 LIMIT = 2048
 
 # Text a producer can legitimately send: no lone surrogates, no NULs (see decode's docstring).
@@ -75,14 +91,7 @@ printable_ids = st.text(
 def test_valid_reports_decode_to_their_payload(report, report_id, ascii_only):
     kind, payload = report
     body = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
-    item = decode(
-        f"/queue/gvp.reporting.{kind}",
-        {"report-id": report_id},
-        body,
-        queues=DEFAULT_QUEUES,
-        max_body_bytes=1 << 20,
-        now=NOW,
-    )
+    item = decode_kind(kind, {"report-id": report_id}, body)
     assert isinstance(item, Report), item
     assert (item.report_id, item.kind, item.payload) == (report_id, kind, payload)
     assert from_record(to_record(item)) == item
@@ -104,14 +113,7 @@ def mutated_reports(draw):
 @given(mutated_reports())
 def test_a_broken_field_is_named_in_the_reason(mutated):
     kind, name, payload = mutated
-    item = decode(
-        f"/queue/gvp.reporting.{kind}",
-        {"message-id": "ID:1"},
-        json.dumps(payload).encode(),
-        queues=DEFAULT_QUEUES,
-        max_body_bytes=1 << 20,
-        now=NOW,
-    )
+    item = decode_kind(kind, {"message-id": "ID:1"}, json.dumps(payload).encode())
     # The replacement may happen to be valid (any string for a name field, say).
     if isinstance(item, Rejected):
         assert item.reason.startswith(f"field {name} "), item.reason
