@@ -52,15 +52,23 @@ def secret(path: Path, password: str) -> str:
     return str(path)
 
 
-def test_server_role_stores_reports_but_cannot_drop_or_truncate(
-    secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
-) -> None:
-    pg = secure_postgres
+def create_reporting_database(pg: Postgres, *statements: str) -> None:
+    """The roles rs_owner and rs_server, then `statements`, then the database reporting owned by
+    rs_owner."""
     with connect(pg, "postgres", SUPER_PW) as conn:
         conn.autocommit = True
         conn.execute(f"CREATE ROLE rs_owner LOGIN PASSWORD '{OWNER_PW}'")
         conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
+        for statement in statements:
+            conn.execute(statement)
         conn.execute("CREATE DATABASE reporting OWNER rs_owner")
+
+
+def test_server_role_stores_reports_but_cannot_drop_or_truncate(
+    secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
+) -> None:
+    pg = secure_postgres
+    create_reporting_database(pg)
     url = f"postgresql+psycopg://{{}}@{pg.address}:{pg.port}/reporting"
     owner_toml = tmp_path / "owner.toml"
     owner_toml.write_text(
@@ -132,12 +140,7 @@ def granted(secure_postgres, tmp_path: Path) -> Path:
     """A database owned by rs_owner, migrated, with PUBLIC allowed to create in its schema as
     PostgreSQL before 15 allows; the owner's TOML file (not yet granted)."""
     pg = secure_postgres
-    with connect(pg, "postgres", SUPER_PW) as conn:
-        conn.autocommit = True
-        conn.execute(f"CREATE ROLE rs_owner LOGIN PASSWORD '{OWNER_PW}'")
-        conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
-        conn.execute("CREATE ROLE bystander LOGIN PASSWORD 'by-Pw-1'")
-        conn.execute("CREATE DATABASE reporting OWNER rs_owner")
+    create_reporting_database(pg, "CREATE ROLE bystander LOGIN PASSWORD 'by-Pw-1'")
     with connect(pg, "postgres", SUPER_PW, "reporting") as conn:
         conn.autocommit = True
         conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
