@@ -11,7 +11,7 @@ import pytest
 
 from reporting.harness.replica import PostgresPair
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once
+from tests.integration.conftest import assert_exactly_once, flowing
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +41,7 @@ def test_commits_lost_by_a_promoted_async_standby_are_replayed(
         journal={"retain": 600.0, "segment_bytes": 65536},
     )
     server.start()
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=200
-    )
-    flow.start()
-    wait_until(lambda: server.status()["stored"] > 300, 30, "reports flowing")
+    flow = flowing([server], activemq.host, queue_prefix, tmp_path, count=3000, rate=200)
     # The standby goes away while the primary goes on committing: those commits exist only on
     # the primary when it dies, as after a burst that replication had not caught up on.
     async_pair.standby.kill()

@@ -20,7 +20,7 @@ from reporting.harness.pair import active_of
 from reporting.harness.replica import PostgresPair
 from reporting.harness.service import Service
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once
+from tests.integration.conftest import Flow, assert_exactly_once, flowing
 
 pytestmark = pytest.mark.integration
 
@@ -171,11 +171,7 @@ def test_synchronous_standby_promoted_after_primary_kill_9_loses_nothing(
     server = standalone(database={"url": url})
     with logs_on_failure(sync_pair.primary, sync_pair.standby, server):
         server.start()
-        flow = Flow(
-            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=200
-        )
-        flow.start()
-        wait_until(lambda: server.status()["stored"] > 300, 30, "reports flowing")
+        flow = flowing([server], activemq.host, queue_prefix, tmp_path, count=3000, rate=200)
         sync_pair.primary.kill()
         killed = time.monotonic()
         wait_until(lambda: server.status()["database"] == "down", 30, "the server to see it down")
