@@ -1,20 +1,24 @@
 """Session-wide harness servers: one PostgreSQL, ActiveMQ and ZooKeeper per pytest session.
 
-Each server starts the first time a test asks for it. A test may kill, stop or pause a shared
-server; after every test the servers are brought back (resumed, restarted on the same ports and
-data) so the next test finds them as the session started them. On a failure the tail of each
-server's log is attached to the report. At the end every server is stopped and the session fails
-if any harness process is still alive.
+Each server starts the first time a test asks for it: a local process, or with
+REPORTING_TEST_BACKEND=containers a container of the project's images
+(reporting.harness.containers). A test may kill, stop or pause a shared server; after every test
+the servers are brought back (resumed, restarted on the same ports and data) so the next test
+finds them as the session started them. On a failure the tail of each server's log is attached
+to the report. At the end every server is stopped and the session fails if any harness process
+or container is still alive (containers are removed).
 """
 
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from reporting.errors import HarnessError
 from reporting.harness import ActiveMQ, Postgres, Service, TcpProxy, ZooKeeper, processes
 
 # Servers started in this session, in start order.
@@ -37,9 +41,29 @@ def _serve(server: Service) -> Iterator[Service]:
     server.stop()
 
 
+def _server_class(local: type, container: str) -> type:
+    """The local class, or with REPORTING_TEST_BACKEND=containers its container twin (the test is
+    skipped with the reason when no Docker engine answers)."""
+    backend = os.environ.get("REPORTING_TEST_BACKEND", "local")
+    if backend == "local":
+        return local
+    from reporting.harness import containers
+
+    if containers.select_backend(backend) != "containers":
+        return local
+    reason = os.environ.get("REPORTING_CONTAINERS_UNAVAILABLE")
+    if reason:
+        pytest.skip(reason)
+    try:
+        containers.docker_client().close()
+    except HarnessError as exc:
+        pytest.skip(str(exc))
+    return getattr(containers, container)
+
+
 @pytest.fixture(scope="session")
 def postgres(harness_dir: Path) -> Iterator[Postgres]:
-    yield from _serve(Postgres(harness_dir / "postgres"))
+    yield from _serve(_server_class(Postgres, "PostgresContainer")(harness_dir / "postgres"))
 
 
 @pytest.fixture
@@ -50,12 +74,12 @@ def pg_url(postgres: Postgres) -> str:
 
 @pytest.fixture(scope="session")
 def activemq(harness_dir: Path) -> Iterator[ActiveMQ]:
-    yield from _serve(ActiveMQ(harness_dir / "activemq"))
+    yield from _serve(_server_class(ActiveMQ, "ActiveMQContainer")(harness_dir / "activemq"))
 
 
 @pytest.fixture(scope="session")
 def zookeeper(harness_dir: Path) -> Iterator[ZooKeeper]:
-    yield from _serve(ZooKeeper(harness_dir / "zookeeper"))
+    yield from _serve(_server_class(ZooKeeper, "ZooKeeperContainer")(harness_dir / "zookeeper"))
 
 
 @pytest.fixture
@@ -100,8 +124,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for server in _servers:
         server.stop()
+        if hasattr(server, "remove"):  # a container: stopped above, deleted now
+            server.remove()
     processes.stop_registered()
     left = _leftover_processes()
+    left_containers = _leftover_containers()
+    if left_containers:
+        session.config.get_terminal_writer().line(
+            "\nCONTAINERS LEFT AFTER THE SESSION (removed now): " + ", ".join(left_containers),
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if left:
         for pid in left:
             os.kill(pid, signal.SIGKILL)
@@ -110,6 +143,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             f"\nHARNESS PROCESSES LEFT RUNNING AFTER THE SESSION (killed now):\n{lines}", red=True
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _leftover_containers() -> list[str]:
+    """Containers this session made (harness servers, compose stacks) that still exist; removed."""
+    containers = sys.modules.get("reporting.harness.containers")
+    if containers is None:
+        return []
+    stacks = sys.modules.get("tests.containers.compose_stack")
+    projects = list(stacks.PROJECTS) if stacks else []
+    try:
+        return containers.remove_leftovers(containers.OWNER, projects)
+    except HarnessError:
+        return []  # the engine is gone, and its containers with it
 
 
 def _leftover_processes() -> dict[int, str]:

@@ -1,4 +1,8 @@
-"""Container specs of the testcontainers backend, checked without a Docker engine."""
+"""The container backend's run options, checked without a Docker engine: host networking, the
+workdir mounted at its own path, the local command line, the harness label."""
+
+import os
+from pathlib import Path
 
 import pytest
 
@@ -6,81 +10,37 @@ from reporting.errors import HarnessError
 from reporting.harness import containers
 
 
-def test_postgres_spec() -> None:
-    spec = containers.postgres_spec()
-    assert spec.image == "postgres:15"
-    assert spec.port == 5432
-    assert spec.env["POSTGRES_HOST_AUTH_METHOD"] == "trust"
-    assert spec.command is not None and "fsync=on" in spec.command
-
-
-def test_activemq_spec_runs_the_harness_broker_config_on_all_interfaces() -> None:
-    spec = containers.activemq_spec()
-    assert spec.image.startswith("apache/activemq-classic:5.18")
-    assert spec.port == 61613
-    xml = spec.files[containers.ACTIVEMQ_CONF]
-    assert 'uri="stomp://0.0.0.0:61613?' in xml
-    assert "<statisticsBrokerPlugin/>" in xml
-    assert "${harness." not in xml
-    assert "-Xmx256m" in spec.env["ACTIVEMQ_OPTS_MEMORY"]
-
-
-def test_zookeeper_spec_allows_short_sessions_and_4lw() -> None:
-    spec = containers.zookeeper_spec()
-    assert spec.image == "zookeeper:3.8"
-    assert spec.port == 2181
-    assert spec.env["ZOO_TICK_TIME"] == "200"
-    assert "ruok" in spec.env["ZOO_4LW_COMMANDS_WHITELIST"]
-    assert spec.env["ZOO_ADMINSERVER_ENABLED"] == "false"
-
-
-class _RecordingContainer:
-    """Stands in for testcontainers' DockerContainer, which needs an engine to exist."""
-
-    def __init__(self, image: str) -> None:
-        self.image = image
-        self.ports: dict[int, int] = {}
-        self.env: dict[str, str] = {}
-        self.command: list[str] | None = None
-        self.files: dict[str, bytes] = {}
-
-    def with_bind_ports(self, container: int, host: int) -> "_RecordingContainer":
-        self.ports[container] = host
-        return self
-
-    def with_env(self, key: str, value: str) -> "_RecordingContainer":
-        self.env[key] = value
-        return self
-
-    def with_command(self, command: list[str]) -> "_RecordingContainer":
-        self.command = command
-        return self
-
-    def with_copy_into_container(self, content: bytes, path: str) -> "_RecordingContainer":
-        self.files[path] = content
-        return self
-
-
-def test_containers_bind_the_host_port_chosen_at_construction(tmp_path) -> None:
+def test_a_container_runs_the_local_command_on_the_host_network(tmp_path: Path) -> None:
     zookeeper = containers.ZooKeeperContainer(tmp_path / "zk", port=45123)
-    built = zookeeper._build(_RecordingContainer)
-    assert built.image == "zookeeper:3.8"
-    assert built.ports == {2181: 45123}
-    assert built.env["ZOO_TICK_TIME"] == "200"
+    options = zookeeper._run_options()
+    assert options["network_mode"] == "host"
+    assert "ports" not in options, "no port mapping: the server listens on the host's 127.0.0.1"
+    workdir = str(zookeeper.workdir)
+    assert options["volumes"][workdir] == {"bind": workdir, "mode": "rw"}
+    assert options["working_dir"] == workdir
+    assert options["user"] == f"{os.getuid()}:{os.getgid()}"
+    assert options["labels"] == {containers.LABEL: containers.OWNER}
+    command = zookeeper.container_command()
+    assert command[0] == "java" and command[-1] == str(zookeeper.workdir / "zoo.cfg")
     assert zookeeper.hosts == "127.0.0.1:45123"
+    assert zookeeper.image == containers.ZOOKEEPER_IMAGE
     assert not zookeeper.is_running()
 
-    broker = containers.ActiveMQContainer(tmp_path / "amq", stomp_port=45124)
-    built = broker._build(_RecordingContainer)
-    assert built.ports == {61613: 45124}
-    assert b"statisticsBrokerPlugin" in built.files[containers.ACTIVEMQ_CONF]
-    assert broker.host == "127.0.0.1:45124"
 
-    postgres = containers.PostgresContainer(tmp_path / "pg", port=45125)
-    built = postgres._build(_RecordingContainer)
-    assert built.ports == {5432: 45125}
-    assert built.command == containers.postgres_spec().command
-    assert postgres.url == "postgresql+psycopg://postgres@127.0.0.1:45125/postgres"
+def test_an_instance_container_runs_the_installed_server_with_its_config(tmp_path: Path) -> None:
+    instance = containers.InstanceContainer(
+        tmp_path / "rs-a", {"name": "rs-a"}, mounts=[tmp_path / "elsewhere"]
+    )
+    assert instance.container_command() == [
+        "reporting-server",
+        "run",
+        "--config",
+        str(instance.config_path),
+    ]
+    # The folder holding the workdir, where a pair's shared journal lives, and the extra mounts.
+    assert instance.mounts() == [tmp_path.resolve(), (tmp_path / "elsewhere").resolve()]
+    assert instance.image == containers.SERVER_IMAGE
+    assert instance.listen.startswith("127.0.0.1:")
 
 
 def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,3 +52,12 @@ def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert containers.select_backend(None) == "local"
     monkeypatch.setattr(containers, "docker_answers", lambda: True)
     assert containers.select_backend(None) == "containers"
+
+
+def test_no_engine_is_a_harness_error_naming_the_setup_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    with pytest.raises(HarnessError, match="scripts/containers up"):
+        containers.docker_client(timeout_s=1)
+    assert not containers.docker_answers()
