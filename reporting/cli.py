@@ -9,7 +9,18 @@ from reporting.errors import ConfigError, ReportingError
 from storage.errors import StorageError
 
 # Each module defines register(subparsers), which adds its parser(s) with set_defaults(func=...).
-COMMAND_MODULES = ("run", "status", "replay", "db", "produce", "verify", "stack", "journal", "demo")
+COMMAND_MODULES = (
+    "run",
+    "check_config",
+    "status",
+    "replay",
+    "db",
+    "produce",
+    "verify",
+    "stack",
+    "journal",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,12 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reporting Server HA: reports from ActiveMQ into SQL, exactly once.",
     )
     _add_log_level(parser, default="INFO")
+    _add_log_format(parser, default="text")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"reporting.commands.{name}").register(sub)
     # Accepted after the sub-command too (`run --config F --log-level DEBUG`), as operators type it.
     for command in _subcommands(parser):
         _add_log_level(command, default=argparse.SUPPRESS)
+        _add_log_format(command, default=argparse.SUPPRESS)
     return parser
 
 
@@ -34,6 +47,15 @@ def _add_log_level(parser: argparse.ArgumentParser, *, default: str) -> None:
         type=str.upper,
         choices=logs.LEVELS,
         help=", ".join(logs.LEVELS),
+    )
+
+
+def _add_log_format(parser: argparse.ArgumentParser, *, default: str) -> None:
+    parser.add_argument(
+        "--log-format",
+        default=default,
+        choices=logs.FORMATS,
+        help="text (the default), or json: one object a line, for a log shipper",
     )
 
 
@@ -50,7 +72,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.setup(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -56,3 +56,11 @@ class ZooKeeperRefused(ReportingError):
         self.hosts = hosts
         self.node = node
         self.reason = reason
+
+
+class ZooKeeperUnreachable(ReportingError):
+    """Raised when no ZooKeeper server of the list answers within the time allowed."""
+
+    def __init__(self, hosts: str, timeout_s: float) -> None:
+        super().__init__(f"zookeeper {hosts}: no server answered within {timeout_s:g} s")
+        self.hosts = hosts

@@ -90,12 +90,18 @@ class Lane:
             metrics=metrics,
             room=room,
             appended=self.drainer.wake,
-            may_continue=lambda: self.consuming,
+            may_continue=self._may_continue,
         )
         self.consumer = Consumer(broker, self.intake, name=name)
         self.consuming = False
         self._consumer_lock = threading.RLock()
         self._stopping = threading.Event()
+
+    def _may_continue(self) -> bool:
+        # The intake asks this, on the consumer thread, every 0.5 s while it waits for journal
+        # room: waiting there is the thread at work, not wedged (the systemd watchdog).
+        self.consumer.beat()
+        return self.consuming
 
     @property
     def journal(self) -> Journal:
@@ -160,7 +166,12 @@ class Lane:
             if self.consuming:
                 self.consuming = False
                 self.consumer.stop()
-                log.info("%s: consumer stopped (%s)", self.name, reason)
+                log.info(
+                    "%s: consumer stopped (%s)",
+                    self.name,
+                    reason,
+                    extra={"queue": ",".join(self.spec.queues)},
+                )
 
     def _sweep(self) -> None:
         # A segregated backup in standby still owns its broker: producers that failed over to it

@@ -10,10 +10,15 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote, quote_plus
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FORMATS = ("text", "json")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What a line is about, given as `extra=` by the call sites that know it; kept in a JSON line.
+FIELDS = ("queue", "epoch", "segment")
 MASK = "***"
 
 _secrets: set[str] = set()
@@ -111,13 +116,53 @@ def _cut_body(record: logging.LogRecord) -> bool:
     return True
 
 
-def setup(level: str) -> None:
-    """The root handler for a command, at `level` (one of LEVELS), every line redacted. Where the
-    root logger has handlers already (a test calling the CLI in-process) they are kept as they
-    are, and only get the filter."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for a log shipper: time (UTC, ISO 8601), level, logger, the
+    instance's name and role (see `describe_instance`), message, the FIELDS a line carries, and
+    the traceback, if any. The record reaches it already redacted by the handler's filter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.instance: Callable[[], dict[str, str | None]] = dict
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            **self.instance(),
+            "message": record.getMessage(),
+        }
+        for field in FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                line[field] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        return json.dumps(line, default=str)
+
+
+def describe_instance(name: str, role: Callable[[], str | None]) -> None:
+    """From now on a JSON line names the instance and its role at the time of the line."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            handler.formatter.instance = lambda: {"instance": name, "role": role()}
+
+
+def setup(level: str, fmt: str = "text") -> None:
+    """The root handler for a command, at `level` (one of LEVELS), in `fmt` (one of FORMATS),
+    every line redacted. Where the root logger has handlers already (a test calling the CLI
+    in-process) they are kept as they are, and only get the filter."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=getattr(logging, level), format=FORMAT)
+        if fmt == "json":
+            for handler in root.handlers:
+                handler.setFormatter(JsonFormatter())
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter(handler.formatter))

@@ -90,6 +90,11 @@ class Server:
         m.epoch.set_function(lambda: self.election.epoch)
         m.pending_records.set_function(lambda: self._pending()[0])
         m.pending_bytes.set_function(lambda: self._pending()[1])
+        if self.group:
+            for queue in self.lanes:
+                m.queue_owned.labels(queue).set_function(
+                    lambda queue=queue: 1 if self._role_of(queue) is Role.ACTIVE else 0
+                )
 
     def watch_refusals(self, callback: Callable[[BrokerError], None]) -> None:
         """`callback` runs once the broker refuses this instance's credentials or certificate."""
@@ -127,7 +132,13 @@ class Server:
             return
         self.lanes[lane].on_role(change)
         if self.group and change.role is Role.ACTIVE and self._role_of(lane) is Role.ACTIVE:
-            log.info("%s: owns %s (epoch %d)", self.config.name, lane, change.epoch)
+            log.info(
+                "%s: owns %s (epoch %d)",
+                self.config.name,
+                lane,
+                change.epoch,
+                extra={"queue": lane, "epoch": change.epoch},
+            )
 
     def _fenced(self, lane: str, exc: StaleEpoch) -> None:
         self.lanes[lane].stand_by(f"fenced: {exc}")
@@ -186,6 +197,35 @@ class Server:
             records += pending.records
             size += pending.bytes
         return records, size
+
+    # -- for the service manager (reporting.notify) -------------------------------------------
+
+    @property
+    def joined(self) -> bool:
+        """The journals are open (since __init__) and the election has run its first round."""
+        return bool(self.election.joined)
+
+    @property
+    def role(self) -> str:
+        """`active` while the instance (a group member: for any queue) is active, else `standby`."""
+        return "active" if self._active_lanes() else "standby"
+
+    def describe_role(self) -> str:
+        """One line for systemd's STATUS=: the role, the epoch, the holder or the queues owned."""
+        if self.election.error:
+            return f"cannot take part: {self.election.error}"
+        if self.group:
+            owned = self._active_lanes()
+            return f"active, owns {', '.join(owned)}" if owned else "standby, owns no queue"
+        role = self.election.role
+        if role is Role.ACTIVE:
+            return f"active, epoch {self.election.epoch}"
+        holder = self.election.holder
+        return f"standby, active is {holder}" if holder else "standby"
+
+    def working(self, within_s: float) -> bool:
+        """Every running consumer thread has shown progress in the last `within_s` seconds."""
+        return all(lane.consumer.stalled_for() <= within_s for lane in self.lanes.values())
 
     # -- status -------------------------------------------------------------------------------
 

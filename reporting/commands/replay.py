@@ -9,7 +9,7 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from reporting.config import Config, LaneSpec, load_config
 
@@ -29,6 +29,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _bar(done: int, total: int, width: int = 30) -> str:
     filled = width if total <= 0 else min(width, width * done // total)
     return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+class Progress:
+    """The progress line: redrawn in place on a terminal; elsewhere (a log file, systemd's journal)
+    a whole line every `every_s` seconds, with no carriage returns to pile up."""
+
+    def __init__(self, stream: TextIO, *, every_s: float = 5.0) -> None:
+        self.stream = stream
+        self.terminal = stream.isatty()
+        self.every_s = every_s
+        self._last = float("-inf")
+
+    def show(self, text: str) -> None:
+        if self.terminal:
+            print(f"\r{text}", end="", file=self.stream, flush=True)
+        elif time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            print(text, file=self.stream, flush=True)
+
+    def end(self, text: str) -> None:
+        """The last line, after the progress lines (or a message that interrupts them)."""
+        print(f"\r{text}" if self.terminal else text, file=self.stream, flush=True)
+
+    def fail(self, text: str) -> None:
+        print(f"\n{text}" if self.terminal else text, file=self.stream, flush=True)
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -119,12 +144,13 @@ def _replay_one(config: Config, lane: LaneSpec, *, timeout_s: float) -> int:
     )
     total = journal.pending.records
     started = time.monotonic()
+    progress = Progress(sys.stderr)
     try:
         # The fence's epoch as it is now: an instance that takes the role later raises it, and
         # this replay's next write is refused.
         epoch = _fence_epoch(sink, started, timeout_s)
         if epoch is None:
-            print(f"\nreplay: gave up after {timeout_s:.0f} s", file=sys.stderr)
+            progress.fail(f"replay: gave up after {timeout_s:.0f} s")
             return 1
         drainer.start(epoch)
         while not done.is_set():
@@ -133,27 +159,23 @@ def _replay_one(config: Config, lane: LaneSpec, *, timeout_s: float) -> int:
             if not drainer.running:
                 break
             if timeout_s and time.monotonic() - started > timeout_s:
-                print(f"\nreplay: gave up after {timeout_s:.0f} s", file=sys.stderr)
+                progress.fail(f"replay: gave up after {timeout_s:.0f} s")
                 return 1
             state = "database down, retrying" if drainer.database_up is False else "draining"
-            print(
-                f"\r{_bar(drainer.drained_records, total)} {drainer.drained_records}/{total} "
-                f"records ({state})",
-                end="",
-                file=sys.stderr,
-                flush=True,
+            progress.show(
+                f"{_bar(drainer.drained_records, total)} {drainer.drained_records}/{total} "
+                f"records ({state})"
             )
     finally:
         drainer.stop()
         journal.close()
         sink.close()
     if fenced:
-        print(f"\nreplay: refused by the fence: {fenced[0]}", file=sys.stderr)
+        progress.fail(f"replay: refused by the fence: {fenced[0]}")
         return 1
     elapsed = time.monotonic() - started
-    print(
-        f"\r{_bar(1, 1)} replayed {drainer.drained_records} records "
-        f"({drainer.stored} new reports) in {elapsed:.1f} s",
-        file=sys.stderr,
+    progress.end(
+        f"{_bar(1, 1)} replayed {drainer.drained_records} records "
+        f"({drainer.stored} new reports) in {elapsed:.1f} s"
     )
     return 0

@@ -3,9 +3,11 @@
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import threading
 
+from reporting import logs
 from reporting.config import load_config
 from reporting.errors import ConfigError, ReportingError
 
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reporting.exposure import plaintext_passwords
+    from reporting.notify import Notifier, ServiceNotifier, watchdog_interval_s
     from reporting.server import Server
     from reporting.status.http import StatusServer
     from reporting.wire.consumer import check_login
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     # `kill -USR1 PID` prints every thread's stack to the log: for an instance that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     server = Server(config)
+    logs.describe_instance(config.name, lambda: server.role)
     refused: list[ReportingError] = []
 
     def on_refused(error: ReportingError) -> None:
@@ -63,12 +67,23 @@ def run(args: argparse.Namespace) -> int:
         "%s: %s mode, status on http://%s/status", config.name, config.ha.mode, config.http.listen
     )
     server.start()
+    # Under systemd (Type=notify): READY=1 once the election is joined, STATUS= per role change,
+    # WATCHDOG=1 while the consumer threads work.
+    systemd = ServiceNotifier(
+        Notifier.from_environment(os.environ),
+        joined=lambda: server.joined,
+        describe=server.describe_role,
+        working=server.working,
+        watchdog_s=watchdog_interval_s(os.environ),
+    )
+    systemd.start()
     # A signal may be delivered to any thread; the main thread runs the handler only when it
     # wakes, and a wait without a time-out may not wake for it. So it wakes every 0.1 s.
     while not stop.wait(0.1):
         pass
     if not refused:
         log.info("%s: signal received; stopping", config.name)
+    systemd.stop()
     server.stop()
     http.stop()
     if refused:

@@ -20,11 +20,12 @@ from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
-from reporting.errors import ZooKeeperRefused
+from reporting.errors import ZooKeeperRefused, ZooKeeperUnreachable
 from reporting.ha.acl import check_nodes, no_access, open_parents
 from reporting.ha.delivery import Delivery
 from reporting.ha.roles import (
@@ -133,6 +134,8 @@ class Contest:
         # Set whenever the round thread has something new to look at.
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # Set once a round has run to its end: this instance has taken its place in the election.
+        self.joined = threading.Event()
         self.client = make_client(zookeeper, session_timeout_s=session_timeout_s, auth=auth)
         self.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, name=f"{name}-election", daemon=True)
@@ -241,7 +244,7 @@ class Contest:
         # Called with the mutex held, so that the order of delivery is that of the transitions.
         change = slot.roles.apply(event)
         if change is not None:
-            log.info("%s", describe(slot.label, change))
+            log.info("%s", describe(slot.label, change), extra={"epoch": change.epoch})
             slot.delivery.put(change)
         return change
 
@@ -274,6 +277,7 @@ class Contest:
                     self._check()
                     continue
                 self._round()
+                self.joined.set()
             except ZooKeeperRefused as refusal:
                 self._refuse(refusal)
             except NoAuthError:
@@ -285,6 +289,22 @@ class Contest:
             except Exception:  # the contest must go on whatever one round ran into
                 log.exception("%s: election round failed", self.name)
                 self.wait()
+
+    def check_access(self, timeout_s: float) -> None:
+        """For `check-config`, instead of start(): connect, check every node the election relies
+        on that exists, as the first round would, creating nothing; then close. Raises
+        ZooKeeperRefused, or ZooKeeperUnreachable if no server answered within timeout_s."""
+        try:
+            self.client.start(timeout=timeout_s)
+        except KazooTimeoutError:
+            self.client.stop()
+            self.client.close()
+            raise ZooKeeperUnreachable(self.hosts, timeout_s) from None
+        try:
+            check_nodes(self.client, self.hosts, self._nodes + self._ephemeral, auth=self.auth)
+        finally:
+            self.client.stop()
+            self.client.close()
 
     def _check(self) -> None:
         """Once connected: create the nodes the election relies on, then check every one."""
@@ -347,6 +367,11 @@ class Participant:
         self.client = self.contest.client
 
     @property
+    def joined(self) -> bool:
+        """A round has run to its end: the instance has taken its place in the election."""
+        return self.contest.joined.is_set()
+
+    @property
     def error(self) -> str | None:
         """Why this instance cannot take part in its election (then for good), else None."""
         return None if self.contest.refusal is None else str(self.contest.refusal)
@@ -354,6 +379,10 @@ class Participant:
     def watch_refusals(self, callback: Callable[[ZooKeeperRefused], None]) -> None:
         """`callback` runs once, if this instance cannot take part: a configuration to fix."""
         self.contest.watch_refusals(callback)
+
+    def check_access(self, timeout_s: float) -> None:
+        """Instead of start(): may this instance take part? (see Contest.check_access)"""
+        self.contest.check_access(timeout_s)
 
     def stop(self) -> None:
         """Stand by, let the server act on it, then close the session: the hand-over."""

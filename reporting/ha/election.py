@@ -36,6 +36,10 @@ class Election(Protocol):
     def error(self) -> str | None:
         """Why this instance cannot take part in its election (for good), else None."""
 
+    @property
+    def joined(self) -> bool:
+        """The instance has taken its place in the election (its first round has run)."""
+
     def watch_refusals(self, callback: Callable[[ZooKeeperRefused], None]) -> None:
         """`callback` runs once if the election refuses to go on: its ZooKeeper credentials are
         wrong or missing, or a node it relies on is not the pair's own (a configuration to fix).
@@ -62,12 +66,14 @@ class StandaloneElection:
         self.epoch = 0
         self.holder: str | None = None
         self.error: str | None = None
+        self.joined = False
         self._on_change = on_change
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.role = Role.ACTIVE
         self.holder = self.name
+        self.joined = True
         change = RoleChange(Role.ACTIVE, 0, self.name, "standalone")
         log.info("%s", describe(self.name, change))
         # Same promise as the other elections: the callback never runs on the caller's thread.

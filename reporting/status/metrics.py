@@ -49,6 +49,12 @@ class Metrics:
             "reporting_broker_connected", "1 while a broker connection is open", registry=r
         )
         self.active = Gauge("reporting_active", "1 while this instance is active", registry=r)
+        self.queue_owned = Gauge(
+            "reporting_queue_owned",
+            "Group mode: 1 while this instance owns the queue",
+            ["queue"],
+            registry=r,
+        )
         self.epoch = Gauge("reporting_epoch", "The fencing epoch of this instance", registry=r)
         self.fenced = Counter(
             "reporting_fenced_writes", "Database writes refused by the fence", registry=r

@@ -12,6 +12,7 @@ certificate fails verification against [broker] ca_file, is not retried: that is
 fix, not an outage to wait out. The consumer logs one line, stops and calls `on_refused`.
 """
 
+import ctypes
 import logging
 import queue
 import threading
@@ -91,6 +92,9 @@ class _Run:
         self.subscribed: Connection | None = None
         self.thread: threading.Thread | None = None
         self.busy = False
+        # When the run's thread last showed progress (time.monotonic()): each turn of its loop,
+        # each connection attempt, each wait for journal room.
+        self.beat = time.monotonic()
 
 
 class _Listener(Listener):
@@ -157,6 +161,21 @@ class Consumer:
         # Serializes start() and stop().
         self._control = threading.Lock()
         self._run: _Run | None = None
+
+    def beat(self) -> None:
+        """The consumer thread is making progress (called by it, or by its handler while it
+        waits for journal room)."""
+        run = self._run
+        if run is not None:
+            run.beat = time.monotonic()
+
+    def stalled_for(self) -> float:
+        """Seconds since the running consumer thread last showed progress; 0 when not running
+        (a stopped consumer cannot be wedged)."""
+        run = self._run
+        if run is None or run.stop.is_set() or run.thread is None or not run.thread.is_alive():
+            return 0.0
+        return max(0.0, time.monotonic() - run.beat)
 
     @property
     def connected(self) -> bool:
@@ -254,6 +273,7 @@ class Consumer:
         return failover(hosts, lambda i: self._connect_to(run, i), stop=run.stop)
 
     def _connect_to(self, run: _Run, index: int) -> Connection | None:
+        run.beat = time.monotonic()
         host = self.config.hosts[index]
         listener = _Listener(self, run)
         with run.gate:
@@ -312,10 +332,14 @@ class Consumer:
             if self.refused is None and not run.stop.is_set():
                 log.info("broker %s not reachable: %s", host, exc.reason)
             return None
-        log.info("%s: consuming %s from broker %s", self.name, ",".join(self.config.queues), host)
+        queues = ",".join(self.config.queues)
+        log.info(
+            "%s: consuming %s from broker %s", self.name, queues, host, extra={"queue": queues}
+        )
         return conn
 
     def _consume_run(self, run: _Run) -> None:
+        _name_os_thread(f"{self.name}-consumer")
         while not run.stop.is_set():
             conn = self._connect(run)
             if conn is None:
@@ -357,6 +381,7 @@ class Consumer:
 
     def _consume(self, run: _Run, conn: Connection) -> None:
         while not run.stop.is_set() and conn.alive:
+            run.beat = time.monotonic()
             batch = self._next_batch(run)
             # Messages of an earlier connection cannot be acked any more; the broker has them.
             batch = [m for m in batch if m.generation == conn.generation]
@@ -386,3 +411,13 @@ class Consumer:
             # The broker will redeliver what this ack did not reach; the journal has it already.
             return False
         return True
+
+
+def _name_os_thread(name: str) -> None:
+    """The calling thread's name as the kernel shows it (`top -H`, `ps -L`, /proc/PID/task/TID/
+    comm; 15 bytes at most), so that an operator can tell the consumer thread from the others."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass  # not Linux: the name is a convenience only

@@ -6,6 +6,7 @@ Both are needed for `INSERT ... ON CONFLICT`, on which "no duplicates" rests.
 
 import contextlib
 import enum
+import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -101,12 +102,26 @@ def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:
         # FULL: a committed batch survives power loss, since its journal segment may be deleted.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
+        _private(engine.url.database)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _private(database: str | None) -> None:
+    # The database holds call records: readable by its owner alone, whatever the umask, as the
+    # journal is. The WAL and shared-memory files beside it hold the same rows.
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    for path in (database, f"{database}-wal", f"{database}-shm"):
+        try:
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+        except OSError:
+            pass  # not made yet, or not ours to change: the journal check still guards its folder
 
 
 class Failure(enum.Enum):

@@ -257,7 +257,12 @@ class Journal:
         except FileNotFoundError:
             there = False
         if not there:
-            log.error("journal %s: segment %s is gone; appends go to a new one", self.dir, seg.name)
+            log.error(
+                "journal %s: segment %s is gone; appends go to a new one",
+                self.dir,
+                seg.name,
+                extra={"segment": seg.name},
+            )
             self._retire_current()
             self._segments.pop(seg.name, None)
             raise SegmentLost(str(self.dir), seg.name)
@@ -824,6 +829,7 @@ class Journal:
             hole.end,
             seg.name,
             target,
+            extra={"segment": seg.name},
         )
         self._alarm(target, f"{reason}: bytes {hole.start}-{hole.end} of {seg.name}")
         return True
@@ -856,7 +862,13 @@ class Journal:
         self._segments.pop(seg.name, None)
         self._drained.pop(seg.name, None)
         seg.damaged = seg.quarantined = True
-        log.warning("journal %s: quarantined %s: %s", self.dir, seg.name, reason)
+        log.warning(
+            "journal %s: quarantined %s: %s",
+            self.dir,
+            seg.name,
+            reason,
+            extra={"segment": seg.name},
+        )
         self._alarm(target, reason)
 
     def _truncate(self, path: Path, end: int, size: int) -> None:
@@ -872,6 +884,7 @@ class Journal:
             path.name,
             size - end,
             end,
+            extra={"segment": path.name},
         )
 
     def _remove(self, path: Path, reason: str) -> None:
