@@ -130,10 +130,8 @@ class Lane:
         elif change.drain_first:
             self._drain_broker_then_stand_down()
         else:
-            self._stop_consuming(change.reason)
-            if not self.policy.always_drain:
-                self.drainer.stop()
-            elif change.epoch > 0 and change.epoch != self.drainer.epoch:
+            self.stand_by(change.reason)
+            if self.policy.always_drain and 0 < change.epoch != self.drainer.epoch:
                 # A segregated standby drains its own journal under the epoch it holds for it.
                 self._restart(change.epoch)
 

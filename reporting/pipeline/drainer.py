@@ -185,9 +185,13 @@ class Drainer:
                 # Positions are keyed by segment name: a journal folder made anew (wiped, moved,
                 # a relative path read from elsewhere) must not name a new segment like one the
                 # database has a position in, or its first records would count as drained.
-                self.journal().note_used(positions)
+                journal = self.journal()
+                journal.note_used(positions)
+                # The rows of released segments stay (the server's role may not delete them);
+                # only the segments still on disk are read and checked.
+                on_disk = {info.name for info in journal.segments()}
                 self._mark(True)
-                return positions
+                return {name: byte for name, byte in positions.items() if name in on_disk}
             except DatabaseUnavailable:
                 self._mark(False)
                 self._stop.wait(0.5)
@@ -387,11 +391,8 @@ class Drainer:
     def _release(self, positions: dict[str, int]) -> None:
         released = self.journal().release(positions)
         if released:
-            try:
-                self.sink.forget_positions(released)
-                for name in released:
-                    positions.pop(name, None)
-            except DatabaseUnavailable:
-                # Kept rows name segments that no longer exist; they are forgotten next time.
-                pass
+            # Their rows stay in the database (one per segment, never deleted at run time): they
+            # also keep a journal folder made anew from naming a segment like a released one.
+            for name in released:
+                positions.pop(name, None)
             self.on_room()

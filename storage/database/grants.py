@@ -1,8 +1,9 @@
 """Least privilege on PostgreSQL: what the server's own role may do with the schema.
 
 The owner role runs `db upgrade` (DDL) and grants; the server runs as a role that may only add
-and read reports, and keep its journal positions and fence rows. It can neither drop, truncate,
-update nor delete reports, nor lower the fence (migration 0002's trigger), nor create objects.
+and read reports, and add and move its journal positions and fence rows. It can neither drop,
+truncate, update nor delete reports, nor delete positions, nor lower the fence (migration 0002's
+trigger), nor create objects.
 """
 
 import re
@@ -20,7 +21,8 @@ _ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 SERVER_PRIVILEGES = {
     reports.name: "SELECT, INSERT",
     rejected_reports.name: "SELECT, INSERT",
-    journal_positions.name: "SELECT, INSERT, UPDATE, DELETE",
+    # Rows of released segments are kept (one per segment): no DELETE.
+    journal_positions.name: "SELECT, INSERT, UPDATE",
     fence.name: "SELECT, INSERT, UPDATE",
     # `run` checks that the schema is at the newest revision before draining.
     "alembic_version": "SELECT",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tenacity
-from sqlalchemy import Connection, bindparam, delete, func, select, text
+from sqlalchemy import Connection, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database import insert, migrate
@@ -381,19 +381,6 @@ class Sink:
         )
         with translated(self.url), self._engine.connect() as conn:
             return {segment: byte for segment, byte in conn.execute(query)}
-
-    def forget_positions(self, segments: Iterable[str]) -> None:
-        """Drop the positions of segments that have been released from disk."""
-        names = sorted(set(segments))
-        if not names:
-            return
-        statement = delete(journal_positions).where(
-            journal_positions.c.journal == self.journal,
-            journal_positions.c.segment.in_(bindparam("names", expanding=True)),
-        )
-        with translated(self.url), self._engine.begin() as conn:
-            for start in range(0, len(names), _ID_CHUNK):
-                conn.execute(statement, {"names": names[start : start + _ID_CHUNK]})
 
     def count_reports(self) -> int:
         return self._count(reports)

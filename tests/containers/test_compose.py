@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from reporting.config import KINDS
+from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.producer import ReportClient
 from tests.containers.compose_stack import ComposeStack
@@ -37,17 +38,6 @@ DATABASE_PORT = {"pg-standby": 5432}
 # Services that share an instance's host: lost with it.
 HOST_OF = {("segregated", "rs-primary"): ["activemq-primary"]}
 REPORTS_PER_PHASE = 200
-
-
-def wait_for(condition: Any, timeout_s: float, what: str, every_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 def status(listen: str) -> dict[str, Any] | None:
@@ -134,8 +124,8 @@ def test_compose_stack_survives_the_active_container_killed(
     stack: ComposeStack, tmp_path: Path
 ) -> None:
     listens = {service: c["http"]["listen"] for service, c in stack.server_configs().items()}
-    wait_for(lambda: all(status(listen) for listen in listens.values()), 240, "every /status")
-    active = wait_for(lambda: settled(stack, listens), 120, "the roles to settle")
+    wait_until(lambda: all(status(listen) for listen in listens.values()), 240, "every /status")
+    active = wait_until(lambda: settled(stack, listens), 120, "the roles to settle")
 
     ledger = tmp_path / "ledger"
     send(stack, ledger, REPORTS_PER_PHASE)
@@ -148,12 +138,12 @@ def test_compose_stack_survives_the_active_container_killed(
     for service in lost:
         stack.kill(service)
     survivors = {s: listen for s, listen in listens.items() if s != victim}
-    wait_for(lambda: settled(stack, survivors), 60, f"the others to take over from {victim}")
+    wait_until(lambda: settled(stack, survivors), 60, f"the others to take over from {victim}")
     print(f"{stack.name}: {victim} killed; taken over in {time.monotonic() - killed_at:.1f} s")
 
     send(stack, ledger, REPORTS_PER_PHASE)
     for service, listen in survivors.items():
-        answer = wait_for(
+        answer = wait_until(
             lambda listen=listen: (s := status(listen)) and s["database"] == "up" and s, 30, service
         )
         assert answer["broker"] == "connected" or answer["role"] == "standby", answer
@@ -161,8 +151,8 @@ def test_compose_stack_survives_the_active_container_killed(
     # The killed containers started again (`docker start`): they come back, the roles settle.
     for service in reversed(lost):
         stack.start(service)
-    wait_for(lambda: status(listens[victim]), 120, f"{victim} back")
-    wait_for(lambda: settled(stack, listens), 120, "the roles to settle again")
+    wait_until(lambda: status(listens[victim]), 120, f"{victim} back")
+    wait_until(lambda: settled(stack, listens), 120, "the roles to settle again")
 
     ids = {line for line in ledger.read_text().splitlines() if line}
     assert len(ids) == 2 * REPORTS_PER_PHASE
@@ -171,7 +161,7 @@ def test_compose_stack_survives_the_active_container_killed(
         return len(stored_counts(stack, ids)) == len(ids)
 
     try:
-        wait_for(all_stored, 120, "every receipted report stored", every_s=0.5)
+        wait_until(all_stored, 120, "every receipted report stored", every_s=0.5)
     finally:
         counts = stored_counts(stack, ids)
         missing = ids - set(counts)

@@ -16,11 +16,11 @@ import pytest
 
 from reporting.config import KINDS
 from reporting.harness.containers import InstanceContainer
+from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.producer import ReportClient
 from storage.database import Sink
 from storage.errors import DatabaseError
-from tests.containers.test_compose import wait_for
 
 pytestmark = pytest.mark.containers
 
@@ -76,7 +76,7 @@ def assert_exactly_once(db_url: str, ids: set[str]) -> None:
                 return False
 
         try:
-            wait_for(all_stored, 120, "every receipted report stored", every_s=0.5)
+            wait_until(all_stored, 120, "every receipted report stored", every_s=0.5)
         finally:
             counts = sink.report_id_counts(ids)
             missing = ids - set(counts)
@@ -139,7 +139,7 @@ def pair(
 def start_pair(pair: list[InstanceContainer]) -> InstanceContainer:
     for instance in pair:
         instance.start(timeout_s=120)
-    return wait_for(lambda: the_active(pair), 60, "one active instance")
+    return wait_until(lambda: the_active(pair), 60, "one active instance")
 
 
 def sample_roles(pair: list[InstanceContainer], stop: threading.Event) -> Callable[[], list]:
@@ -166,18 +166,18 @@ def test_docker_kill_of_the_active_container_under_load(pair, c_activemq, tmp_pa
     active = start_pair(instances)
     other = next(i for i in instances if i is not active)
     flow = Flow(c_activemq.host, prefix, tmp_path / "ledger", count=1200, rate=150)
-    wait_for(lambda: flow.sent >= 300 or flow.error, 60, "300 reports sent")
+    wait_until(lambda: flow.sent >= 300 or flow.error, 60, "300 reports sent")
 
     killed_at = time.monotonic()
     active.kill()
-    wait_for(lambda: the_active([other]), 30, "the other instance active")
+    wait_until(lambda: the_active([other]), 30, "the other instance active")
     print(
         f"docker kill of {active.config['name']}: other active {time.monotonic() - killed_at:.1f} s"
     )
 
     # `docker start` of the killed container: it rejoins as standby.
     active.start(timeout_s=120)
-    wait_for(lambda: roles(instances)[active.config["name"]] == "standby", 60, "rejoined standby")
+    wait_until(lambda: roles(instances)[active.config["name"]] == "standby", 60, "rejoined standby")
     assert_exactly_once(db_url, flow.join())
     assert the_active(instances) is other
 
@@ -186,21 +186,21 @@ def test_database_container_killed_while_reports_flow(pair, c_activemq, c_postgr
     instances, db_url, prefix = pair
     active = start_pair(instances)
     flow = Flow(c_activemq.host, prefix, tmp_path / "ledger", count=1200, rate=150)
-    wait_for(lambda: flow.sent >= 200 or flow.error, 60, "200 reports sent")
+    wait_until(lambda: flow.sent >= 200 or flow.error, 60, "200 reports sent")
 
     c_postgres.kill()
-    down = wait_for(
+    down = wait_until(
         lambda: (s := active.try_status()) and s["database"] == "down" and s, 30, "database down"
     )
     # While the database is away the journal holds what the broker gave.
-    wait_for(
+    wait_until(
         lambda: (active.try_status() or {}).get("journal", {}).get("pending", 0) > 0,
         30,
         "reports pending in the journal",
     )
     assert down["role"] == "active"
     c_postgres.start(timeout_s=180)  # `docker start` of the same container, same data
-    wait_for(lambda: (active.try_status() or {}).get("database") == "up", 60, "database up")
+    wait_until(lambda: (active.try_status() or {}).get("database") == "up", 60, "database up")
     assert_exactly_once(db_url, flow.join())
     assert the_active(instances) is active, "a database outage is not a reason to fail over"
 
@@ -213,12 +213,12 @@ def test_docker_pause_of_the_active_past_its_session(pair, c_activemq, tmp_path)
     samples = sample_roles(instances, stop)
     flow = Flow(c_activemq.host, prefix, tmp_path / "ledger", count=1200, rate=150)
     try:
-        wait_for(lambda: flow.sent >= 200 or flow.error, 60, "200 reports sent")
+        wait_until(lambda: flow.sent >= 200 or flow.error, 60, "200 reports sent")
         active.pause()  # frozen by the cgroup freezer: sockets open, no answer
-        wait_for(lambda: the_active([other]), 30, "the other instance active")
+        wait_until(lambda: the_active([other]), 30, "the other instance active")
         time.sleep(SESSION_S)  # the paused one stays frozen past its session, as a stalled VM
         active.resume()
-        wait_for(
+        wait_until(
             lambda: roles(instances)[active.config["name"]] == "standby", 60, "resumed standby"
         )
         ids = flow.join()

@@ -162,15 +162,13 @@ def test_fence_is_per_cluster(url: str, sink: Sink) -> None:
         other.close()
 
 
-def test_positions_are_per_journal_and_can_be_forgotten(url: str, sink: Sink) -> None:
+def test_positions_are_per_journal(url: str, sink: Sink) -> None:
     other = Sink(url, cluster="/test/pair", journal="rs-b")
     try:
         sink.write_batch([cdr("a")], positions={"00000001": 100, "00000002": 7}, epoch=1)
         other.write_batch([cdr("b")], positions={"00000001": 55}, epoch=1)
         sink.write_batch([cdr("c")], positions={"00000002": 80}, epoch=1)
         assert sink.positions() == {"00000001": 100, "00000002": 80}
-        sink.forget_positions(["00000001"])
-        assert sink.positions() == {"00000002": 80}
         assert other.positions() == {"00000001": 55}
     finally:
         other.close()
