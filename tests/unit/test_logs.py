@@ -2,6 +2,8 @@
 library logs it; and the CLI's --log-level."""
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,12 +20,11 @@ SECRET = "zk-S3cret/+&=x"
 BODY = '{"call_id": "body-canary-71"}'
 
 
-@pytest.fixture
-def lines() -> list[str]:
-    """A logger whose records go through a handler with the filter, as `logs.setup` makes it."""
-    logs.remember_secret(SECRET)
+@contextmanager
+def captured_lines(formatter: logging.Formatter) -> Iterator[list[str]]:
+    """The lines the root logger writes at DEBUG through a handler with the filter, as
+    `logs.setup` makes it."""
     captured: list[str] = []
-    formatter = logging.Formatter(logs.FORMAT)
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -36,9 +37,19 @@ def lines() -> list[str]:
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    yield captured
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    try:
+        yield captured
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@pytest.fixture
+def lines() -> Iterator[list[str]]:
+    """A logger whose records go through a handler with the filter, as `logs.setup` makes it."""
+    logs.remember_secret(SECRET)
+    with captured_lines(logging.Formatter(logs.FORMAT)) as captured:
+        yield captured
 
 
 def test_configured_secret_is_masked_plain_and_url_encoded(lines: list[str]) -> None:
