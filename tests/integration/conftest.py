@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from reporting.harness.activemq import PRODUCER, SERVER, ActiveMQ
 from reporting.harness.group import Group, spread
 from reporting.harness.instance import TEST_SETTINGS, Instance, instance_config, merge
 from reporting.harness.pair import Pair, build_pair
+from reporting.harness.tls import TlsBundle, make_ca
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseError
@@ -31,6 +33,24 @@ def queue_prefix() -> str:
 @pytest.fixture
 def queues(queue_prefix: str) -> list[str]:
     return [f"{queue_prefix}gvp.reporting.{kind}" for kind in KINDS]
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TlsBundle:
+    """A CA and a server certificate for the test's TLS servers."""
+    return make_ca(tmp_path / "ca", name="test")
+
+
+@pytest.fixture
+def other_ca(tmp_path: Path) -> TlsBundle:
+    """A CA that signed none of the test's servers."""
+    return make_ca(tmp_path / "other-ca", name="other")
+
+
+def secure_activemq(workdir: Path, *, server_pw: str, producer_pw: str) -> ActiveMQ:
+    """A broker with authorization: user `reporting` may consume, user `producer` send."""
+    users = {"reporting": (server_pw, SERVER), "producer": (producer_pw, PRODUCER)}
+    return ActiveMQ(workdir, users=users)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 
 from reporting.config import HostPort
 from reporting.harness import ActiveMQ
-from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.commands import run_command
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.ports import free_port
@@ -17,7 +16,7 @@ from reporting.harness.probes import StompSession
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
 from storage.reports import KINDS
-from tests.integration.conftest import assert_exactly_once
+from tests.integration.conftest import assert_exactly_once, secure_activemq
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +26,8 @@ PRODUCER_PW = "prd-Pw-42aa"
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
-    with ActiveMQ(
-        tmp_path / "secure-activemq",
-        users={"reporting": (SERVER_PW, SERVER), "producer": (PRODUCER_PW, PRODUCER)},
-    ) as broker:
+    workdir = tmp_path / "secure-activemq"
+    with secure_activemq(workdir, server_pw=SERVER_PW, producer_pw=PRODUCER_PW) as broker:
         yield broker
 
 

@@ -14,22 +14,12 @@ from reporting.harness import ActiveMQ
 from reporting.harness.commands import run_command
 from reporting.harness.instance import to_toml
 from reporting.harness.ports import free_port
-from reporting.harness.tls import TlsBundle, make_ca
+from reporting.harness.tls import TlsBundle
 from reporting.harness.waiting import wait_until
 from reporting.wire.consumer import Consumer
 from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> TlsBundle:
-    return make_ca(tmp_path / "ca", name="broker")
-
-
-@pytest.fixture
-def other_ca(tmp_path: Path) -> TlsBundle:
-    return make_ca(tmp_path / "other-ca", name="other")
 
 
 @pytest.fixture

@@ -11,18 +11,13 @@ import pytest
 from reporting.harness import Postgres
 from reporting.harness.commands import run_command
 from reporting.harness.instance import to_toml
-from reporting.harness.tls import TlsBundle, make_ca
+from reporting.harness.tls import TlsBundle
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseError
 from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> TlsBundle:
-    return make_ca(tmp_path / "ca", name="database")
 
 
 @pytest.fixture
@@ -63,9 +58,10 @@ def test_right_ca_stores_reports_exactly_once(
     assert encrypted >= 1, "the server holds no TLS connection to the database"
 
 
-def test_wrong_ca_is_refused_with_one_line(tls_postgres: Postgres, tmp_path: Path) -> None:
-    other = make_ca(tmp_path / "other-ca", name="other")
-    url = verified_url(tls_postgres, new_database(tls_postgres), other.ca_file)
+def test_wrong_ca_is_refused_with_one_line(
+    tls_postgres: Postgres, other_ca: TlsBundle, tmp_path: Path
+) -> None:
+    url = verified_url(tls_postgres, new_database(tls_postgres), other_ca.ca_file)
     sink = Sink(url, cluster="tls", journal="tls")
     try:
         with pytest.raises(DatabaseError, match="certificate verify failed"):

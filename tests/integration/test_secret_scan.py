@@ -15,13 +15,12 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from reporting.harness import ActiveMQ, Postgres
-from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.commands import run_command
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once
+from tests.integration.conftest import Flow, assert_exactly_once, secure_activemq
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +44,8 @@ BODY_CANARY = f"body-{uuid.uuid4().hex}"
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
-    with ActiveMQ(
-        tmp_path / "secure-activemq",
-        users={"reporting": (BROKER_PW, SERVER), "producer": (PRODUCER_PW, PRODUCER)},
-    ) as broker:
+    workdir = tmp_path / "secure-activemq"
+    with secure_activemq(workdir, server_pw=BROKER_PW, producer_pw=PRODUCER_PW) as broker:
         yield broker
 
 
