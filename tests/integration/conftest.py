@@ -269,11 +269,19 @@ def flowing(
     return flow
 
 
-def send_all(broker: str, ledger: Path, *, queue_prefix: str, count: int) -> set[str]:
-    """`count` reports sent as fast as the receipts come back; the ids receipted."""
-    flow = Flow([broker], ledger, queue_prefix=queue_prefix, count=count, rate=0)
-    flow.start().join()
-    return flow.ids()
+@pytest.fixture
+def send_all(activemq: Any, queue_prefix: str, tmp_path: Path) -> Callable[..., set[str]]:
+    """send_all(count, ledger="ledger"): `count` reports sent to the test's queues on the
+    session's broker, as fast as the receipts come back; the ids receipted."""
+
+    def send(count: int, ledger: str = "ledger") -> set[str]:
+        flow = Flow(
+            [activemq.host], tmp_path / ledger, queue_prefix=queue_prefix, count=count, rate=0
+        )
+        flow.start().join()
+        return flow.ids()
+
+    return send
 
 
 def start_group(

@@ -17,7 +17,7 @@ from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.journal import Journal
 from storage.reports import from_record
-from tests.integration.conftest import Flow, assert_exactly_once, send_all
+from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +41,12 @@ def stored_counts(pg_url: str, ids: set[str]) -> dict[str, int]:
 
 
 def test_one_flipped_byte_loses_only_its_record(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path, capsys
+    standalone, postgres, pg_url, capsys, send_all
 ) -> None:
     server = standalone()
     server.start()
     postgres.kill()
-    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=300)
+    ids = send_all(300)
     assert len(ids) == 300
     journalled(server, 300)
     server.kill()
@@ -79,12 +79,12 @@ def test_one_flipped_byte_loses_only_its_record(
 
 
 def test_a_zero_filled_next_segment_does_not_stop_start_up(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+    standalone, postgres, pg_url, send_all
 ) -> None:
     server = standalone()
     server.start()
     postgres.kill()
-    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=100)
+    ids = send_all(100)
     journalled(server, 100)
     server.kill()
     [segment] = journal_dir(server).glob("*.seg")
@@ -99,7 +99,7 @@ def test_a_zero_filled_next_segment_does_not_stop_start_up(
 
 
 def test_a_second_process_with_the_same_name_exits_naming_the_first(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+    standalone, pg_url, tmp_path: Path, send_all
 ) -> None:
     first = standalone()
     first.start()
@@ -118,22 +118,20 @@ def test_a_second_process_with_the_same_name_exits_naming_the_first(
         f"as pid {first.pid}"
     ]
     # The first goes on undisturbed.
-    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=200)
+    ids = send_all(200)
     assert_exactly_once(pg_url, ids)
 
 
-def test_a_segment_removed_under_its_writer_is_redelivered(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_a_segment_removed_under_its_writer_is_redelivered(standalone, pg_url, send_all) -> None:
     server = standalone()
     server.start()
-    before_ids = send_all(activemq.host, tmp_path / "l1", queue_prefix=queue_prefix, count=200)
+    before_ids = send_all(200, "l1")
     assert_exactly_once(pg_url, before_ids)
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
     # Drained, but still the segment the writer appends to.
     [live] = journal_dir(server).glob("*.seg")
     live.unlink()
-    after_ids = send_all(activemq.host, tmp_path / "l2", queue_prefix=queue_prefix, count=200)
+    after_ids = send_all(200, "l2")
     assert_exactly_once(pg_url, before_ids | after_ids)
     log = server.log_tail(400)
     assert f"segment {live.name} was removed while being written" in log
@@ -158,12 +156,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_pause_ends_once_the_database_is_back(
-    small_disk: Path, standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+    small_disk: Path, standalone, postgres, pg_url, send_all
 ) -> None:
     server = standalone(journal={"dir": str(small_disk / "journal")})
     server.start()
     postgres.kill()
-    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=6000)
+    ids = send_all(6000)
     assert len(ids) == 6000
     wait_until(lambda: server.status()["journal"]["paused"], 120, "consumption to pause")
     paused_at = server.status()["journal"]["pending"]
@@ -208,11 +206,11 @@ def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
 
 
 def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path, send_all
 ) -> None:
     server = standalone()
     server.start()
-    first_ids = send_all(activemq.host, tmp_path / "first", queue_prefix=queue_prefix, count=300)
+    first_ids = send_all(300, "first")
     assert_exactly_once(pg_url, first_ids)
     server.stop()
     # The folder replaced (wiped, or a relative path now read from another folder): the

@@ -17,17 +17,15 @@ from reporting.harness.commands import run_command
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.database.schema import rejected_reports
-from tests.integration.conftest import Flow, assert_exactly_once, flowing, send_all
+from tests.integration.conftest import Flow, assert_exactly_once, flowing
 
 pytestmark = pytest.mark.integration
 
 
-def test_ten_thousand_reports_round_trip_exactly_once(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_ten_thousand_reports_round_trip_exactly_once(standalone, pg_url, send_all) -> None:
     server = standalone()
     server.start()
-    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=10_000)
+    ids = send_all(10_000)
     assert len(ids) == 10_000
     assert_exactly_once(pg_url, ids)
     status = server.status()
@@ -111,11 +109,11 @@ MALFORMED = [
 
 
 def test_malformed_reports_are_rejected_and_the_stream_goes_on(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+    standalone, activemq, pg_url, queue_prefix, send_all
 ) -> None:
     server = standalone(broker={"max_body_bytes": 65536})
     server.start()
-    before_ids = send_all(activemq.host, tmp_path / "l1", queue_prefix=queue_prefix, count=200)
+    before_ids = send_all(200, "l1")
     host, port = activemq.host.rsplit(":", 1)
     conn = stomp.Connection12([(host, int(port))])
     conn.connect(wait=True)
@@ -125,7 +123,7 @@ def test_malformed_reports_are_rejected_and_the_stream_goes_on(
     # a destination it does consume but with an unknown kind cannot be produced, so only the
     # field-level faults above reach the server.
     conn.disconnect()
-    after_ids = send_all(activemq.host, tmp_path / "l2", queue_prefix=queue_prefix, count=200)
+    after_ids = send_all(200, "l2")
     assert_exactly_once(pg_url, before_ids | after_ids)
     sink = Sink(pg_url, cluster="verify", journal="verify")
     try:
@@ -177,13 +175,13 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_replay_drains_a_stopped_instances_journal_with_progress(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+    standalone, postgres, pg_url, send_all
 ) -> None:
     server = standalone()
     server.start()
     wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
     postgres.kill()
-    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=500)
+    ids = send_all(500)
     wait_until(lambda: server.status()["journal"]["pending"] >= 500, 60, "the backlog journalled")
     server.kill()
     postgres.restart()
@@ -195,12 +193,10 @@ def test_replay_drains_a_stopped_instances_journal_with_progress(
     assert_exactly_once(pg_url, ids, timeout_s=5)
 
 
-def test_status_command_and_metrics(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_status_command_and_metrics(standalone, pg_url, send_all) -> None:
     server = standalone()
     server.start()
-    ids = send_all(activemq.host, tmp_path / "ledger", queue_prefix=queue_prefix, count=200)
+    ids = send_all(200)
     assert_exactly_once(pg_url, ids)
     result = run_command("status", "--config", str(server.config_path))
     assert result.returncode == 0, result.stdout + result.stderr
