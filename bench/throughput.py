@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from bench.load import naive_drain, preload, raw_drain
-from bench.servers import Servers, role_of, say
+from bench.servers import Servers, role_of, say, stored_by
 from reporting.config import BrokerConfig
 from reporting.harness.instance import Instance
 from reporting.harness.waiting import wait_until
@@ -24,7 +24,7 @@ def _drain_rate(instances: list[Instance], count: int, timeout_s: float) -> dict
     first_at = first_stored = None
     last_said = time.monotonic()
     while time.monotonic() < deadline:
-        stored = sum((i.try_status() or {}).get("stored", 0) for i in instances)
+        stored = stored_by(instances)
         now = time.monotonic()
         if stored and first_at is None:
             first_at, first_stored = now, stored
