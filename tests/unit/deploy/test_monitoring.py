@@ -3,17 +3,17 @@ serves (so they cannot drift apart), and promtool accepts the rules."""
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from reporting.status.metrics import Metrics
+from tests.unit.deploy.tools import run_tool
 
 MONITORING = Path(__file__).resolve().parents[3] / "deploy" / "monitoring"
 METRIC = re.compile(r"\breporting_[a-z_]+\b")
+PROMETHEUS = "prometheus"  # the Debian package with promtool
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
@@ -91,14 +91,8 @@ def test_the_alerts_the_issue_lists() -> None:
 
 
 def test_promtool_check_rules() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    done = subprocess.run(
-        [promtool, "check", "rules", str(MONITORING / "alerts.yml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_tool(
+        "promtool", "check", "rules", str(MONITORING / "alerts.yml"), package=PROMETHEUS
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 9 rules found" in done.stdout, done.stdout
@@ -107,14 +101,7 @@ def test_promtool_check_rules() -> None:
 def test_promtool_test_rules() -> None:
     """The rules' behaviour against made-up series (alerts.test.yml): a healthy pair and group
     page nobody; no active, two active, a queue unowned, the database down, a fenced write do."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    done = subprocess.run(
-        [promtool, "test", "rules", "alerts.test.yml"],
-        cwd=MONITORING,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_tool(
+        "promtool", "test", "rules", "alerts.test.yml", package=PROMETHEUS, cwd=MONITORING
     )
     assert done.returncode == 0, done.stdout + done.stderr
