@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.group import owners, spread
 from reporting.harness.pair import short_name as name
 from reporting.harness.waiting import wait_until
 from tests.chaos.ownership import OwnershipSampler
-from tests.integration.conftest import assert_exactly_once, flowing, start_group
+from tests.integration.conftest import flowing, start_group
 
 pytestmark = pytest.mark.integration
 

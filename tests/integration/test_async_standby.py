@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.replica import PostgresPair
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import assert_exactly_once, flowing
+from tests.integration.conftest import flowing
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,14 @@ import pytest
 from reporting.config import HostPort
 from reporting.harness import ActiveMQ
 from reporting.harness.commands import run_command
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.probes import StompSession
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
 from storage.reports import KINDS
-from tests.integration.conftest import assert_exactly_once, secure_activemq
+from tests.integration.conftest import secure_activemq
 
 pytestmark = pytest.mark.integration
 

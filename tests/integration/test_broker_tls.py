@@ -12,12 +12,12 @@ from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerError, BrokerUntrusted
 from reporting.harness import ActiveMQ
 from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.tls import TlsBundle
 from reporting.harness.waiting import wait_until
 from reporting.wire.consumer import Consumer
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from sqlalchemy.engine import make_url
 
 from reporting.cli import main
 from reporting.harness import Postgres
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ import pytest
 
 from reporting.harness import Postgres
 from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import to_toml
 from reporting.harness.tls import TlsBundle
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseError
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.group import spread
 from reporting.harness.pair import short_name as name
 from reporting.harness.waiting import wait_until
 from storage.reports import kind_of
-from tests.integration.conftest import Flow, assert_exactly_once, flowing, start_group
+from tests.integration.conftest import flowing, start_group
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import pytest
 
 from reporting.cli import main
 from reporting.errors import HarnessError
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.journal import Journal
 from storage.reports import from_record
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ import pytest
 
 from reporting.config import BrokerConfig, HostPort
 from reporting.harness import ActiveMQ
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.consumer import Consumer, Message
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 

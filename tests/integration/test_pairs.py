@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import Pair, roles
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once, nothing_stranded
+from tests.integration.conftest import nothing_stranded
 
 pytestmark = pytest.mark.integration
 

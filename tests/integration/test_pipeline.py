@@ -14,10 +14,11 @@ import stomp
 from sqlalchemy import select
 
 from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.database.schema import rejected_reports
-from tests.integration.conftest import Flow, assert_exactly_once, flowing
+from tests.integration.conftest import flowing
 
 pytestmark = pytest.mark.integration
 

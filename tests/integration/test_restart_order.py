@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once, nothing_stranded
+from tests.integration.conftest import nothing_stranded
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from reporting.harness.ensemble import QuorumPeer, ZooKeeperEnsemble
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of
 from reporting.harness.replica import PostgresPair
 from reporting.harness.service import Service
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once, flowing
+from tests.integration.conftest import flowing
 
 pytestmark = pytest.mark.integration
 

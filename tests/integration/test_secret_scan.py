@@ -16,11 +16,12 @@ from sqlalchemy.engine import make_url
 
 from reporting.harness import ActiveMQ, Postgres
 from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once, secure_activemq
+from tests.integration.conftest import secure_activemq
 
 pytestmark = pytest.mark.integration
 
