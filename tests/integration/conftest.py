@@ -161,22 +161,23 @@ def group(
     return make
 
 
-def flowing(
-    members: list[Instance],
-    broker: str,
-    queue_prefix: str,
-    tmp_path: Path,
-    *,
-    count: int,
-    rate: int = 300,
-    stored: int = 300,
-) -> Flow:
-    """`count` reports sent at `rate`/s into a ledger, once the members have stored more than
-    `stored` of them."""
-    flow = Flow([broker], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate)
-    flow.start()
-    wait_until(lambda: sum(i.status()["stored"] for i in members) > stored, 30, "reports flowing")
-    return flow
+@pytest.fixture
+def flowing(activemq: Any, queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
+    """flowing(members, count=, rate=300, stored=300): `count` reports sent at `rate`/s to the
+    test's queues on the session's broker, into a ledger; returned once the members have stored
+    more than `stored` of them."""
+
+    def start(members: list[Instance], *, count: int, rate: int = 300, stored: int = 300) -> Flow:
+        flow = Flow(
+            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate
+        )
+        flow.start()
+        wait_until(
+            lambda: sum(i.status()["stored"] for i in members) > stored, 30, "reports flowing"
+        )
+        return flow
+
+    return start
 
 
 @pytest.fixture

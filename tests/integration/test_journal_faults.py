@@ -200,8 +200,7 @@ def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
         "consumption to go on while the filler is still there",
     )
     filler.unlink()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
 
 

@@ -184,8 +184,7 @@ def test_zookeeper_cuts_shorter_than_the_session_on_a_dark_broker_path_keep_one_
             broker_proxy.heal()
             wait_until(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume again")
             assert active_of([a, b]) is a
-        flow.join()
-        assert_exactly_once(pg_url, flow.ids())
+        assert_exactly_once(pg_url, flow.join())
     assert watch.samples > 10
     assert watch.most_consumers == 1
     wait_until(lambda: in_flight(activemq, queues) == 0, 10, "every report acknowledged")

@@ -68,8 +68,7 @@ def back_at_rest(pair: Pair, flow: Flow, pg_url: str, returned: Instance, timeou
     """The pair at rest again, and nothing lost, doubled or left in a broker or a journal."""
     expected = at_rest(pair, returned)
     wait_until(lambda: pair.roles() == expected, timeout_s, f"the pair at rest: {expected}")
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     nothing_stranded(pair)
 
 

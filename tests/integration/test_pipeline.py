@@ -18,7 +18,6 @@ from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.database.schema import rejected_reports
-from tests.integration.conftest import flowing
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +34,10 @@ def test_ten_thousand_reports_round_trip_exactly_once(standalone, pg_url, send_a
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
 
 
-def test_database_killed_for_twenty_seconds(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_database_killed_for_twenty_seconds(standalone, postgres, pg_url, flowing) -> None:
     server = standalone()
     server.start()
-    flow = flowing([server], activemq.host, queue_prefix, tmp_path, count=3000, rate=100, stored=0)
+    flow = flowing([server], count=3000, rate=100, stored=0)
     postgres.kill()
     down_since = time.monotonic()
     seen_down = False
@@ -56,35 +53,26 @@ def test_database_killed_for_twenty_seconds(
         f"journal.pending did not grow during the outage: {pending_seen}"
     )
     postgres.restart()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
 
 
-def test_server_killed_mid_stream_and_restarted(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_server_killed_mid_stream_and_restarted(standalone, pg_url, flowing) -> None:
     server = standalone()
     server.start()
-    flow = flowing(
-        [server], activemq.host, queue_prefix, tmp_path, count=4000, rate=400, stored=200
-    )
+    flow = flowing([server], count=4000, rate=400, stored=200)
     server.kill()
     server.start()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
 
 
-def test_broker_killed_mid_stream_and_restarted(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_broker_killed_mid_stream_and_restarted(standalone, activemq, pg_url, flowing) -> None:
     server = standalone()
     server.start()
-    flow = flowing([server], activemq.host, queue_prefix, tmp_path, count=3000, stored=200)
+    flow = flowing([server], count=3000, stored=200)
     activemq.kill()
     activemq.restart()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: server.status()["broker"] == "connected", 30, "the consumer to reconnect")
 
 
@@ -160,8 +148,7 @@ def test_full_journal_pauses_consumption_and_loses_nothing(
     wait_until(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
     assert server.status()["journal"]["pending_bytes"] <= 256 * 1024
     postgres.restart()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
 
 

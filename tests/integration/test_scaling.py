@@ -21,7 +21,6 @@ from reporting.harness.pair import active_of
 from reporting.harness.replica import PostgresPair
 from reporting.harness.service import Service
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import flowing
 
 pytestmark = pytest.mark.integration
 
@@ -166,13 +165,13 @@ def sync_pair(tmp_path: Path) -> Iterator[PostgresPair]:
 
 
 def test_synchronous_standby_promoted_after_primary_kill_9_loses_nothing(
-    standalone, sync_pair: PostgresPair, activemq, queue_prefix, tmp_path: Path
+    standalone, sync_pair: PostgresPair, flowing
 ) -> None:
     url = sync_pair.create_database("reports_sync")
     server = standalone(database={"url": url})
     with logs_on_failure(sync_pair.primary, sync_pair.standby, server):
         server.start()
-        flow = flowing([server], activemq.host, queue_prefix, tmp_path, count=3000, rate=200)
+        flow = flowing([server], count=3000, rate=200)
         sync_pair.primary.kill()
         killed = time.monotonic()
         wait_until(lambda: server.status()["database"] == "down", 30, "the server to see it down")
