@@ -8,6 +8,18 @@ def _rate(figure: dict[str, Any], key: str = "reports_per_s") -> str:
     return f"{figure[key]:,.0f}/s" if key in figure else "-"
 
 
+def _cpu(figure: dict[str, Any]) -> str:
+    if "cpu_us_per_report" not in figure:
+        return ""
+    return f", {figure['cpu_us_per_report']:.0f} µs CPU/report"
+
+
+def _cpu_ratio(figure: dict[str, Any], raw: dict[str, Any]) -> str:
+    if "cpu_us_per_report" not in figure or "cpu_us_per_report" not in raw:
+        return ""
+    return f", CPU server/raw {figure['cpu_us_per_report'] / raw['cpu_us_per_report']:.1f}"
+
+
 def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -16,7 +28,7 @@ def _throughput(m: dict[str, Any]) -> list[str]:
     raw, naive = m["raw"], m["naive"]
     rows = [
         f"| throughput: raw drain (receive + cumulative ack, store nothing) "
-        f"| {_rate(raw)} | | | baseline |",
+        f"| {_rate(raw)}{_cpu(raw)} | | | baseline |",
         f"| throughput: naive (transaction + ack per report, {naive['reports']:,} reports) "
         f"| {_rate(naive)} | | | baseline |",
     ]
@@ -25,8 +37,9 @@ def _throughput(m: dict[str, Any]) -> list[str]:
         ok = f["ratio_to_raw"] >= 0.8 and f["ratio_to_naive"] >= 10
         rows.append(
             f"| throughput: server {mode}, {m['reports']:,} reports into PostgreSQL "
-            f"| {_rate(f)} | server/raw {f['ratio_to_raw']:.2f}, "
-            f"server/naive {f['ratio_to_naive']:.1f} | >= 0.8 and >= 10 | {_met(ok)} |"
+            f"| {_rate(f)}{_cpu(f)} | server/raw {f['ratio_to_raw']:.2f}, "
+            f"server/naive {f['ratio_to_naive']:.1f}{_cpu_ratio(f, raw)} | >= 0.8 and >= 10 "
+            f"| {_met(ok)} |"
         )
     return rows
 

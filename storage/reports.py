@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
+
 # -- the kinds of report -------------------------------------------------------------------------
 
 # A text field copied into a typed, indexed column is at most this long. At up to 4 bytes a
@@ -112,14 +114,46 @@ class Rejected:
 
 
 _BODY_KEY = b',"p":'
-_BODY_KEY_TEXT = _BODY_KEY.decode("ascii")
+
+
+# orjson reads an integer beyond 64 bits as a float, `json.loads` as an int: a float this large
+# may have been one.
+_LARGE = float(1 << 63)
+
+
+def json_members(value: Any) -> int:
+    """Members of every object in a value parsed by orjson; -1 if a float in it may have been
+    an integer too large for orjson, which `json.loads` must then read."""
+    count = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            count += len(item)
+            item = item.values()
+        for inner in item:
+            kind = type(inner)
+            if kind is dict or kind is list:
+                stack.append(inner)
+            elif kind is float and not -_LARGE < inner < _LARGE:
+                return -1
+    return count
+
+
+def _loads(data: bytes) -> Any:
+    """JSON parsed in C, unless it may hold an integer beyond 64 bits."""
+    value = orjson.loads(data)
+    return value if json_members(value) >= 0 else json.loads(data)
 
 
 def to_record(item: Report | Rejected) -> bytes:
     if isinstance(item, Report) and item.body is not None:
         head = {"t": "R", "id": item.report_id, "k": item.kind, "q": item.queue}
         head["at"] = item.received_at.isoformat()
-        text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            text = orjson.dumps(head)
+        except TypeError:  # a lone surrogate (validation lets none through)
+            text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return text[:-1] + _BODY_KEY + item.body.encode("utf-8") + b"}"
     if isinstance(item, Report):
         doc = {
@@ -143,13 +177,12 @@ def to_record(item: Report | Rejected) -> bytes:
 
 
 def from_record(data: bytes) -> Report | Rejected:
-    # Decoded once, then parsed and sliced as text; records are UTF-8 (to_record writes them).
-    text = data.decode("utf-8")
-    doc = json.loads(text)
+    # Parsed as bytes, the body sliced as text; records are UTF-8 (to_record writes them).
+    doc = _loads(data)
     at = _received_at(doc["at"])
     if doc["t"] == "R":
         # The head's strings are JSON-escaped, so the first `,"p":` is the body's key.
-        body = text[text.index(_BODY_KEY_TEXT) + len(_BODY_KEY_TEXT) : -1]
+        body = data[data.index(_BODY_KEY) + len(_BODY_KEY) : -1].decode("utf-8")
         return Report(doc["id"], doc["k"], doc["q"], doc["p"], at, body)
     if doc["t"] == "r":
         return Report(doc["id"], doc["k"], doc["q"], doc["p"], at)

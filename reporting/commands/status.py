@@ -74,16 +74,22 @@ def status(args: argparse.Namespace) -> int:
         for row in rows:
             if row.get("election_error"):
                 print(f"{row.get('name')}: cannot take part: {row['election_error']}")
+            if row.get("database_error"):
+                print(f"{row.get('name')}: database down: {row['database_error']}")
     return 0 if healthy(config, rows) else 1
 
 
 def healthy(config: Config, rows: list[dict[str, Any]]) -> bool:
-    """Every instance answers and can take part in the election, and the role is held once: the
-    pair's, or each queue's in a group."""
+    """Every instance answers, can take part in the election and reaches its database, and the
+    role is held once: the pair's, or each queue's in a group."""
     if any(r.get("role") == "unreachable" for r in rows):
         return False
     # Standing by for ever (wrong ZooKeeper credentials): nobody takes over when the active dies.
     if any(r.get("election_error") for r in rows):
+        return False
+    # Buffering, with the reason the database gave (a refused password, a wrong CA, an outage):
+    # nothing reaches the database until it is fixed or back.
+    if any(r.get("database_error") for r in rows):
         return False
     if config.ha.mode == "group":
         owned = [queue for r in rows for queue in r.get("owned", [])]

@@ -65,6 +65,15 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time pid has used so far (0 once it is gone)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    # utime and stime, fields 14 and 15 of stat(5), in clock ticks.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def is_alive(pid: int) -> bool:
     """True when pid exists and is not a zombie (a zombie has exited; only its parent's
     wait() is missing)."""

@@ -86,7 +86,8 @@ class _Run:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.gate = threading.RLock()
-        self.inbox: queue.Queue[Message] = queue.Queue()
+        # SimpleQueue: put and get in C, without the locks and conditions of queue.Queue.
+        self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.conn: Connection | None = None
         # `conn` once its subscriptions are confirmed.
         self.subscribed: Connection | None = None

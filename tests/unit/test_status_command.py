@@ -35,3 +35,12 @@ def test_an_instance_that_cannot_take_part_in_its_election_is_unhealthy() -> Non
     assert healthy(PAIR, [{"role": "active"}, {"role": "standby", "election_error": None}])
     rows = [{"role": "active", "owned": ["a.cdr", "a.or", "a.sq"]}, {**refused, "owned": []}]
     assert not healthy(GROUP, rows)
+
+
+def test_an_instance_whose_database_is_down_is_unhealthy() -> None:
+    # A refused password (or a wrong CA, or an outage): the active buffers and stores nothing.
+    refused = {"role": "active", "database_error": 'password authentication failed for user "u"'}
+    assert not healthy(PAIR, [refused, {"role": "standby"}])
+    assert not healthy(PAIR, [{"role": "active"}, {**refused, "role": "standby"}])
+    assert healthy(PAIR, [{"role": "active", "database_error": None}, {"role": "standby"}])
+    assert not healthy(GROUP, [{**refused, "owned": ["a.cdr", "a.or", "a.sq"]}])

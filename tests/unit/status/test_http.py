@@ -98,3 +98,21 @@ def test_the_longest_waiting_connection_makes_room(server: StatusServer, monkeyp
     finally:
         for sock in [first, *others]:
             sock.close()
+
+
+def test_clients_that_never_read_their_answers_do_not_hold_healthz(server: StatusServer) -> None:
+    # Each asks for an answer and reads none of it, with the smallest receive buffer there is.
+    stalled = []
+    try:
+        for _ in range(http.WORKERS * 4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            stalled.append(sock)
+        started = time.monotonic()
+        assert get(server, "/healthz") == b"ok\n"
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in stalled:
+            sock.close()
