@@ -7,6 +7,7 @@ other's reports.
 
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,16 +163,20 @@ def group(
 
 
 @pytest.fixture
-def flowing(activemq: Any, queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
+def flow_to(queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
+    """flow_to(hosts, count=, rate=, **client_options): a Flow (not started) of reports to the
+    test's queues on `hosts`, its ledger the test's "ledger"."""
+    return partial(Flow, ledger=tmp_path / "ledger", queue_prefix=queue_prefix)
+
+
+@pytest.fixture
+def flowing(activemq: Any, flow_to: Callable[..., Flow]) -> Callable[..., Flow]:
     """flowing(members, count=, rate=300, stored=300): `count` reports sent at `rate`/s to the
     test's queues on the session's broker, into a ledger; returned once the members have stored
     more than `stored` of them."""
 
     def start(members: list[Instance], *, count: int, rate: int = 300, stored: int = 300) -> Flow:
-        flow = Flow(
-            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate
-        )
-        flow.start()
+        flow = flow_to([activemq.host], count=count, rate=rate).start()
         wait_until(
             lambda: sum(i.status()["stored"] for i in members) > stored, 30, "reports flowing"
         )

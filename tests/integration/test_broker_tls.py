@@ -12,7 +12,7 @@ from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerError, BrokerUntrusted
 from reporting.harness import ActiveMQ
 from reporting.harness.commands import run_command
-from reporting.harness.flow import Flow, assert_exactly_once
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.tls import TlsBundle
@@ -33,21 +33,13 @@ def tls_keys(broker: ActiveMQ, bundle: TlsBundle) -> dict:
 
 
 def test_right_ca_round_trips_exactly_once(
-    standalone, tls_broker: ActiveMQ, ca: TlsBundle, pg_url: str, queue_prefix: str, tmp_path
+    standalone, tls_broker: ActiveMQ, ca: TlsBundle, pg_url: str, flow_to
 ) -> None:
     server = standalone(broker=tls_keys(tls_broker, ca))
     server.start()
     wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
-    flow = Flow(
-        [tls_broker.tls_host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=200,
-        rate=0,
-        ca_file=ca.ca_file,
-    ).start()
-    flow.join(120)
-    ids = flow.ids()
+    flow = flow_to([tls_broker.tls_host], count=200, rate=0, ca_file=ca.ca_file).start()
+    ids = flow.join(120)
     assert len(ids) == 200
     assert_exactly_once(pg_url, ids)
     assert "not trusted" not in server.log_path.read_text()

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from reporting.harness import ActiveMQ, Postgres
 from reporting.harness.commands import run_command
-from reporting.harness.flow import Flow, assert_exactly_once
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
@@ -105,6 +105,7 @@ def test_no_password_in_logs_http_or_database(
     scram_postgres: Postgres,
     queue_prefix: str,
     tmp_path: Path,
+    flow_to,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The instances inherit the environment they read their passwords from.
@@ -132,14 +133,8 @@ def test_no_password_in_logs_http_or_database(
     # The active's subscriptions create the queues: producers have no right to.
     wait_until(lambda: active.status()["broker"] == "connected", 30, "the active to subscribe")
 
-    flow = Flow(
-        [secure_broker.host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=1500,
-        rate=300,
-        user="producer",
-        password=PRODUCER_PW,
+    flow = flow_to(
+        [secure_broker.host], count=1500, rate=300, user="producer", password=PRODUCER_PW
     ).start()
     wait_until(lambda: active.status()["stored"] > 200, 30, "reports flowing")
     active.kill()
