@@ -52,13 +52,14 @@ def make_reports(count: int) -> list[Report]:
 class MethodSink(Sink):
     """The sink with its report insert swapped for the method under measurement."""
 
-    def __init__(self, url: str, method: Callable[[Connection, list[dict[str, Any]]], int]):
+    def __init__(self, url: str, method: Callable[[Connection, list[Report]], int]):
         super().__init__(url, cluster="bench", journal="bench")
         self._method = method
 
-    def _insert_reports(self, conn: Connection, rows: list[dict[str, Any]], *_: Any) -> int:
-        # The methods measured take the rows alone, not the sink's texts and COPY rows.
-        return self._method(conn, rows)
+    def _insert_reports(
+        self, conn: Connection, items: list[Report], copy_rows: list[list[Any]] | None
+    ) -> int:
+        return self._method(conn, items)
 
 
 def time_sink(url: str, method: Callable, batches: list[list[Report]]) -> dict[str, float]:
@@ -120,11 +121,17 @@ def main() -> None:
         reports[i : i + args.batch_records] for i in range(0, len(reports), args.batch_records)
     ]
     methods: dict[str, Callable] = {
-        "COPY straight in (staged on a stored id)": insert.copy_reports,
-        "copy + INSERT SELECT ON CONFLICT": insert.copy_reports_staged,
-        "executemany (pipeline)": insert.executemany_reports,
-        "multi-row VALUES RETURNING": lambda conn, rows: insert.insert_many(
-            conn, insert.reports, rows, "report_id"
+        "COPY straight in (staged on a stored id)": lambda conn, reports: insert.copy_reports(
+            conn, insert.copy_values(reports)
+        ),
+        "copy + INSERT SELECT ON CONFLICT": lambda conn, reports: insert.copy_reports_staged(
+            conn, insert.copy_values(reports)
+        ),
+        "executemany (pipeline)": lambda conn, reports: insert.executemany_reports(
+            conn, [report_row(r) for r in reports]
+        ),
+        "multi-row VALUES RETURNING": lambda conn, reports: insert.insert_many(
+            conn, insert.reports, [report_row(r) for r in reports], "report_id"
         ),
     }
     results: dict[str, Any] = {}

@@ -6,10 +6,12 @@
   in the payload, for the latency and failover figures.
 - `raw_drain`: the broker's own limit: a stomp.py consumer that acks cumulatively and stores
   nothing.
+- `raw_drain_per_queue`: the machine's limit: such a consumer per queue, each in its own process.
 - `naive_drain`: the simple way: one SQLAlchemy transaction per report, then its own ack.
 """
 
 import json
+import multiprocessing
 import random
 import threading
 import time
@@ -223,15 +225,24 @@ class _NaiveStorer(_Collector):
 
 
 def _consume(
-    host: str, prefix: str, make: Any, *, prefetch: int, ack: str, timeout_s: float
+    host: str,
+    names: list[str],
+    make: Any,
+    *,
+    prefetch: int,
+    ack: str,
+    timeout_s: float,
+    connected: Any = None,
 ) -> _Collector:
     address = HostPort.parse(host)
     conn = stomp.Connection12([(address.host, address.port)], heartbeats=(0, 0), auto_decode=False)
     collector = make(conn)
     conn.set_listener("bench", collector)
     conn.connect(wait=True)
+    if connected is not None:
+        connected()  # waits there until every consumer has connected
     try:
-        for index, queue in enumerate(queues(prefix)):
+        for index, queue in enumerate(names):
             conn.subscribe(
                 f"/queue/{queue}",
                 id=str(index),
@@ -265,7 +276,7 @@ def raw_drain(
     """Receives `count` reports with `client` acks every `ack_every`; stores nothing."""
     collector = _consume(
         host,
-        prefix,
+        queues(prefix),
         lambda conn: _RawAcker(conn, count, ack_every),
         prefetch=prefetch,
         ack="client",
@@ -276,6 +287,63 @@ def raw_drain(
     return _rate(collector)
 
 
+def _drain_one_queue(
+    host: str, queue: str, count: int, prefetch: int, ack_every: int, timeout_s: float, start: Any
+) -> tuple[int, float, float, float]:
+    """One process's part of `raw_drain_per_queue` (a module function, so that it pickles):
+    what it received, when it began and ended, and the CPU time it took from its start."""
+    cpu_from = [0.0]
+
+    def connected() -> None:
+        start.wait()
+        cpu_from[0] = time.process_time()
+
+    collector = _consume(
+        host,
+        [queue],
+        lambda conn: _RawAcker(conn, count, ack_every),
+        prefetch=prefetch,
+        ack="client",
+        timeout_s=timeout_s,
+        connected=connected,
+    )
+    cpu_s = time.process_time() - cpu_from[0]
+    return collector.received, collector.first_at, collector.last_at, cpu_s
+
+
+def raw_drain_per_queue(
+    host: str, prefix: str, count: int, *, prefetch: int, ack_every: int, timeout_s: float = 600
+) -> dict[str, float]:
+    """`raw_drain` with one consumer per queue, each in its own process (the preload sends the
+    kinds in turn, so each queue holds its share); they subscribe together once all are
+    connected, and the rate runs from the first report any of them received to the last. CPU
+    per report: the processes' CPU time from their subscribing, over the reports."""
+    names = queues(prefix)
+    shares = [count // len(names) + (1 if i < count % len(names) else 0) for i in range(len(names))]
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    start = manager.Barrier(len(names))
+    with context.Pool(len(names)) as pool:
+        jobs = [
+            (host, q, n, prefetch, ack_every, timeout_s, start)
+            for q, n in zip(names, shares, strict=True)
+        ]
+        parts = pool.starmap(_drain_one_queue, jobs)
+    manager.shutdown()
+    received = sum(part[0] for part in parts)
+    if received < count:
+        raise TimeoutError(f"per-queue raw drain received {received} of {count}")
+    # CLOCK_MONOTONIC is one clock for every process of the host.
+    seconds = max(part[2] for part in parts) - min(part[1] for part in parts)
+    cpu_s = sum(part[3] for part in parts)
+    return {
+        "reports": received,
+        "seconds": seconds,
+        "reports_per_s": (received - 1) / seconds if seconds > 0 else 0.0,
+        "cpu_us_per_report": cpu_s / received * 1e6,
+    }
+
+
 def naive_drain(
     host: str, prefix: str, db_url: str, *, count: int, seconds: float, prefetch: int
 ) -> dict[str, float]:
@@ -283,7 +351,7 @@ def naive_drain(
     Sink(db_url, cluster="naive", journal="naive").upgrade()
     collector = _consume(
         host,
-        prefix,
+        queues(prefix),
         lambda conn: _NaiveStorer(conn, count, db_url, prefix),
         prefetch=prefetch,
         ack="client-individual",

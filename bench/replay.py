@@ -5,7 +5,7 @@ The drain runs in this process, as `reporting-server replay` would: journal read
 rows, one transaction per `database.batch_records` batch with the fence and the positions. The
 journal's records are what the intake writes (bench.backlog), the producer's JSON text in each.
 The COPY times only the COPY and commit of each batch, its rows made beforehand from the same
-records exactly as the drain hands them to COPY (`storage.database.insert.copy_rows`).
+records exactly as the drain hands them to COPY (`storage.database.insert.copy_values`).
 """
 
 import threading
@@ -18,8 +18,8 @@ from reporting.config import DatabaseConfig
 from reporting.pipeline import Drainer
 from reporting.status.metrics import Metrics
 from storage.database import Sink
-from storage.database.insert import copy_rows
-from storage.database.rows import REPORT_COLUMNS, report_row
+from storage.database.insert import copy_values
+from storage.database.rows import REPORT_COLUMNS
 from storage.journal import Journal
 from storage.reports import Report, from_record
 
@@ -79,7 +79,7 @@ def _plain_copy(servers: Servers, count: int) -> dict[str, float]:
         def copy() -> float:
             # The rows exactly as the drain hands them to COPY (the producer's text for the
             # payload, times as text), made before the clock starts.
-            rows = copy_rows([report_row(r) for r in reports], [r.body for r in reports])
+            rows = copy_values(reports)
             started = time.monotonic()
             with conn.cursor() as cursor:
                 with cursor.copy(f"COPY reports ({columns}) FROM STDIN") as writer:

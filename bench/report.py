@@ -20,6 +20,10 @@ def _cpu_ratio(figure: dict[str, Any], raw: dict[str, Any]) -> str:
     return f", CPU server/raw {figure['cpu_us_per_report'] / raw['cpu_us_per_report']:.1f}"
 
 
+def _limit(figure: dict[str, Any]) -> str:
+    return f", server/limit {figure['ratio_to_limit']:.2f}" if "ratio_to_limit" in figure else ""
+
+
 def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -32,13 +36,29 @@ def _throughput(m: dict[str, Any]) -> list[str]:
         f"| throughput: naive (transaction + ack per report, {naive['reports']:,} reports) "
         f"| {_rate(naive)} | | | baseline |",
     ]
+    if "limit" in m:
+        rows.insert(
+            1,
+            "| throughput: raw drain, a consumer per queue in its own process (the machine's "
+            f"limit) | {_rate(m['limit'])}{_cpu(m['limit'])} | | | baseline |",
+        )
+    for mode in ("standalone", "shared"):
+        old = m.get(f"{mode}_baseline")
+        if old and "cpu_us_per_report" in old and "cpu_us_per_report" in m[mode]:
+            ratio = m[mode]["cpu_us_per_report"] / old["cpu_us_per_report"]
+            rows.append(
+                f"| throughput: server {mode} from `{m['baseline_code']}` (the earlier code) "
+                f"| {_rate(old)}{_cpu(old)} | CPU now/then {ratio:.2f} | <= 0.5 "
+                f"| {_met(ratio <= 0.5)} |"
+            )
     for mode in ("standalone", "shared"):
         f = m[mode]
         ok = f["ratio_to_raw"] >= 0.8 and f["ratio_to_naive"] >= 10
         rows.append(
             f"| throughput: server {mode}, {m['reports']:,} reports into PostgreSQL "
             f"| {_rate(f)}{_cpu(f)} | server/raw {f['ratio_to_raw']:.2f}, "
-            f"server/naive {f['ratio_to_naive']:.1f}{_cpu_ratio(f, raw)} | >= 0.8 and >= 10 "
+            f"server/naive {f['ratio_to_naive']:.1f}{_limit(f)}{_cpu_ratio(f, raw)} "
+            "| >= 0.8 and >= 10 "
             f"| {_met(ok)} |"
         )
     return rows

@@ -54,6 +54,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, help="run only these")
+    parser.add_argument(
+        "--baseline-code",
+        type=Path,
+        help="throughput also runs the server of this checkout (e.g. a git worktree of an "
+        "earlier commit), for CPU per report before and after in one run",
+    )
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
     selected = args.only or list(MEASUREMENTS)
@@ -82,8 +88,11 @@ def main() -> int:
             params = dict(SIZES[size][name])
             if name == "latency":
                 params["max_rate"] = _max_rate(doc, servers, size)
+            extra = {}
+            if name == "throughput" and args.baseline_code is not None:
+                extra["baseline_code"] = args.baseline_code.resolve()
             try:
-                result = _MODULES[name].run(servers, **params)
+                result = _MODULES[name].run(servers, **params, **extra)
             except Exception as exc:  # one failed measurement must not lose the others
                 failed = True
                 traceback.print_exc()

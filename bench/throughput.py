@@ -11,9 +11,10 @@ stored in it; for the raw drain, the CPU time of the process that drains.
 """
 
 import time
+from pathlib import Path
 from typing import Any
 
-from bench.load import naive_drain, preload, raw_drain
+from bench.load import naive_drain, preload, raw_drain, raw_drain_per_queue
 from bench.servers import Servers, role_of, say
 from reporting.config import BrokerConfig
 from reporting.harness.instance import Instance
@@ -68,7 +69,8 @@ def _drain_rate(instances: list[Instance], count: int, timeout_s: float) -> dict
     raise TimeoutError(f"the server did not store {count} reports in {timeout_s:.0f} s")
 
 
-def server(servers: Servers, mode: str, count: int) -> dict[str, Any]:
+def server(servers: Servers, mode: str, count: int, code: Path | None = None) -> dict[str, Any]:
+    """The server of this checkout, or of the checkout at `code`, draining a backlog."""
     prefix = servers.prefix()
     say(f"{mode}: preloading {count:,} reports")
     sent = preload(servers.activemq.host, prefix, count, id_prefix=f"{mode}-{prefix}")
@@ -84,6 +86,7 @@ def server(servers: Servers, mode: str, count: int) -> dict[str, Any]:
         instances = list(servers.pair(mode=mode, prefix=prefix, db_url=db_url))
     try:
         for instance in instances:
+            instance.code = code
             instance.start()
         if mode != "standalone":
             wait_until(
@@ -114,7 +117,30 @@ def raw(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
     return result
 
 
-def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> dict[str, Any]:
+def limit(servers: Servers, count: int, broker: BrokerConfig) -> dict[str, float]:
+    """The machine's limit: the raw drain with a consumer per queue, each in its own process."""
+    prefix = servers.prefix()
+    say(f"raw drain per queue: preloading {count:,} reports")
+    preload(servers.activemq.host, prefix, count, id_prefix=f"limit-{prefix}")
+    result = raw_drain_per_queue(
+        servers.activemq.host,
+        prefix,
+        count,
+        prefetch=broker.prefetch,
+        ack_every=broker.batch_records,
+    )
+    say(f"  raw drain per queue: {result['reports_per_s']:,.0f} reports/s")
+    return result
+
+
+def run(
+    servers: Servers,
+    *,
+    count: int,
+    naive_count: int,
+    naive_s: float,
+    baseline_code: Path | None = None,
+) -> dict[str, Any]:
     broker = BrokerConfig()
     results: dict[str, Any] = {"reports": count}
 
@@ -126,8 +152,15 @@ def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> di
     results["raw_runs"] = [raw(servers, count, broker)]
     results["standalone"] = server(servers, "standalone", count)
     results["shared"] = server(servers, "shared", count)
+    if baseline_code is not None:
+        # The same, run from an earlier checkout: the figures to compare CPU per report with.
+        results["baseline_code"] = str(baseline_code)
+        for mode in ("standalone", "shared"):
+            say(f"{mode} from {baseline_code}")
+            results[f"{mode}_baseline"] = server(servers, mode, count, code=baseline_code)
     results["raw_runs"].append(raw(servers, count, broker))
     results["raw"] = max(results["raw_runs"], key=lambda run: run["reports_per_s"])
+    results["limit"] = limit(servers, count, broker)
 
     prefix = servers.prefix()
     say(f"naive: preloading {naive_count:,} reports")
@@ -144,5 +177,6 @@ def run(servers: Servers, *, count: int, naive_count: int, naive_s: float) -> di
     for mode in ("standalone", "shared"):
         rate = results[mode]["reports_per_s"]
         results[mode]["ratio_to_raw"] = rate / results["raw"]["reports_per_s"]
+        results[mode]["ratio_to_limit"] = rate / results["limit"]["reports_per_s"]
         results[mode]["ratio_to_naive"] = rate / results["naive"]["reports_per_s"]
     return results

@@ -15,8 +15,8 @@ with their types, bounds and typed `reports` columns.
 import base64
 import functools
 import json
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -77,6 +77,19 @@ FIELDS: dict[str, tuple[Field, ...]] = {
 }
 KINDS = tuple(FIELDS)
 QUEUE_PREFIX = "gvp.reporting."
+# The typed columns of `reports` that copy payload fields, in the table's order.
+TYPED_COLUMNS = (
+    "call_id",
+    "component",
+    "tenant",
+    "started_at",
+    "ended_at",
+    "interval_start",
+    "arrivals",
+    "peak",
+    "metric",
+    "value",
+)
 DEFAULT_QUEUES = tuple(f"{QUEUE_PREFIX}{kind}" for kind in KINDS)
 
 
@@ -84,6 +97,78 @@ def kind_of(queue: str) -> str:
     """A queue's kind: the last dot-part of its name, as in gvp.reporting.cdr or, where one
     broker serves several pairs, site1.gvp.reporting.cdr. Not checked against KINDS."""
     return queue.rpartition(".")[2]
+
+
+# -- the typed columns ----------------------------------------------------------------------------
+
+# Text, count and number fields are copied from the payload of any kind that has them (an event
+# may carry a tenant); a time only for the kinds that name it, since started_at is a cdr's
+# `start` but an event's `at`. Copied tolerantly: a value that does not parse, has the wrong type
+# or is longer than its column's bound is NULL; the payload keeps it as sent.
+_COPIED = {f.name: f for fields in FIELDS.values() for f in fields if f.column and f.type != "time"}
+_COLUMN_INDEX = {column: index for index, column in enumerate(TYPED_COLUMNS)}
+_TEXT_FIELDS = tuple(
+    (_COLUMN_INDEX[f.column], f.name, f.max_chars or MAX_TEXT_CHARS)
+    for f in _COPIED.values()
+    if f.type == "text" and f.column
+)
+_INT_FIELDS = tuple(
+    (_COLUMN_INDEX[f.column], f.name) for f in _COPIED.values() if f.type == "count" and f.column
+)
+_NUMBER_FIELDS = tuple(
+    (_COLUMN_INDEX[f.column], f.name) for f in _COPIED.values() if f.type == "number" and f.column
+)
+_TIME_FIELDS = {
+    kind: tuple((_COLUMN_INDEX[f.column], f.name) for f in fields if f.type == "time" and f.column)
+    for kind, fields in FIELDS.items()
+}
+
+
+def utc(at: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already."""
+    tz = at.tzinfo
+    if tz is UTC:  # what fromisoformat gives for "+00:00": nothing to convert
+        return at
+    return at.replace(tzinfo=UTC) if tz is None else at.astimezone(UTC)
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return utc(datetime.fromisoformat(value))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def typed_values(kind: str, payload: dict[str, Any]) -> list[Any]:
+    """The values of TYPED_COLUMNS for a report: copies of its payload's fields (times in UTC)."""
+    values: list[Any] = [None] * len(TYPED_COLUMNS)
+    get = payload.get
+    for index, name, max_chars in _TEXT_FIELDS:
+        value = get(name)
+        if isinstance(value, str) and len(value) <= max_chars:
+            values[index] = value
+    for index, name in _INT_FIELDS:
+        # Passed through unbounded: a value beyond bigint is a row the database refuses, and so
+        # lands in rejected_reports rather than being silently cut.
+        value = get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            values[index] = value
+    for index, name in _NUMBER_FIELDS:
+        values[index] = _number(get(name))
+    for index, name in _TIME_FIELDS.get(kind, ()):
+        values[index] = parse_time(get(name))
+    return values
 
 
 # -- what is stored and journalled ---------------------------------------------------------------
@@ -100,6 +185,8 @@ class Report:
     received_at: datetime
     # The payload's JSON text as the producer sent it (validated), when there is one.
     body: str | None = None
+    # TYPED_COLUMNS as a journal record carries them (times as ISO 8601 text), when it does.
+    columns: list[Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +218,8 @@ def json_members(value: Any) -> int:
         if type(item) is dict:
             count += len(item)
             item = item.values()
+        elif type(item) is not list:
+            continue  # a scalar at the top
         for inner in item:
             kind = type(inner)
             if kind is dict or kind is list:
@@ -141,18 +230,24 @@ def json_members(value: Any) -> int:
 
 
 def _loads(data: bytes) -> Any:
-    """JSON parsed in C, unless it may hold an integer beyond 64 bits."""
-    value = orjson.loads(data)
-    return value if json_members(value) >= 0 else json.loads(data)
+    """A record parsed in C, unless its payload may hold an integer beyond 64 bits or orjson
+    refuses it (NaN, which a record written before validation refused it may hold)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+    # The head holds only what to_record put there; the payload is the producer's.
+    return doc if json_members(doc.get("p")) >= 0 else json.loads(data)
 
 
 def to_record(item: Report | Rejected) -> bytes:
     if isinstance(item, Report) and item.body is not None:
-        head = {"t": "R", "id": item.report_id, "k": item.kind, "q": item.queue}
+        head: dict[str, Any] = {"t": "R", "id": item.report_id, "k": item.kind, "q": item.queue}
         head["at"] = item.received_at.isoformat()
         try:
-            text = orjson.dumps(head)
-        except TypeError:  # a lone surrogate (validation lets none through)
+            # The typed columns too, so that the drain copies them without reading the payload.
+            text = orjson.dumps(head | {"c": typed_values(item.kind, item.payload)})
+        except TypeError:  # an integer beyond 64 bits: the drain reads the payload for them
             text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return text[:-1] + _BODY_KEY + item.body.encode("utf-8") + b"}"
     if isinstance(item, Report):
@@ -183,7 +278,10 @@ def from_record(data: bytes) -> Report | Rejected:
     if doc["t"] == "R":
         # The head's strings are JSON-escaped, so the first `,"p":` is the body's key.
         body = data[data.index(_BODY_KEY) + len(_BODY_KEY) : -1].decode("utf-8")
-        return Report(doc["id"], doc["k"], doc["q"], doc["p"], at, body)
+        columns = doc.get("c")
+        if columns is not None and len(columns) != len(TYPED_COLUMNS):
+            raise ValueError(f"a record with {len(columns)} typed columns")
+        return Report(doc["id"], doc["k"], doc["q"], doc["p"], at, body, columns)
     if doc["t"] == "r":
         return Report(doc["id"], doc["k"], doc["q"], doc["p"], at)
     return Rejected(doc["id"], doc["q"], doc["why"], base64.b64decode(doc["raw"]), at)

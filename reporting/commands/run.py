@@ -2,6 +2,7 @@
 
 import argparse
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -12,6 +13,8 @@ from reporting.config import load_config
 from reporting.errors import ConfigError, ReportingError
 
 log = logging.getLogger("reporting.run")
+# Allocations between two collections of the youngest generation.
+GC_THRESHOLD = 50_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
         "%s: %s mode, status on http://%s/status", config.name, config.ha.mode, config.http.listen
     )
     server.start()
+    # The objects made at start-up live as long as the process: the collector need not look at
+    # them again. Reports pass through in batches of thousands of short-lived objects with no
+    # reference cycles among them; a collection every 700 allocations (the default) spent a
+    # sizeable share of the CPU time on walking them.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     # Under systemd (Type=notify): READY=1 once the election is joined, STATUS= per role change,
     # WATCHDOG=1 while the consumer threads work.
     systemd = ServiceNotifier(

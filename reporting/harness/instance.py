@@ -7,6 +7,7 @@ TOML file (CONTRACT.md).
 
 import http.client
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -92,6 +93,8 @@ class Instance(Service):
         self.config = config
         self.listen: str = http["listen"]
         self.config_path = self.workdir / "config.toml"
+        # Another checkout's code to run instead of this one's (the bench compares versions).
+        self.code: Path | None = None
 
     def start(self, timeout_s: float = 90) -> None:
         """Starts the instance; a port taken since it was picked is replaced by another."""
@@ -114,6 +117,11 @@ class Instance(Service):
 
     def _command(self) -> list[str]:
         return [sys.executable, "-m", "reporting.cli", "run", "--config", str(self.config_path)]
+
+    def _spawn_options(self) -> dict[str, Any]:
+        if self.code is None:
+            return {}
+        return {"env": os.environ | {"PYTHONPATH": str(self.code)}}
 
     def _probe(self) -> bool:
         try:

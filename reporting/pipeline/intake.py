@@ -10,6 +10,7 @@ an empty journal can take goes in parts.
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,8 +86,9 @@ class Intake:
             log.info("journal has room again; consumption resumed")
         self.records += len(records)
         self.metrics.journalled.inc(len(records))
-        for item in items:
-            self.metrics.received.labels(kind_of(item.queue)).inc()
+        # Counted per kind, one metric update each: a labelled update costs a lock and a lookup.
+        for kind, count in Counter(kind_of(item.queue) for item in items).items():
+            self.metrics.received.labels(kind).inc(count)
         self.appended()
         return True
 

@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import stomp
 import stomp.exception
@@ -63,6 +63,19 @@ class Listener:
 
     def on_lost(self, conn: "Connection", reason: str) -> None:
         """The connection broke (socket closed or heartbeat lost); not called after `close`."""
+
+
+def _message_handlers(listeners: list[tuple[str, Any]]) -> list[Callable[..., None]]:
+    """What stomp.py calls for a MESSAGE, in its order (every listener's on_before_message, then
+    every on_message, by listener name), less the methods a listener left as the base's no-op:
+    the heartbeat listener's on_message, which notes that the broker is alive, stays."""
+    base = stomp.ConnectionListener
+    handlers = []
+    for method in ("on_before_message", "on_message"):
+        for _, listener in listeners:
+            if getattr(type(listener), method, None) is not getattr(base, method):
+                handlers.append(getattr(listener, method))
+    return handlers
 
 
 class _Relay(stomp.ConnectionListener):
@@ -142,9 +155,27 @@ class Connection:
         if ca_file is not None:
             tls.use_tls(self._stomp, host.host, host.port, ca_file)
         self._stomp.set_listener("relay", _Relay(self))
+        transport = self._stomp.transport
+        self._process_frame = transport.process_frame
+        self._listeners_seen: tuple[tuple[str, Any], ...] = ()
+        self._message_handlers: list[Callable[[stomp.utils.Frame], None]] = []
+        transport.process_frame = self._deliver
 
     def __repr__(self) -> str:
         return f"<Connection {self.host} generation {self.generation}>"
+
+    def _deliver(self, frame: stomp.utils.Frame, raw: bytes) -> None:
+        """stomp.py's process_frame, but a MESSAGE goes straight to the listeners' handlers:
+        stomp.py looks each listener's two methods up again, under a lock, for every message."""
+        if frame.cmd != "MESSAGE":
+            self._process_frame(frame, raw)
+            return
+        listeners = tuple(self._stomp.transport.listeners.items())
+        if listeners != self._listeners_seen:
+            self._listeners_seen = listeners
+            self._message_handlers = _message_handlers(sorted(listeners))
+        for handler in self._message_handlers:
+            handler(frame)
 
     @property
     def closed(self) -> bool:

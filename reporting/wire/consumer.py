@@ -116,7 +116,7 @@ class _Listener(Listener):
 
     def on_message(self, conn: Connection, frame: stomp.utils.Frame) -> None:
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
-        headers = dict(frame.headers)
+        headers = frame.headers  # a frame is made for this one message and not used again
         self.run.inbox.put(Message(headers.get("destination", ""), headers, body, conn.generation))
 
     def on_error(self, conn: Connection, frame: stomp.utils.Frame) -> None:

@@ -11,8 +11,8 @@ what SQLite uses.
 """
 
 import json
-import operator
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database.rows import REPORT_COLUMNS
 from storage.database.schema import reports
+from storage.reports import Report, typed_values, utc
 
 _STAGING = "reports_in"
 _STAGING_DDL = f"""
@@ -33,10 +34,6 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
 ) ON COMMIT DELETE ROWS
 """
 _COLUMN_LIST = ", ".join(REPORT_COLUMNS)
-_PAYLOAD = REPORT_COLUMNS.index("payload")
-_RECEIVED_AT = REPORT_COLUMNS.index("received_at")
-_TIME_COLUMNS = tuple(REPORT_COLUMNS.index(c) for c in ("started_at", "ended_at", "interval_start"))
-_values = operator.itemgetter(*REPORT_COLUMNS)
 
 
 def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str) -> int:
@@ -50,60 +47,42 @@ def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], 
     return len(result.all())
 
 
-def copy_rows(
-    rows: Sequence[dict[str, Any]], texts: Sequence[str | None] | None = None
-) -> list[list[Any]]:
-    """The rows as COPY takes them, in REPORT_COLUMNS order: the payload as JSON text (the
-    producer's, where `texts` has it, rather than encoded again) and times as ISO 8601 text.
+def copy_values(reports: Sequence[Report]) -> list[list[Any]]:
+    """The reports as COPY takes them, in REPORT_COLUMNS order: the payload as JSON text (the
+    producer's, where the report has it, rather than encoded again), times as ISO 8601 text, the
+    typed columns as the journal record carries them where it does.
 
     Pure work, so that a caller can do it outside the transaction: formatting times is most of
     what psycopg's COPY would otherwise do per row.
     """
     out = []
     last_received: tuple[Any, str | None] = (None, None)
-    for row, text in zip(rows, texts or [None] * len(rows), strict=True):
-        values = list(_values(row))
-        values[_PAYLOAD] = text if text is not None else _copy_value(values[_PAYLOAD])
+    for report in reports:
+        columns = report.columns
+        if columns is None:
+            columns = [
+                value.isoformat() if isinstance(value, datetime) else value
+                for value in typed_values(report.kind, report.payload)
+            ]
         # The reports of one intake batch share their received_at.
-        received = values[_RECEIVED_AT]
+        received = report.received_at
         if received is not last_received[0]:
-            last_received = (received, received.isoformat())
-        values[_RECEIVED_AT] = last_received[1]
-        for index in _TIME_COLUMNS:
-            at = values[index]
-            if at is not None:
-                values[index] = at.isoformat()
-        out.append(values)
+            last_received = (received, utc(received).isoformat())
+        body = report.body
+        payload = body if body is not None else json.dumps(report.payload, separators=(",", ":"))
+        head = [report.report_id, report.kind, report.queue, payload, last_received[1]]
+        out.append(head + columns)
     return out
 
 
-def copy_reports(
-    conn: Connection,
-    rows: Sequence[dict[str, Any]],
-    texts: Sequence[str | None] | None = None,
-    *,
-    values: Sequence[Sequence[Any]] | None = None,
-) -> int:
-    """COPY straight into `reports`; the staged way if a report_id is stored already.
-
-    `texts` are the payloads' JSON texts as the producers sent them, where known; `values` the
-    rows already made by `copy_rows`. Of rows sharing an id, the first is kept.
-    """
-    if values is None:
-        values = copy_rows(rows, texts)
+def copy_reports(conn: Connection, values: Sequence[Sequence[Any]]) -> int:
+    """COPY `values` (made by `copy_values`) straight into `reports`; the staged way if a
+    report_id is stored already. Of rows sharing an id, the first is kept."""
     return _on_driver(conn, "COPY reports", _copy_new, values)
 
 
-def copy_reports_staged(
-    conn: Connection,
-    rows: Sequence[dict[str, Any]],
-    texts: Sequence[str | None] | None = None,
-    *,
-    values: Sequence[Sequence[Any]] | None = None,
-) -> int:
+def copy_reports_staged(conn: Connection, values: Sequence[Sequence[Any]]) -> int:
     """COPY into a session-local staging table, then one INSERT ... SELECT ... ON CONFLICT."""
-    if values is None:
-        values = copy_rows(rows, texts)
     return _on_driver(conn, "COPY reports_in", _copy_staged, values)
 
 
@@ -193,7 +172,3 @@ def executemany_reports(conn: Connection, rows: Sequence[dict[str, Any]]) -> int
 
 def _pipeline_value(value: Any) -> Any:
     return Jsonb(value) if isinstance(value, dict) else value
-
-
-def _copy_value(value: Any) -> Any:
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else value

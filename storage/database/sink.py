@@ -68,8 +68,7 @@ class Batch:
 
     items: Sequence[Report | Rejected]
     reports: list[Report]
-    report_rows: list[dict[str, Any]]
-    # The report rows as COPY takes them (PostgreSQL), else None.
+    # The reports as COPY takes them (PostgreSQL), else None.
     copy_rows: list[list[Any]] | None
     rejected_rows: list[dict[str, Any]]
 
@@ -80,7 +79,6 @@ class Batch:
         return Batch(
             [*self.items, *other.items],
             self.reports + other.reports,
-            self.report_rows + other.report_rows,
             copy_rows,
             self.rejected_rows + other.rejected_rows,
         )
@@ -122,14 +120,10 @@ class Sink:
         """Builds the rows of `items`: pure work, which a caller may do outside the transaction
         (the drainer does it while the previous batch is in the database)."""
         report_items = [item for item in items if isinstance(item, Report)]
-        rows = [report_row(report) for report in report_items]
-        copy_rows = None
-        if self._dialect is postgresql:
-            copy_rows = insert.copy_rows(rows, [report.body for report in report_items])
+        copy_rows = insert.copy_values(report_items) if self._dialect is postgresql else None
         return Batch(
             items,
             report_items,
-            rows,
             copy_rows,
             [rejected_row(item) for item in items if isinstance(item, Rejected)],
         )
@@ -225,9 +219,7 @@ class Sink:
             self._check_fence(conn, epoch)
             if committed:
                 self._check_positions(conn, committed)
-            stored, refused = self._insert_isolating(
-                conn, batch.reports, batch.report_rows, batch.copy_rows
-            )
+            stored, refused = self._insert_isolating(conn, batch.reports, batch.copy_rows)
             rejected = insert.insert_many(conn, rejected_reports, batch.rejected_rows, "digest")
             refused_rows = [refused_row(report, why) for report, why in refused]
             new_refused = insert.insert_many(conn, rejected_reports, refused_rows, "digest")
@@ -307,7 +299,6 @@ class Sink:
         self,
         conn: Connection,
         items: list[Report],
-        rows: list[dict[str, Any]],
         copy_rows: list[list[Any]] | None,
     ) -> tuple[int, list[tuple[Report, str]]]:
         """Insert reports; those the database refuses are found by bisection and returned."""
@@ -315,8 +306,7 @@ class Sink:
             return 0, []
         try:
             with conn.begin_nested():
-                texts = [item.body for item in items]
-                return self._insert_reports(conn, rows, texts, copy_rows), []
+                return self._insert_reports(conn, items, copy_rows), []
         except Exception as error:
             # Only an error about the rows is isolated; one about the database ends the
             # transaction (it is retried whole, or split by the caller when it timed out).
@@ -328,24 +318,24 @@ class Sink:
         first, second = (
             (None, None) if copy_rows is None else (copy_rows[:middle], copy_rows[middle:])
         )
-        stored_a, refused_a = self._insert_isolating(conn, items[:middle], rows[:middle], first)
-        stored_b, refused_b = self._insert_isolating(conn, items[middle:], rows[middle:], second)
+        stored_a, refused_a = self._insert_isolating(conn, items[:middle], first)
+        stored_b, refused_b = self._insert_isolating(conn, items[middle:], second)
         return stored_a + stored_b, refused_a + refused_b
 
     def _insert_reports(
         self,
         conn: Connection,
-        rows: list[dict[str, Any]],
-        texts: list[str | None],
-        copy_rows: list[list[Any]] | None = None,
+        items: list[Report],
+        copy_rows: list[list[Any]] | None,
     ) -> int:
-        if conn.dialect.name != "postgresql":
+        if copy_rows is None:
+            rows = [report_row(report) for report in items]
             return insert.insert_many(conn, reports, rows, "report_id")
         # Duplicates come in runs (a redelivery, a replay): after a batch with some, the next
         # goes the staged way at once rather than after a COPY that fails on the first one.
         copy = insert.copy_reports_staged if self._duplicates_seen else insert.copy_reports
-        stored = copy(conn, rows, texts, values=copy_rows)
-        self._duplicates_seen = stored < len(rows)
+        stored = copy(conn, copy_rows)
+        self._duplicates_seen = stored < len(copy_rows)
         return stored
 
     def _check_positions(self, conn: Connection, committed: Mapping[str, int]) -> None:
