@@ -14,7 +14,7 @@ import psycopg
 
 from bench.failover import percentile
 from bench.load import PacedSender
-from bench.servers import Servers, say
+from bench.servers import Servers, say, stored_by
 from reporting.harness.instance import Instance
 from reporting.harness.waiting import wait_until
 
@@ -39,12 +39,7 @@ def run(servers: Servers, *, seconds: float, max_rate: float) -> dict[str, Any]:
         sender.join(seconds * 3 + 60)
         achieved = len(sender.sent) / (time.monotonic() - started)
         sender.stop()
-        wait_until(
-            lambda: (instance.try_status() or {}).get("stored", 0) >= count,
-            120,
-            "every report stored",
-            every_s=0.2,
-        )
+        wait_until(lambda: stored_by([instance]) >= count, 120, "every report stored", every_s=0.2)
     finally:
         instance.stop(timeout_s=15)
     with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as conn:

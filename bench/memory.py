@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.backlog import build
 from bench.load import preload
-from bench.servers import Servers, peak_rss_mb, say
+from bench.servers import Servers, peak_rss_mb, say, stored_by
 from reporting.harness import TcpProxy
 from reporting.harness.instance import Instance
 from reporting.harness.waiting import wait_until
@@ -67,7 +67,7 @@ def _one(servers: Servers, backlog: int, live: int) -> dict[str, Any]:
         peak_rss = 0.0
         last_said = started
         while time.monotonic() < deadline:
-            stored = (instance.try_status() or {}).get("stored", 0)
+            stored = stored_by([instance])
             peak_rss = max(peak_rss, peak_rss_mb(pid)[1])
             if stored >= total:
                 break

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import preload
-from bench.servers import Servers, say
+from bench.servers import Servers, say, stored_by
 from reporting.harness.instance import Instance
 from reporting.harness.waiting import wait_until
 
@@ -91,10 +91,7 @@ def run(servers: Servers, *, count: int) -> dict[str, Any]:
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_until(
-                lambda: (instance.try_status() or {}).get("stored", 0) >= count,
-                600,
-                "the backlog stored",
-                every_s=0.2,
+                lambda: stored_by([instance]) >= count, 600, "the backlog stored", every_s=0.2
             )
         finally:
             # On SIGINT py-spy stops sampling and writes what it has.

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.load import preload
-from bench.servers import Servers, say
+from bench.servers import Servers, say, stored_by
 from bench.throughput import POLL_S, raw
 from reporting.config import BrokerConfig
 from reporting.harness.instance import Instance
@@ -46,7 +46,7 @@ def group(servers: Servers, size: int, count: int) -> dict[str, Any]:
             raise RuntimeError("half the backlog was drained before the shares were taken")
         deadline = since + max(300, count / 50)
         while True:
-            stored = sum((m.try_status() or {}).get("stored", 0) for m in members)
+            stored = stored_by(members)
             if stored >= count:
                 break
             if time.monotonic() > deadline:

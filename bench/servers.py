@@ -10,6 +10,7 @@ import platform
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,11 @@ class Servers:
 def role_of(instance: Instance) -> str:
     status = instance.try_status(timeout_s=0.5)
     return status["role"] if status else "unreachable"
+
+
+def stored_by(instances: Iterable[Instance]) -> int:
+    """The reports the instances have stored, by their /status; one that does not answer adds 0."""
+    return sum((i.try_status() or {}).get("stored", 0) for i in instances)
 
 
 def peak_rss_mb(pid: int) -> tuple[float, float]:

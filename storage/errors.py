@@ -1,6 +1,11 @@
 class StorageError(Exception):
     """Base class for storage errors."""
 
+    def __init__(self, *args: object, **facts: object) -> None:
+        super().__init__(*args)
+        # The facts a handler may act on (segment, epoch, ...), given as keywords: attributes.
+        vars(self).update(facts)
+
 
 class JournalError(StorageError):
     """Base class for journal errors."""
@@ -10,25 +15,22 @@ class JournalFull(JournalError):
     """Raised when an append would take the journal past max_bytes, or the disk is full."""
 
     def __init__(self, pending_bytes: int, max_bytes: int) -> None:
-        super().__init__(f"journal full: {pending_bytes} of {max_bytes} bytes")
-        self.pending_bytes = pending_bytes
-        self.max_bytes = max_bytes
+        message = f"journal full: {pending_bytes} of {max_bytes} bytes"
+        super().__init__(message, pending_bytes=pending_bytes, max_bytes=max_bytes)
 
 
 class ForeignFile(JournalError):
     """Raised when the journal directory holds a file that is not a segment."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(f"not a journal segment: {path}")
-        self.path = path
+        super().__init__(f"not a journal segment: {path}", path=path)
 
 
 class DatabaseError(StorageError):
     """Base class for database errors; `sqlstate` is the database's code, where it gave one."""
 
-    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
+    def __init__(self, message: str, *, sqlstate: str | None = None, **facts: object) -> None:
+        super().__init__(message, sqlstate=sqlstate, **facts)
 
 
 class DatabaseUnavailable(DatabaseError):
@@ -43,9 +45,8 @@ class StaleEpoch(DatabaseError):
     """Raised when a drain transaction's epoch is older than the fence."""
 
     def __init__(self, cluster: str, epoch: int) -> None:
-        super().__init__(f"epoch {epoch} of {cluster} is fenced off by a newer writer")
-        self.cluster = cluster
-        self.epoch = epoch
+        message = f"epoch {epoch} of {cluster} is fenced off by a newer writer"
+        super().__init__(message, cluster=cluster, epoch=epoch)
 
 
 class PositionsLost(DatabaseError):
@@ -56,14 +57,13 @@ class PositionsLost(DatabaseError):
     """
 
     def __init__(self, journal: str, segment: str, stored: int, committed: int) -> None:
-        super().__init__(
+        message = (
             f"journal {journal}: segment {segment} stored up to byte {stored}, "
             f"but byte {committed} was committed"
         )
-        self.journal = journal
-        self.segment = segment
-        self.stored = stored
-        self.committed = committed
+        super().__init__(
+            message, journal=journal, segment=segment, stored=stored, committed=committed
+        )
 
 
 class DiskFull(JournalFull):
@@ -79,9 +79,8 @@ class BadPosition(JournalError):
     """Raised when a position does not fall just after a record of its segment."""
 
     def __init__(self, segment: str, byte: int) -> None:
-        super().__init__(f"byte {byte} of segment {segment} is not the end of a record")
-        self.segment = segment
-        self.byte = byte
+        message = f"byte {byte} of segment {segment} is not the end of a record"
+        super().__init__(message, segment=segment, byte=byte)
 
 
 class JournalLocked(JournalError):
@@ -89,31 +88,27 @@ class JournalLocked(JournalError):
 
     def __init__(self, dir: str, writer: str, pid: int | None) -> None:
         holder = f"pid {pid}" if pid else "another process"
-        super().__init__(f"journal {dir}: writer {writer!r} is already running as {holder}")
-        self.dir = dir
-        self.writer = writer
-        self.pid = pid
+        message = f"journal {dir}: writer {writer!r} is already running as {holder}"
+        super().__init__(message, dir=dir, writer=writer, pid=pid)
 
 
 class SegmentLost(JournalError):
     """Raised when the segment being written was removed or replaced: the batch is not durable."""
 
     def __init__(self, dir: str, segment: str) -> None:
-        super().__init__(
+        message = (
             f"journal {dir}: segment {segment} was removed while being written; "
             "batch not acknowledged"
         )
-        self.dir = dir
-        self.segment = segment
+        super().__init__(message, dir=dir, segment=segment)
 
 
 class JournalExposed(JournalError):
     """Raised when the journal directory is open to group or others."""
 
     def __init__(self, dir: str, mode: int) -> None:
-        super().__init__(
+        message = (
             f"journal {dir}: mode {mode:04o} lets other users read the reports; "
             f"run: chmod 700 {dir}"
         )
-        self.dir = dir
-        self.mode = mode
+        super().__init__(message, dir=dir, mode=mode)

@@ -41,6 +41,19 @@ def _serve(server: Service) -> Iterator[Service]:
     server.stop()
 
 
+def skip_without_engine() -> None:
+    """Skips the test, with the reason, when no Docker engine answers."""
+    from reporting.harness import containers
+
+    reason = os.environ.get("REPORTING_CONTAINERS_UNAVAILABLE")
+    if reason:
+        pytest.skip(reason)
+    try:
+        containers.docker_client().close()
+    except HarnessError as exc:
+        pytest.skip(str(exc))
+
+
 def _server_class(local: type, container: str) -> type:
     """The local class, or with REPORTING_TEST_BACKEND=containers its container twin (the test is
     skipped with the reason when no Docker engine answers)."""
@@ -51,13 +64,7 @@ def _server_class(local: type, container: str) -> type:
 
     if containers.select_backend(backend) != "containers":
         return local
-    reason = os.environ.get("REPORTING_CONTAINERS_UNAVAILABLE")
-    if reason:
-        pytest.skip(reason)
-    try:
-        containers.docker_client().close()
-    except HarnessError as exc:
-        pytest.skip(str(exc))
+    skip_without_engine()
     return getattr(containers, container)
 
 

@@ -136,15 +136,7 @@ class Postgres(PostgresAccess, Service):
     def _run(self, command: list[str], what: str, timeout_s: float | None = None) -> None:
         """Run one of PostgreSQL's programs as the server runs, its output into the log."""
         with open(self.log_path, "ab") as log_file:
-            done = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                timeout=timeout_s,
-                **self._spawn_options(),
-            )
+            done = subprocess.run(command, timeout=timeout_s, **self._child_options(log_file))
         if done.returncode != 0:
             raise HarnessError(
                 f"{self.name}: {what} failed; log {self.log_path}:\n{self.log_tail(30)}"

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import IO, Any, Self
 
 from reporting.errors import HarnessError
 from reporting.harness import processes
@@ -52,6 +52,16 @@ class Service:
         """Extra subprocess.Popen keywords (user, env)."""
         return {}
 
+    def _child_options(self, log_file: IO[bytes]) -> dict[str, Any]:
+        """How a process of this service runs: in its workdir, as its user, into its log."""
+        return {
+            "stdin": subprocess.DEVNULL,
+            "stdout": log_file,
+            "stderr": subprocess.STDOUT,
+            "cwd": self.workdir,
+            **self._spawn_options(),
+        }
+
     def ports(self) -> dict[str, int]:
         """The ports this service listens on, by name (kept across restarts)."""
         return {}
@@ -69,13 +79,7 @@ class Service:
             log_file.flush()
             try:
                 self._popen = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.workdir,
-                    start_new_session=True,
-                    **self._spawn_options(),
+                    command, start_new_session=True, **self._child_options(log_file)
                 )
             except FileNotFoundError as exc:
                 raise HarnessError(f"{self.name}: cannot run {command[0]}: {exc}") from None

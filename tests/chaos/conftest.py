@@ -4,6 +4,8 @@ integration tests, one definition for both."""
 from tests.integration.conftest import (  # noqa: F401  (fixtures, found by pytest by name)
     backup_broker,
     cluster_path,
+    flow_to,
+    flowing,
     group,
     instances,
     queue_prefix,

@@ -6,11 +6,13 @@ measures the failovers it causes against the limit the guarantees set. The runne
 pair to settle again after each one. `modes` says which pairs a fault applies to.
 """
 
+import functools
 import json
 import random
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -81,6 +83,23 @@ class Fault:
         return self.name
 
 
+def fail_over(
+    stage: Stage,
+    fault: str,
+    active: Instance,
+    action: str,
+    stop: Callable[[], None],
+    limit_s: float,
+) -> float:
+    """Marks `action` on the timeline, stops the active with it and waits for the other to take
+    over within `limit_s`; returns when the active was stopped (time.monotonic())."""
+    stage.mark(f"{action} {short_name(active)}")
+    since = time.monotonic()
+    stop()
+    stage.failover(fault, active, since, limit_s)
+    return since
+
+
 class KillActive(Fault):
     """kill -9 of the active: the standby takes over within session_timeout + 1 s."""
 
@@ -88,10 +107,8 @@ class KillActive(Fault):
 
     def apply(self, stage: Stage) -> None:
         active = stage.active()
-        stage.mark(f"kill -9 {short_name(active)}")
-        since = time.monotonic()
-        active.kill()
-        stage.failover(self.name, active, since, stage.pair.session_timeout_s + FAILOVER_SLACK_S)
+        limit_s = stage.pair.session_timeout_s + FAILOVER_SLACK_S
+        fail_over(stage, self.name, active, "kill -9", active.kill, limit_s)
         stage.hold(0.5, 4.0)
         stage.start_instance(active)
 
@@ -103,10 +120,7 @@ class TermActive(Fault):
 
     def apply(self, stage: Stage) -> None:
         active = stage.active()
-        stage.mark(f"SIGTERM {short_name(active)}")
-        since = time.monotonic()
-        active.stop()
-        stage.failover(self.name, active, since, HANDOVER_LIMIT_S)
+        fail_over(stage, self.name, active, "SIGTERM", active.stop, HANDOVER_LIMIT_S)
         stage.hold(0.5, 4.0)
         stage.start_instance(active)
 
@@ -122,10 +136,8 @@ class PauseActive(Fault):
         active = stage.active()
         session_s = stage.pair.session_timeout_s
         fenced_before = fenced_writes(active)
-        stage.mark(f"SIGSTOP {short_name(active)}")
-        since = time.monotonic()
-        stage.freeze(active)
-        stage.failover(self.name, active, since, session_s + FAILOVER_SLACK_S)
+        freeze = functools.partial(stage.freeze, active)
+        since = fail_over(stage, self.name, active, "SIGSTOP", freeze, session_s + FAILOVER_SLACK_S)
         # Longer than the session in all, and some of it with the other instance writing.
         stage.hold(max(0.0, 1.5 * session_s - (time.monotonic() - since)), 2.0 * session_s)
         stage.mark(f"SIGCONT {short_name(active)}", recovery=True)
@@ -165,11 +177,8 @@ class PostgresOutage(Fault):
         postgres.kill()
         stage.hold(0.5, 3.0)
         if with_failover:
-            stage.mark(f"kill -9 {short_name(active)}")
-            since = time.monotonic()
-            active.kill()
             limit_s = stage.pair.session_timeout_s + FAILOVER_SLACK_S
-            stage.failover(self.name, active, since, limit_s)
+            fail_over(stage, self.name, active, "kill -9", active.kill, limit_s)
             stage.hold(0.5, 3.0)
         stage.mark("restart postgres", recovery=True)
         postgres.restart()

@@ -5,55 +5,31 @@ guarantee. An instance the test has frozen (SIGSTOP) is not asked while frozen; 
 is asked again, so what it says right after resuming counts.
 """
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 from reporting.harness.instance import Instance
+from reporting.harness.pair import short_name
+from tests.chaos.polling import Poller
 
 INTERVAL_S = 0.05
 STATUS_TIMEOUT_S = 1.0
 
 
-class OwnershipSampler:
+class OwnershipSampler(Poller):
     def __init__(self, *, interval_s: float = INTERVAL_S) -> None:
+        super().__init__(workers=8, name="ownership")
         self.interval_s = interval_s
         self.ticks = 0
         # Each breach: (tick, queue, the instances that claimed it).
         self.breaches: list[tuple[int, str, tuple[str, ...]]] = []
         self._instances: list[Instance] = []
-        self._frozen: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(8, thread_name_prefix="ownership")
-        self._thread = threading.Thread(target=self._run, name="ownership-sampler", daemon=True)
 
     def add(self, instance: Instance) -> None:
         with self._lock:
             self._instances.append(instance)
 
-    def freeze(self, instance: Instance) -> None:
-        """Call before SIGSTOP."""
-        with self._lock:
-            self._frozen.add(id(instance))
-
-    def thaw(self, instance: Instance) -> None:
-        """Call after SIGCONT."""
-        with self._lock:
-            self._frozen.discard(id(instance))
-
-    def start(self) -> "OwnershipSampler":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._pool.shutdown(wait=True)
-
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             with self._lock:
-                asked = [i for i in self._instances if id(i) not in self._frozen]
+                asked = [i for i in self._instances if short_name(i) not in self._frozen]
             answers = self._pool.map(lambda i: i.try_status(STATUS_TIMEOUT_S), asked)
             claims: dict[str, list[str]] = {}
             for status in answers:

@@ -6,14 +6,13 @@ guarantee. An instance the run has frozen
 (SIGSTOP) is not asked, since it cannot answer and cannot act: it is recorded as "paused".
 """
 
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reporting.harness.instance import Instance
 from reporting.harness.pair import short_name
+from tests.chaos.polling import Poller
 
 INTERVAL_S = 0.05
 # Longer than any answer of a working instance on a loaded machine.
@@ -33,7 +32,7 @@ class Sample:
     pending: int | None
 
 
-class Sampler:
+class Sampler(Poller):
     def __init__(
         self,
         instances: list[Instance],
@@ -43,6 +42,7 @@ class Sampler:
         receipted: Callable[[], int] = lambda: 0,
         interval_s: float = INTERVAL_S,
     ) -> None:
+        super().__init__(workers=len(instances), name="chaos-status")
         self.instances = instances
         self.exclusive = exclusive
         self.clock = clock
@@ -54,31 +54,7 @@ class Sampler:
         # Ticks with two "active" answers (only where that is a breach), each as its samples.
         self.two_active: list[tuple[Sample, ...]] = []
         self.ticks = 0
-        self._frozen: set[str] = set()
         self._latest: dict[str, Sample] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(len(instances), thread_name_prefix="chaos-status")
-        self._thread = threading.Thread(target=self._run, name="chaos-sampler", daemon=True)
-
-    def start(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._pool.shutdown(wait=True)
-
-    def freeze(self, instance: Instance) -> None:
-        """Call before SIGSTOP: the instance is recorded as paused, not asked."""
-        with self._lock:
-            self._frozen.add(short_name(instance))
-
-    def thaw(self, instance: Instance) -> None:
-        """Call after SIGCONT."""
-        with self._lock:
-            self._frozen.discard(short_name(instance))
 
     def latest(self) -> dict[str, Sample]:
         """The last sample of each instance."""

@@ -5,15 +5,15 @@ from ZooKeeper. Each test keeps a ledger and checks the database for exactly-onc
 """
 
 import time
-from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.group import owners, spread
 from reporting.harness.pair import short_name as name
 from reporting.harness.waiting import wait_until
 from tests.chaos.ownership import OwnershipSampler
-from tests.integration.conftest import assert_exactly_once, flowing, start_group
+from tests.integration.conftest import start_group
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +22,7 @@ SESSION_S = 2.0
 
 @pytest.mark.chaos
 @pytest.mark.timeout(400)
-def test_kill_add_and_pause_never_two_owners(
-    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
-) -> None:
+def test_kill_add_and_pause_never_two_owners(group, pg_url, queues, flowing) -> None:
     """Three instances under load: kill -9 one, add one, SIGSTOP one past its session. Every
     50 ms each instance's /status is sampled: no queue may ever have two owners."""
     sampler = OwnershipSampler().start()
@@ -32,7 +30,7 @@ def test_kill_add_and_pause_never_two_owners(
         members, _ = start_group(group, 3, queues)
         for instance in members:
             sampler.add(instance)
-        flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=6000)
+        flow = flowing(members, count=6000)
 
         killed = members.pop(0)
         killed.kill()
@@ -59,8 +57,7 @@ def test_kill_add_and_pause_never_two_owners(
         wait_until(lambda: spread(members, queues), 30, "the resumed one to take a share again")
         print(f"after SIGSTOP/SIGCONT of {name(paused)}: {owners(members)}")
 
-        flow.join()
-        assert_exactly_once(pg_url, flow.ids())
+        assert_exactly_once(pg_url, flow.join())
     finally:
         sampler.stop()
     print(f"ownership sampled {sampler.ticks} times")
@@ -70,7 +67,7 @@ def test_kill_add_and_pause_never_two_owners(
 
 @pytest.mark.chaos
 def test_an_owner_cut_off_from_zookeeper_stands_by_before_its_queues_move(
-    group, activemq, zookeeper, tcp_proxy, pg_url, queues, queue_prefix, tmp_path: Path
+    group, zookeeper, tcp_proxy, pg_url, queues, flowing
 ) -> None:
     """A partition, not a pause: rs-0 keeps running while its path to ZooKeeper is dark. It must
     stop consuming on its own before its session expires and the others take its queues."""
@@ -84,7 +81,7 @@ def test_an_owner_cut_off_from_zookeeper_stands_by_before_its_queues_move(
     wait_until(lambda: spread(members, queues), 30, "every queue owned, once")
     sampler.start()
     try:
-        flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
+        flow = flowing(members, count=3000)
         zk_proxy.blackhole()
         darkened = time.monotonic()
         wait_until(lambda: spread(members[1:], queues), 30, "rs-0's queues to move")
@@ -93,8 +90,7 @@ def test_an_owner_cut_off_from_zookeeper_stands_by_before_its_queues_move(
         assert cut_off.status()["owned"] == []
         zk_proxy.heal()
         wait_until(lambda: spread(members, queues), 30, "rs-0 to take a share again")
-        flow.join()
-        assert_exactly_once(pg_url, flow.ids())
+        assert_exactly_once(pg_url, flow.join())
     finally:
         sampler.stop()
     assert sampler.ticks > 50, "the sampler hardly ran"

@@ -5,25 +5,18 @@ engine answers (no docker command, no permission, no overlay) every test here is
 the reason; images missing on an engine that answers are an error (`scripts/containers build`).
 """
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from reporting.errors import HarnessError
 from reporting.harness import containers
+from tests.conftest import skip_without_engine
 
 
 @pytest.fixture(scope="session")
 def engine() -> None:
     """Skips the test when no Docker engine answers; fails it when the images are missing."""
-    reason = os.environ.get("REPORTING_CONTAINERS_UNAVAILABLE")
-    if reason:
-        pytest.skip(reason)
-    try:
-        containers.docker_client().close()
-    except HarnessError as exc:
-        pytest.skip(str(exc))
+    skip_without_engine()
     missing = containers.missing_images()
     if missing:
         pytest.fail(f"images missing: {', '.join(missing)}; run: scripts/containers build")

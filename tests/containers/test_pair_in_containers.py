@@ -4,7 +4,6 @@ project's images; faults are the engine's own: `docker kill` (SIGKILL), `docker 
 each test ends with the ledger against the database: nothing lost, nothing stored twice."""
 
 import json
-import random
 import threading
 import time
 import uuid
@@ -16,75 +15,12 @@ import pytest
 
 from reporting.config import KINDS
 from reporting.harness.containers import InstanceContainer
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.waiting import wait_until
-from reporting.samples import sample_report
-from reporting.wire.producer import ReportClient
-from storage.database import Sink
-from storage.errors import DatabaseError
 
 pytestmark = pytest.mark.containers
 
 SESSION_S = 2.0
-
-
-class Flow:
-    """Reports sent from a thread at a steady rate; every receipted id goes to the ledger."""
-
-    def __init__(self, broker: str, prefix: str, ledger: Path, *, count: int, rate: float) -> None:
-        queues = [f"{prefix}gvp.reporting.{kind}" for kind in KINDS]
-        self.client = ReportClient([broker], ledger=ledger, in_flight=50, queues=queues)
-        self.ledger = ledger
-        self.count = count
-        self.rate = rate
-        self.sent = 0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="flow", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        rng = random.Random(11)
-        started = time.monotonic()
-        try:
-            for i in range(self.count):
-                kind = KINDS[i % len(KINDS)]
-                self.client.send(kind, sample_report(kind, rng), report_id=uuid.uuid4().hex)
-                self.sent += 1
-                ahead = (i + 1) / self.rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)  # pacing the producer, not synchronising the test
-            self.client.flush()
-        except BaseException as exc:  # reported by join()
-            self.error = exc
-
-    def join(self) -> set[str]:
-        self._thread.join(300)
-        assert not self._thread.is_alive(), "producer did not finish"
-        self.client.close()
-        if self.error is not None:
-            raise self.error
-        return {line for line in self.ledger.read_text().splitlines() if line}
-
-
-def assert_exactly_once(db_url: str, ids: set[str]) -> None:
-    sink = Sink(db_url, cluster="verify", journal="verify")
-    try:
-
-        def all_stored() -> bool:
-            try:
-                return len(sink.report_id_counts(ids)) == len(ids)
-            except DatabaseError:
-                return False
-
-        try:
-            wait_until(all_stored, 120, "every receipted report stored", every_s=0.5)
-        finally:
-            counts = sink.report_id_counts(ids)
-            missing = ids - set(counts)
-            doubled = [i for i, n in counts.items() if n > 1]
-            assert not missing, f"{len(missing)} receipted reports missing"
-            assert not doubled, f"{len(doubled)} reports stored twice"
-    finally:
-        sink.close()
 
 
 def roles(pair: list[InstanceContainer]) -> dict[str, str]:
@@ -165,7 +101,9 @@ def test_docker_kill_of_the_active_container_under_load(pair, c_activemq, tmp_pa
     instances, db_url, prefix = pair
     active = start_pair(instances)
     other = next(i for i in instances if i is not active)
-    flow = Flow(c_activemq.host, prefix, tmp_path / "ledger", count=1200, rate=150)
+    flow = Flow(
+        [c_activemq.host], tmp_path / "ledger", queue_prefix=prefix, count=1200, rate=150
+    ).start()
     wait_until(lambda: flow.sent >= 300 or flow.error, 60, "300 reports sent")
 
     killed_at = time.monotonic()
@@ -185,7 +123,9 @@ def test_docker_kill_of_the_active_container_under_load(pair, c_activemq, tmp_pa
 def test_database_container_killed_while_reports_flow(pair, c_activemq, c_postgres, tmp_path):
     instances, db_url, prefix = pair
     active = start_pair(instances)
-    flow = Flow(c_activemq.host, prefix, tmp_path / "ledger", count=1200, rate=150)
+    flow = Flow(
+        [c_activemq.host], tmp_path / "ledger", queue_prefix=prefix, count=1200, rate=150
+    ).start()
     wait_until(lambda: flow.sent >= 200 or flow.error, 60, "200 reports sent")
 
     c_postgres.kill()
@@ -211,7 +151,9 @@ def test_docker_pause_of_the_active_past_its_session(pair, c_activemq, tmp_path)
     other = next(i for i in instances if i is not active)
     stop = threading.Event()
     samples = sample_roles(instances, stop)
-    flow = Flow(c_activemq.host, prefix, tmp_path / "ledger", count=1200, rate=150)
+    flow = Flow(
+        [c_activemq.host], tmp_path / "ledger", queue_prefix=prefix, count=1200, rate=150
+    ).start()
     try:
         wait_until(lambda: flow.sent >= 200 or flow.error, 60, "200 reports sent")
         active.pause()  # frozen by the cgroup freezer: sockets open, no answer

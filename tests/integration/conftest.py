@@ -5,21 +5,21 @@ its own journal directory, so tests sharing one ActiveMQ and one PostgreSQL cann
 other's reports.
 """
 
-import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reporting.harness.activemq import PRODUCER, SERVER, ActiveMQ
+from reporting.harness.flow import Flow
 from reporting.harness.group import Group, spread
 from reporting.harness.instance import TEST_SETTINGS, Instance, instance_config, merge
 from reporting.harness.pair import Pair, build_pair
+from reporting.harness.tls import TlsBundle, make_ca
 from reporting.harness.waiting import wait_until
-from storage.database import Sink
-from storage.errors import DatabaseError
 from storage.reports import KINDS
 
 
@@ -31,6 +31,24 @@ def queue_prefix() -> str:
 @pytest.fixture
 def queues(queue_prefix: str) -> list[str]:
     return [f"{queue_prefix}gvp.reporting.{kind}" for kind in KINDS]
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TlsBundle:
+    """A CA and a server certificate for the test's TLS servers."""
+    return make_ca(tmp_path / "ca", name="test")
+
+
+@pytest.fixture
+def other_ca(tmp_path: Path) -> TlsBundle:
+    """A CA that signed none of the test's servers."""
+    return make_ca(tmp_path / "other-ca", name="other")
+
+
+def secure_activemq(workdir: Path, *, server_pw: str, producer_pw: str) -> ActiveMQ:
+    """A broker with authorization: user `reporting` may consume, user `producer` send."""
+    users = {"reporting": (server_pw, SERVER), "producer": (producer_pw, PRODUCER)}
+    return ActiveMQ(workdir, users=users)
 
 
 @pytest.fixture
@@ -63,93 +81,6 @@ def standalone(
         return instance
 
     return make
-
-
-class Flow:
-    """Reports sent in a background thread at a steady rate, every receipted id in a ledger."""
-
-    def __init__(
-        self,
-        hosts: list[str],
-        ledger: Path,
-        *,
-        queue_prefix: str,
-        count: int,
-        rate: float,
-        **client_options: Any,
-    ) -> None:
-        from reporting.wire.producer import ReportClient
-
-        self.client = ReportClient(hosts, ledger=ledger, in_flight=50, **client_options)
-        self.queue_prefix = queue_prefix
-        self.ledger = ledger
-        self.count = count
-        self.rate = rate
-        self.sent = 0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="flow", daemon=True)
-
-    def _run(self) -> None:
-        import random
-        import time
-
-        from reporting.samples import sample_report
-
-        rng = random.Random(7)
-        started = time.monotonic()
-        try:
-            for i in range(self.count):
-                kind = KINDS[i % len(KINDS)]
-                body = json.dumps(sample_report(kind, rng)).encode()
-                destination = f"/queue/{self.queue_prefix}gvp.reporting.{kind}"
-                self.client.send_raw(destination, body, report_id=f"{kind}-{uuid.uuid4().hex}")
-                self.sent += 1
-                if self.rate:
-                    ahead = (i + 1) / self.rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)  # pacing the producer, not synchronising the test
-            self.client.flush()
-        except BaseException as exc:  # reported by join()
-            self.error = exc
-
-    def start(self) -> "Flow":
-        self._thread.start()
-        return self
-
-    def join(self, timeout_s: float = 300) -> None:
-        self._thread.join(timeout_s)
-        assert not self._thread.is_alive(), "producer did not finish"
-        self.client.close()
-        if self.error is not None:
-            raise self.error
-
-    def ids(self) -> set[str]:
-        return {line for line in self.ledger.read_text().splitlines() if line}
-
-
-def assert_exactly_once(db_url: str, ledger_ids: set[str], *, timeout_s: float = 120) -> None:
-    """Every receipted id ends up stored, once; polls until the drain has caught up."""
-    sink = Sink(db_url, cluster="verify", journal="verify")
-    try:
-
-        def all_stored() -> bool:
-            try:
-                counts = sink.report_id_counts(ledger_ids)
-            except DatabaseError:
-                # Down, or its schema not made yet by a server that started while it was down.
-                return False
-            return sum(1 for n in counts.values() if n >= 1) == len(ledger_ids)
-
-        try:
-            wait_until(all_stored, timeout_s, "every receipted report to be stored", every_s=0.5)
-        finally:
-            counts = sink.report_id_counts(ledger_ids)
-            missing = [i for i in ledger_ids if counts.get(i, 0) == 0]
-            doubled = [i for i, n in counts.items() if n > 1]
-            assert not missing, f"{len(missing)} receipted reports missing, e.g. {missing[:5]}"
-            assert not doubled, f"{len(doubled)} reports stored twice, e.g. {doubled[:5]}"
-    finally:
-        sink.close()
 
 
 def nothing_stranded(pair: Pair) -> None:
@@ -231,14 +162,41 @@ def group(
     return make
 
 
-def flowing(
-    members: list[Instance], broker: str, queue_prefix: str, tmp_path: Path, *, count: int
-) -> Flow:
-    """`count` reports sent at 300/s into a ledger, once the members have stored the first 300."""
-    flow = Flow([broker], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=300)
-    flow.start()
-    wait_until(lambda: sum(i.status()["stored"] for i in members) > 300, 30, "reports flowing")
-    return flow
+@pytest.fixture
+def flow_to(queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
+    """flow_to(hosts, count=, rate=, **client_options): a Flow (not started) of reports to the
+    test's queues on `hosts`, its ledger the test's "ledger"."""
+    return partial(Flow, ledger=tmp_path / "ledger", queue_prefix=queue_prefix)
+
+
+@pytest.fixture
+def flowing(activemq: Any, flow_to: Callable[..., Flow]) -> Callable[..., Flow]:
+    """flowing(members, count=, rate=300, stored=300): `count` reports sent at `rate`/s to the
+    test's queues on the session's broker, into a ledger; returned once the members have stored
+    more than `stored` of them."""
+
+    def start(members: list[Instance], *, count: int, rate: int = 300, stored: int = 300) -> Flow:
+        flow = flow_to([activemq.host], count=count, rate=rate).start()
+        wait_until(
+            lambda: sum(i.status()["stored"] for i in members) > stored, 30, "reports flowing"
+        )
+        return flow
+
+    return start
+
+
+@pytest.fixture
+def send_all(activemq: Any, queue_prefix: str, tmp_path: Path) -> Callable[..., set[str]]:
+    """send_all(count, ledger="ledger"): `count` reports sent to the test's queues on the
+    session's broker, as fast as the receipts come back; the ids receipted."""
+
+    def send(count: int, ledger: str = "ledger") -> set[str]:
+        flow = Flow(
+            [activemq.host], tmp_path / ledger, queue_prefix=queue_prefix, count=count, rate=0
+        )
+        return flow.start().join()
+
+    return send
 
 
 def start_group(

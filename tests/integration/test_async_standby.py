@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.replica import PostgresPair
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def _rewound(listen: str) -> float:
 
 
 def test_commits_lost_by_a_promoted_async_standby_are_replayed(
-    standalone, async_pair: PostgresPair, activemq, queue_prefix, tmp_path: Path
+    standalone, async_pair: PostgresPair, flowing
 ) -> None:
     url = async_pair.create_database("reports_async")
     # Small segments, so that drained ones would be released if they were not retained.
@@ -41,11 +41,7 @@ def test_commits_lost_by_a_promoted_async_standby_are_replayed(
         journal={"retain": 600.0, "segment_bytes": 65536},
     )
     server.start()
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=200
-    )
-    flow.start()
-    wait_until(lambda: server.status()["stored"] > 300, 30, "reports flowing")
+    flow = flowing([server], count=3000, rate=200)
     # The standby goes away while the primary goes on committing: those commits exist only on
     # the primary when it dies, as after a burst that replication had not caught up on.
     async_pair.standby.kill()
@@ -57,5 +53,4 @@ def test_commits_lost_by_a_promoted_async_standby_are_replayed(
     promoted = time.monotonic()
     wait_until(lambda: _rewound(server.listen) > 0, 60, "the server to notice the lost commits")
     print(f"\nlost commits noticed {time.monotonic() - promoted:.2f} s after the promotion")
-    flow.join()
-    assert_exactly_once(url, flow.ids())
+    assert_exactly_once(url, flow.join())

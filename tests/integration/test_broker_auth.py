@@ -1,9 +1,7 @@
 """An authenticated, authorized ActiveMQ: the server reads with its user, producers write with
 theirs, and wrong credentials stop the server with one clear line."""
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,14 +9,15 @@ import pytest
 
 from reporting.config import HostPort
 from reporting.harness import ActiveMQ
-from reporting.harness.activemq import PRODUCER, SERVER
+from reporting.harness.commands import run_command
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.ports import free_port
 from reporting.harness.probes import StompSession
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
 from storage.reports import KINDS
-from tests.integration.conftest import assert_exactly_once
+from tests.integration.conftest import secure_activemq
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +27,9 @@ PRODUCER_PW = "prd-Pw-42aa"
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
-    broker = ActiveMQ(
-        tmp_path / "secure-activemq",
-        users={"reporting": (SERVER_PW, SERVER), "producer": (PRODUCER_PW, PRODUCER)},
-    )
-    broker.start()
-    yield broker
-    broker.stop()
+    workdir = tmp_path / "secure-activemq"
+    with secure_activemq(workdir, server_pw=SERVER_PW, producer_pw=PRODUCER_PW) as broker:
+        yield broker
 
 
 def password_file(path: Path, password: str) -> str:
@@ -56,13 +51,7 @@ def config_for(tmp_path: Path, broker: ActiveMQ, pg_url: str, queues: list[str],
 def run_to_exit(tmp_path: Path, config: dict) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "refused.toml"
     path.write_text(to_toml(config | {"http": {"listen": f"127.0.0.1:{free_port()}"}}))
-    return subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
+    return run_command("run", "--config", str(path))
 
 
 def test_right_credentials_round_trip(

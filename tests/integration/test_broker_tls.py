@@ -2,9 +2,6 @@
 another CA it does not connect, and says so in one line."""
 
 import logging
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,32 +11,21 @@ import pytest
 from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerError, BrokerUntrusted
 from reporting.harness import ActiveMQ
+from reporting.harness.commands import run_command
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import to_toml
 from reporting.harness.ports import free_port
-from reporting.harness.tls import TlsBundle, make_ca
+from reporting.harness.tls import TlsBundle
 from reporting.harness.waiting import wait_until
 from reporting.wire.consumer import Consumer
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def ca(tmp_path: Path) -> TlsBundle:
-    return make_ca(tmp_path / "ca", name="broker")
-
-
-@pytest.fixture
-def other_ca(tmp_path: Path) -> TlsBundle:
-    return make_ca(tmp_path / "other-ca", name="other")
-
-
-@pytest.fixture
 def tls_broker(tmp_path: Path, ca: TlsBundle) -> Iterator[ActiveMQ]:
-    broker = ActiveMQ(tmp_path / "tls-activemq", tls=ca)
-    broker.start()
-    yield broker
-    broker.stop()
+    with ActiveMQ(tmp_path / "tls-activemq", tls=ca) as broker:
+        yield broker
 
 
 def tls_keys(broker: ActiveMQ, bundle: TlsBundle) -> dict:
@@ -47,21 +33,13 @@ def tls_keys(broker: ActiveMQ, bundle: TlsBundle) -> dict:
 
 
 def test_right_ca_round_trips_exactly_once(
-    standalone, tls_broker: ActiveMQ, ca: TlsBundle, pg_url: str, queue_prefix: str, tmp_path
+    standalone, tls_broker: ActiveMQ, ca: TlsBundle, pg_url: str, flow_to
 ) -> None:
     server = standalone(broker=tls_keys(tls_broker, ca))
     server.start()
     wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
-    flow = Flow(
-        [tls_broker.tls_host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=200,
-        rate=0,
-        ca_file=ca.ca_file,
-    ).start()
-    flow.join(120)
-    ids = flow.ids()
+    flow = flow_to([tls_broker.tls_host], count=200, rate=0, ca_file=ca.ca_file).start()
+    ids = flow.join(120)
     assert len(ids) == 200
     assert_exactly_once(pg_url, ids)
     assert "not trusted" not in server.log_path.read_text()
@@ -79,13 +57,7 @@ def test_wrong_ca_stops_run_with_one_line(
     }
     path = tmp_path / "wrong-ca.toml"
     path.write_text(to_toml(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
+    done = run_command("run", "--config", str(path))
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     mentions = [line for line in lines if "certif" in line.lower()]

@@ -12,10 +12,10 @@ from sqlalchemy.engine import make_url
 
 from reporting.cli import main
 from reporting.harness import Postgres
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +24,8 @@ SUPER_PW, OWNER_PW, SERVER_PW = "su-Pw-0b3f", "own-Pw-9e12", "srv-Pw-c4d7"
 
 @pytest.fixture
 def secure_postgres(tmp_path: Path) -> Iterator[Postgres]:
-    server = Postgres(tmp_path / "secure-postgres", password=SUPER_PW)
-    server.start()
-    yield server
-    server.stop()
+    with Postgres(tmp_path / "secure-postgres", password=SUPER_PW) as server:
+        yield server
 
 
 def connect(pg: Postgres, user: str, password: str | None, db: str = "postgres"):
@@ -54,15 +52,23 @@ def secret(path: Path, password: str) -> str:
     return str(path)
 
 
-def test_server_role_stores_reports_but_cannot_drop_or_truncate(
-    secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
-) -> None:
-    pg = secure_postgres
+def create_reporting_database(pg: Postgres, *statements: str) -> None:
+    """The roles rs_owner and rs_server, then `statements`, then the database reporting owned by
+    rs_owner."""
     with connect(pg, "postgres", SUPER_PW) as conn:
         conn.autocommit = True
         conn.execute(f"CREATE ROLE rs_owner LOGIN PASSWORD '{OWNER_PW}'")
         conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
+        for statement in statements:
+            conn.execute(statement)
         conn.execute("CREATE DATABASE reporting OWNER rs_owner")
+
+
+def test_server_role_stores_reports_but_cannot_drop_or_truncate(
+    secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
+) -> None:
+    pg = secure_postgres
+    create_reporting_database(pg)
     url = f"postgresql+psycopg://{{}}@{pg.address}:{pg.port}/reporting"
     owner_toml = tmp_path / "owner.toml"
     owner_toml.write_text(
@@ -150,12 +156,7 @@ def granted(secure_postgres, tmp_path: Path) -> Path:
     """A database owned by rs_owner, migrated, with PUBLIC allowed to create in its schema as
     PostgreSQL before 15 allows; the owner's TOML file (not yet granted)."""
     pg = secure_postgres
-    with connect(pg, "postgres", SUPER_PW) as conn:
-        conn.autocommit = True
-        conn.execute(f"CREATE ROLE rs_owner LOGIN PASSWORD '{OWNER_PW}'")
-        conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
-        conn.execute("CREATE ROLE bystander LOGIN PASSWORD 'by-Pw-1'")
-        conn.execute("CREATE DATABASE reporting OWNER rs_owner")
+    create_reporting_database(pg, "CREATE ROLE bystander LOGIN PASSWORD 'by-Pw-1'")
     with connect(pg, "postgres", SUPER_PW, "reporting") as conn:
         conn.autocommit = True
         conn.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")

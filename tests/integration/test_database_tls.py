@@ -1,9 +1,6 @@
 """PostgreSQL over TLS: with sslmode=verify-full and the server's CA reports are stored; another
 CA is refused with one line; a connection without TLS is refused by the server."""
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,27 +9,21 @@ import psycopg
 import pytest
 
 from reporting.harness import Postgres
+from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import to_toml
-from reporting.harness.tls import TlsBundle, make_ca
+from reporting.harness.tls import TlsBundle
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseError
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def ca(tmp_path: Path) -> TlsBundle:
-    return make_ca(tmp_path / "ca", name="database")
-
-
-@pytest.fixture
 def tls_postgres(tmp_path: Path, ca: TlsBundle) -> Iterator[Postgres]:
-    server = Postgres(tmp_path / "tls-postgres", tls=ca)
-    server.start()
-    yield server
-    server.stop()
+    with Postgres(tmp_path / "tls-postgres", tls=ca) as server:
+        yield server
 
 
 def verified_url(server: Postgres, database: str, ca_file: Path) -> str:
@@ -67,9 +58,10 @@ def test_right_ca_stores_reports_exactly_once(
     assert encrypted >= 1, "the server holds no TLS connection to the database"
 
 
-def test_wrong_ca_is_refused_with_one_line(tls_postgres: Postgres, tmp_path: Path) -> None:
-    other = make_ca(tmp_path / "other-ca", name="other")
-    url = verified_url(tls_postgres, new_database(tls_postgres), other.ca_file)
+def test_wrong_ca_is_refused_with_one_line(
+    tls_postgres: Postgres, other_ca: TlsBundle, tmp_path: Path
+) -> None:
+    url = verified_url(tls_postgres, new_database(tls_postgres), other_ca.ca_file)
     sink = Sink(url, cluster="tls", journal="tls")
     try:
         with pytest.raises(DatabaseError, match="certificate verify failed"):
@@ -79,13 +71,7 @@ def test_wrong_ca_is_refused_with_one_line(tls_postgres: Postgres, tmp_path: Pat
 
     path = tmp_path / "wrong-ca.toml"
     path.write_text(to_toml({"name": "rs-db-tls", "database": {"url": url}}))
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "db", "upgrade", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
+    done = run_command("db", "upgrade", "--config", str(path))
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -45,6 +45,11 @@ class Recorder:
             return [c for t, c in self.changes if t >= after]
 
 
+# The fixtures' factories: elect(name, hosts, ...) -> (election, recorder); tcp_proxy(host, port).
+Elect = Callable[..., tuple[Election, Recorder]]
+ProxyTo = Callable[[str, int], TcpProxy]
+
+
 def happens_within(condition: Callable[[], Any], window_s: float) -> bool:
     """Whether `condition` becomes true during the window: for what must not happen."""
     return holds_within(condition, window_s, every_s=0.02)
@@ -83,7 +88,7 @@ def observer(zookeeper: ZooKeeper) -> Iterator[KazooClient]:
 
 
 @pytest.fixture
-def elect(cluster: str) -> Iterator[Callable[..., tuple[Election, Recorder]]]:
+def elect(cluster: str) -> Iterator[Elect]:
     """Factory: elect(name, hosts, mode=..., ...) -> a started election and its recorder."""
     started: list[Election] = []
 
@@ -122,7 +127,7 @@ def lock_contenders(observer: KazooClient, cluster: str) -> list[str]:
 
 
 def test_one_active_and_epochs_rise_across_failovers(
-    zookeeper: ZooKeeper, elect: Callable[..., tuple[Election, Recorder]], cluster: str
+    zookeeper: ZooKeeper, elect: Elect, cluster: str
 ) -> None:
     a, rec_a = elect("rs-a", zookeeper.hosts)
     wait_until(lambda: a.role is Role.ACTIVE, 30, "rs-a active")
@@ -161,11 +166,7 @@ def test_one_active_and_epochs_rise_across_failovers(
 
 
 def test_suspended_holder_stands_by_before_the_other_takes_over(
-    zookeeper: ZooKeeper,
-    tcp_proxy: Callable[[str, int], TcpProxy],
-    elect: Callable[..., tuple[Election, Recorder]],
-    observer: KazooClient,
-    cluster: str,
+    zookeeper: ZooKeeper, tcp_proxy: ProxyTo, elect: Elect, observer: KazooClient, cluster: str
 ) -> None:
     proxy_a = tcp_proxy("127.0.0.1", zookeeper.port)
     proxy_b = tcp_proxy("127.0.0.1", zookeeper.port)
@@ -211,9 +212,7 @@ def test_suspended_holder_stands_by_before_the_other_takes_over(
 
 
 def test_holder_back_within_its_session_keeps_the_lock_and_the_epoch(
-    zookeeper: ZooKeeper,
-    tcp_proxy: Callable[[str, int], TcpProxy],
-    elect: Callable[..., tuple[Election, Recorder]],
+    zookeeper: ZooKeeper, tcp_proxy: ProxyTo, elect: Elect
 ) -> None:
     # A longer session, so that healing the path as soon as rs-a has stood by saves it.
     session_s = 6.0
@@ -237,7 +236,7 @@ def test_holder_back_within_its_session_keeps_the_lock_and_the_epoch(
 
 
 def test_zookeeper_killed_and_restarted_never_two_active(
-    zookeeper: ZooKeeper, elect: Callable[..., tuple[Election, Recorder]]
+    zookeeper: ZooKeeper, elect: Elect
 ) -> None:
     a, _ = elect("rs-a", zookeeper.hosts)
     b, _ = elect("rs-b", zookeeper.hosts)
@@ -270,9 +269,7 @@ def test_zookeeper_killed_and_restarted_never_two_active(
     print(f"\nshared: zookeeper kill/restart, {len(samples)} samples, never two active")
 
 
-def test_lost_fence_stands_by_and_contends_again(
-    zookeeper: ZooKeeper, elect: Callable[..., tuple[Election, Recorder]]
-) -> None:
+def test_lost_fence_stands_by_and_contends_again(zookeeper: ZooKeeper, elect: Elect) -> None:
     a, rec_a = elect("rs-a", zookeeper.hosts)
     wait_until(lambda: a.role is Role.ACTIVE, 30, "rs-a active")
     b, rec_b = elect("rs-b", zookeeper.hosts)
@@ -290,7 +287,7 @@ def test_lost_fence_stands_by_and_contends_again(
 
 
 def test_segregated_backup_covers_for_the_primary_and_drains_when_it_returns(
-    zookeeper: ZooKeeper, elect: Callable[..., tuple[Election, Recorder]]
+    zookeeper: ZooKeeper, elect: Elect
 ) -> None:
     primary, _ = elect("rs-a", zookeeper.hosts, mode="segregated", role="primary")
     wait_until(lambda: primary.role is Role.ACTIVE, 30, "primary active")
@@ -324,10 +321,7 @@ def test_segregated_backup_covers_for_the_primary_and_drains_when_it_returns(
 
 
 def test_unhealthy_primary_gives_the_node_up(
-    zookeeper: ZooKeeper,
-    elect: Callable[..., tuple[Election, Recorder]],
-    observer: KazooClient,
-    cluster: str,
+    zookeeper: ZooKeeper, elect: Elect, observer: KazooClient, cluster: str
 ) -> None:
     health = threading.Event()
     health.set()
@@ -352,11 +346,7 @@ def test_unhealthy_primary_gives_the_node_up(
 
 
 def test_segregated_primary_keeps_its_role_while_cut_off(
-    zookeeper: ZooKeeper,
-    tcp_proxy: Callable[[str, int], TcpProxy],
-    elect: Callable[..., tuple[Election, Recorder]],
-    observer: KazooClient,
-    cluster: str,
+    zookeeper: ZooKeeper, tcp_proxy: ProxyTo, elect: Elect, observer: KazooClient, cluster: str
 ) -> None:
     proxy = tcp_proxy("127.0.0.1", zookeeper.port)
     primary, rec_p = elect("rs-a", proxy.host, mode="segregated", role="primary")
@@ -378,9 +368,7 @@ def test_segregated_primary_keeps_its_role_while_cut_off(
 
 
 def test_segregated_backup_keeps_its_role_while_cut_off(
-    zookeeper: ZooKeeper,
-    tcp_proxy: Callable[[str, int], TcpProxy],
-    elect: Callable[..., tuple[Election, Recorder]],
+    zookeeper: ZooKeeper, tcp_proxy: ProxyTo, elect: Elect
 ) -> None:
     proxy = tcp_proxy("127.0.0.1", zookeeper.port)
     backup, rec_b = elect("rs-b", proxy.host, mode="segregated", role="backup")

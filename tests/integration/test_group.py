@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.group import spread
 from reporting.harness.pair import short_name as name
 from reporting.harness.waiting import wait_until
 from storage.reports import kind_of
-from tests.integration.conftest import Flow, assert_exactly_once, flowing, start_group
+from tests.integration.conftest import start_group
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +39,7 @@ def test_queues_spread_over_three_instances(
     flow = Flow(
         [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=2000, rate=0
     ).start()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     # Each queue's reports were stored by its owner alone.
     stored = {name(i): i.status()["queues"] for i in members}
     for queue, owner in assignment.items():
@@ -76,11 +76,9 @@ def test_queues_spread_over_three_instances(
     }
 
 
-def test_kill_9_moves_the_queues_of_the_dead(
-    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
-) -> None:
+def test_kill_9_moves_the_queues_of_the_dead(group, pg_url, queues, flowing) -> None:
     members, assignment = start_group(group, 3, queues)
-    flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
+    flow = flowing(members, count=3000)
     victim = next(i for i in members if list(assignment.values()).count(name(i)) == 2)
     orphans = [q for q, o in assignment.items() if o == name(victim)]
     killed = time.monotonic()
@@ -91,15 +89,14 @@ def test_kill_9_moves_the_queues_of_the_dead(
     print(f"\nkill -9: {orphans} owned again {took:.2f} s after the kill")
     assert all(after[q] != name(victim) for q in orphans)
     assert took <= SESSION_S + REBALANCE_S, f"the queues moved {took:.2f} s after the kill"
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
 
 
 def test_sigterm_hands_the_queues_over_before_any_session_expires(
-    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
+    group, pg_url, queues, flowing
 ) -> None:
     members, assignment = start_group(group, 3, queues)
-    flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
+    flow = flowing(members, count=3000)
     leaving = members.pop(0)
     # Timed from the signal, not from the process's exit, which the hand-over does not wait on.
     stopped = time.monotonic()
@@ -109,15 +106,12 @@ def test_sigterm_hands_the_queues_over_before_any_session_expires(
     leaving.stop()
     print(f"\nSIGTERM: queues of {name(leaving)} owned again {took:.2f} s after the signal")
     assert took < SESSION_S, f"the hand-over took {took:.2f} s, as long as a session expiry"
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
 
 
-def test_an_instance_joining_takes_its_share(
-    group, activemq, pg_url, queues, queue_prefix, tmp_path: Path
-) -> None:
+def test_an_instance_joining_takes_its_share(group, pg_url, queues, flowing) -> None:
     members, before = start_group(group, 2, queues)
-    flow = flowing(members, activemq.host, queue_prefix, tmp_path, count=3000)
+    flow = flowing(members, count=3000)
     newcomer = group("rs-2")
     newcomer.start()
     members.append(newcomer)
@@ -127,8 +121,7 @@ def test_an_instance_joining_takes_its_share(
     # Sticky: the newcomer takes one queue (4 over 3: shares 2, 1, 1); nothing else moves.
     moved = {q: o for q, o in assignment.items() if before[q] != o}
     assert list(moved.values()) == [name(newcomer)], f"{before} -> {assignment}"
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
 
 
 def test_database_down_then_replay_of_every_queue_journal(

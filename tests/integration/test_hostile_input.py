@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.decode import MAX_DEPTH, body_id
 from reporting.wire.producer import ReportClient
 from storage.database.schema import rejected_reports
 from storage.reports import FIELDS, KINDS
-from tests.integration.conftest import assert_exactly_once
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import pytest
 
 from reporting.cli import main
 from reporting.errors import HarnessError
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.journal import Journal
 from storage.reports import from_record
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +41,12 @@ def stored_counts(pg_url: str, ids: set[str]) -> dict[str, int]:
 
 
 def test_one_flipped_byte_loses_only_its_record(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path, capsys
+    standalone, postgres, pg_url, capsys, send_all
 ) -> None:
     server = standalone()
     server.start()
     postgres.kill()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=300, rate=0)
-    flow.start().join()
-    ids = flow.ids()
+    ids = send_all(300)
     assert len(ids) == 300
     journalled(server, 300)
     server.kill()
@@ -81,13 +79,12 @@ def test_one_flipped_byte_loses_only_its_record(
 
 
 def test_a_zero_filled_next_segment_does_not_stop_start_up(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+    standalone, postgres, pg_url, send_all
 ) -> None:
     server = standalone()
     server.start()
     postgres.kill()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=100, rate=0)
-    flow.start().join()
+    ids = send_all(100)
     journalled(server, 100)
     server.kill()
     [segment] = journal_dir(server).glob("*.seg")
@@ -96,13 +93,13 @@ def test_a_zero_filled_next_segment_does_not_stop_start_up(
     leftover.write_bytes(bytes(64))
     postgres.restart()
     server.start()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, ids)
     assert not leftover.exists()
     assert not (journal_dir(server) / "quarantine").exists()
 
 
 def test_a_second_process_with_the_same_name_exits_naming_the_first(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+    standalone, pg_url, tmp_path: Path, send_all
 ) -> None:
     first = standalone()
     first.start()
@@ -121,26 +118,21 @@ def test_a_second_process_with_the_same_name_exits_naming_the_first(
         f"as pid {first.pid}"
     ]
     # The first goes on undisturbed.
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=200, rate=0)
-    flow.start().join()
-    assert_exactly_once(pg_url, flow.ids())
+    ids = send_all(200)
+    assert_exactly_once(pg_url, ids)
 
 
-def test_a_segment_removed_under_its_writer_is_redelivered(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_a_segment_removed_under_its_writer_is_redelivered(standalone, pg_url, send_all) -> None:
     server = standalone()
     server.start()
-    before = Flow([activemq.host], tmp_path / "l1", queue_prefix=queue_prefix, count=200, rate=0)
-    before.start().join()
-    assert_exactly_once(pg_url, before.ids())
+    before_ids = send_all(200, "l1")
+    assert_exactly_once(pg_url, before_ids)
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
     # Drained, but still the segment the writer appends to.
     [live] = journal_dir(server).glob("*.seg")
     live.unlink()
-    after = Flow([activemq.host], tmp_path / "l2", queue_prefix=queue_prefix, count=200, rate=0)
-    after.start().join()
-    assert_exactly_once(pg_url, before.ids() | after.ids())
+    after_ids = send_all(200, "l2")
+    assert_exactly_once(pg_url, before_ids | after_ids)
     log = server.log_tail(400)
     assert f"segment {live.name} was removed while being written" in log
     assert "the batch goes back to the broker" in log
@@ -164,14 +156,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_pause_ends_once_the_database_is_back(
-    small_disk: Path, standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+    small_disk: Path, standalone, postgres, pg_url, send_all
 ) -> None:
     server = standalone(journal={"dir": str(small_disk / "journal")})
     server.start()
     postgres.kill()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=6000, rate=0)
-    flow.start().join()
-    ids = flow.ids()
+    ids = send_all(6000)
     assert len(ids) == 6000
     wait_until(lambda: server.status()["journal"]["paused"], 120, "consumption to pause")
     paused_at = server.status()["journal"]["pending"]
@@ -210,19 +200,17 @@ def test_a_disk_filled_from_outside_pauses_and_resumes_with_the_database_up(
         "consumption to go on while the filler is still there",
     )
     filler.unlink()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
 
 
 def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path, send_all
 ) -> None:
     server = standalone()
     server.start()
-    first = Flow([activemq.host], tmp_path / "first", queue_prefix=queue_prefix, count=300, rate=0)
-    first.start().join()
-    assert_exactly_once(pg_url, first.ids())
+    first_ids = send_all(300, "first")
+    assert_exactly_once(pg_url, first_ids)
     server.stop()
     # The folder replaced (wiped, or a relative path now read from another folder): the
     # database still holds a position in the segment the old folder had open.
@@ -232,4 +220,4 @@ def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
         [activemq.host], tmp_path / "second", queue_prefix=queue_prefix, count=300, rate=0
     )
     second.start().join()
-    assert_exactly_once(pg_url, first.ids() | second.ids(), timeout_s=60)
+    assert_exactly_once(pg_url, first_ids | second.ids(), timeout_s=60)

@@ -13,12 +13,12 @@ import pytest
 
 from reporting.config import BrokerConfig, HostPort
 from reporting.harness import ActiveMQ
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from reporting.wire.consumer import Consumer, Message
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -184,8 +184,7 @@ def test_zookeeper_cuts_shorter_than_the_session_on_a_dark_broker_path_keep_one_
             broker_proxy.heal()
             wait_until(lambda: a.status()["broker"] == "connected", 30, "rs-a to consume again")
             assert active_of([a, b]) is a
-        flow.join()
-        assert_exactly_once(pg_url, flow.ids())
+        assert_exactly_once(pg_url, flow.join())
     assert watch.samples > 10
     assert watch.most_consumers == 1
     wait_until(lambda: in_flight(activemq, queues) == 0, 10, "every report acknowledged")

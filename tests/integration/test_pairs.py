@@ -15,14 +15,16 @@ import signal
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import Pair, roles
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once, nothing_stranded
+from tests.integration.conftest import nothing_stranded
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +37,25 @@ def pair_of(request: pytest.FixtureRequest):
     return request.getfixturevalue(f"{request.param}_pair")
 
 
-def producing(pair: Pair, tmp_path: Path, queue_prefix: str, *, count: int, rate: int) -> Flow:
-    """Reports flowing to the first instance's broker, failing over to the other's."""
-    return Flow(
-        pair.producer_hosts, tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate
-    ).start()
+@pytest.fixture
+def producing(queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
+    """producing(pair, count=, rate=): reports flowing to the first instance's broker, failing
+    over to the other's, on the test's queues."""
+
+    def start(pair: Pair, *, count: int, rate: int) -> Flow:
+        ledger = tmp_path / "ledger"
+        hosts = pair.producer_hosts
+        return Flow(hosts, ledger, queue_prefix=queue_prefix, count=count, rate=rate).start()
+
+    return start
 
 
 def started_and_flowing(
-    pair: Pair, tmp_path: Path, queue_prefix: str, *, count: int, rate: int, stored: int
+    pair: Pair, producing: Callable[..., Flow], *, count: int, rate: int, stored: int
 ) -> tuple[Instance, Instance, Flow]:
     """(active, standby, flow) once the pair is at rest and its active has stored `stored`."""
     active, standby = pair.start()
-    flow = producing(pair, tmp_path, queue_prefix, count=count, rate=rate)
+    flow = producing(pair, count=count, rate=rate)
     wait_until(lambda: active.status()["stored"] > stored, 30, "reports flowing")
     return active, standby, flow
 
@@ -67,19 +75,16 @@ def back_at_rest(pair: Pair, flow: Flow, pg_url: str, returned: Instance, timeou
     """The pair at rest again, and nothing lost, doubled or left in a broker or a journal."""
     expected = at_rest(pair, returned)
     wait_until(lambda: pair.roles() == expected, timeout_s, f"the pair at rest: {expected}")
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     nothing_stranded(pair)
 
 
 # -- both modes ---------------------------------------------------------------------------------
 
 
-def test_kill_9_of_the_active(pair_of, pg_url, queue_prefix, tmp_path: Path) -> None:
+def test_kill_9_of_the_active(pair_of, pg_url, producing) -> None:
     pair = pair_of()
-    active, standby, flow = started_and_flowing(
-        pair, tmp_path, queue_prefix, count=3000, rate=300, stored=200
-    )
+    active, standby, flow = started_and_flowing(pair, producing, count=3000, rate=300, stored=200)
     killed = time.monotonic()
     active.kill()
     wait_until(lambda: pair.active() is standby, 30, f"{standby.name} active", every_s=0.02)
@@ -90,11 +95,9 @@ def test_kill_9_of_the_active(pair_of, pg_url, queue_prefix, tmp_path: Path) -> 
     back_at_rest(pair, flow, pg_url, active, timeout_s=60)
 
 
-def test_sigterm_hands_over_within_a_second(pair_of, pg_url, queue_prefix, tmp_path: Path) -> None:
+def test_sigterm_hands_over_within_a_second(pair_of, pg_url, producing) -> None:
     pair = pair_of()
-    active, standby, flow = started_and_flowing(
-        pair, tmp_path, queue_prefix, count=2000, rate=300, stored=200
-    )
+    active, standby, flow = started_and_flowing(pair, producing, count=2000, rate=300, stored=200)
     # Timed from the signal, not from the old process's exit, which the handover does not wait on.
     asked = time.monotonic()
     os.kill(active.pid, signal.SIGTERM)
@@ -107,12 +110,10 @@ def test_sigterm_hands_over_within_a_second(pair_of, pg_url, queue_prefix, tmp_p
     back_at_rest(pair, flow, pg_url, active, timeout_s=60)
 
 
-def test_zookeeper_restart_never_shows_two_actives(
-    pair_of, zookeeper, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_zookeeper_restart_never_shows_two_actives(pair_of, zookeeper, pg_url, producing) -> None:
     pair = pair_of()
     active, _ = pair.start()
-    flow = producing(pair, tmp_path, queue_prefix, count=2000, rate=200)
+    flow = producing(pair, count=2000, rate=200)
     samples: list[dict[str, str]] = []
     stop = threading.Event()
 
@@ -139,13 +140,9 @@ def test_zookeeper_restart_never_shows_two_actives(
     assert_exactly_once(pg_url, flow.ids())
 
 
-def test_database_down_during_failover_is_replayed(
-    pair_of, postgres, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_database_down_during_failover_is_replayed(pair_of, postgres, pg_url, producing) -> None:
     pair = pair_of()
-    active, standby, flow = started_and_flowing(
-        pair, tmp_path, queue_prefix, count=2000, rate=200, stored=100
-    )
+    active, standby, flow = started_and_flowing(pair, producing, count=2000, rate=200, stored=100)
     postgres.kill()
     wait_until(lambda: active.status()["journal"]["pending"] > 0, 30, "a backlog in the journal")
     # Segregated: its broker goes too, so that producers fail over to the other's.
@@ -214,13 +211,9 @@ def _fenced(instance: Instance) -> float:
 # -- segregated stores --------------------------------------------------------------------------
 
 
-def test_primary_host_lost_with_its_broker(
-    segregated_pair, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_primary_host_lost_with_its_broker(segregated_pair, pg_url, producing) -> None:
     pair = segregated_pair()
-    primary, backup, flow = started_and_flowing(
-        pair, tmp_path, queue_prefix, count=3000, rate=150, stored=100
-    )
+    primary, backup, flow = started_and_flowing(pair, producing, count=3000, rate=150, stored=100)
     # The whole primary host goes: its instance and its broker together.
     pair.lose_host(primary)
     wait_until(lambda: pair.active() is backup, 30, "the backup active")
@@ -230,15 +223,13 @@ def test_primary_host_lost_with_its_broker(
 
 
 def test_paused_primary_resumes_and_the_backup_stands_down(
-    segregated_pair, pg_url, queue_prefix, tmp_path: Path
+    segregated_pair, pg_url, producing
 ) -> None:
     # Each instance stores only what its own broker gave it, under its own fence, so a resumed
     # primary has no stale writes to refuse: it takes its role back and the backup drains its
     # own broker, then stands down.
     pair = segregated_pair()
-    primary, backup, flow = started_and_flowing(
-        pair, tmp_path, queue_prefix, count=2000, rate=200, stored=100
-    )
+    primary, backup, flow = started_and_flowing(pair, producing, count=2000, rate=200, stored=100)
     primary.pause()
     paused = time.monotonic()
     wait_until(lambda: pair.roles()[backup.name] == "active", 30, "the backup active")

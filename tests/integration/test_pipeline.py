@@ -5,8 +5,6 @@ checks at the end that every receipted report is stored exactly once.
 """
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,24 +13,19 @@ import sqlalchemy
 import stomp
 from sqlalchemy import select
 
+from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.database.schema import rejected_reports
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
 
-def test_ten_thousand_reports_round_trip_exactly_once(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_ten_thousand_reports_round_trip_exactly_once(standalone, pg_url, send_all) -> None:
     server = standalone()
     server.start()
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=10_000, rate=0
-    )
-    flow.start().join()
-    ids = flow.ids()
+    ids = send_all(10_000)
     assert len(ids) == 10_000
     assert_exactly_once(pg_url, ids)
     status = server.status()
@@ -41,16 +34,10 @@ def test_ten_thousand_reports_round_trip_exactly_once(
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
 
 
-def test_database_killed_for_twenty_seconds(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_database_killed_for_twenty_seconds(standalone, postgres, pg_url, flowing) -> None:
     server = standalone()
     server.start()
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=100
-    )
-    flow.start()
-    wait_until(lambda: server.status()["stored"] > 0, 30, "the first stored reports")
+    flow = flowing([server], count=3000, rate=100, stored=0)
     postgres.kill()
     down_since = time.monotonic()
     seen_down = False
@@ -66,41 +53,26 @@ def test_database_killed_for_twenty_seconds(
         f"journal.pending did not grow during the outage: {pending_seen}"
     )
     postgres.restart()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
 
 
-def test_server_killed_mid_stream_and_restarted(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_server_killed_mid_stream_and_restarted(standalone, pg_url, flowing) -> None:
     server = standalone()
     server.start()
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=4000, rate=400
-    )
-    flow.start()
-    wait_until(lambda: server.status()["stored"] > 200, 30, "reports flowing")
+    flow = flowing([server], count=4000, rate=400, stored=200)
     server.kill()
     server.start()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
 
 
-def test_broker_killed_mid_stream_and_restarted(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_broker_killed_mid_stream_and_restarted(standalone, activemq, pg_url, flowing) -> None:
     server = standalone()
     server.start()
-    flow = Flow(
-        [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=300
-    )
-    flow.start()
-    wait_until(lambda: server.status()["stored"] > 200, 30, "reports flowing")
+    flow = flowing([server], count=3000, stored=200)
     activemq.kill()
     activemq.restart()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: server.status()["broker"] == "connected", 30, "the consumer to reconnect")
 
 
@@ -126,12 +98,11 @@ MALFORMED = [
 
 
 def test_malformed_reports_are_rejected_and_the_stream_goes_on(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
+    standalone, activemq, pg_url, queue_prefix, send_all
 ) -> None:
     server = standalone(broker={"max_body_bytes": 65536})
     server.start()
-    before = Flow([activemq.host], tmp_path / "l1", queue_prefix=queue_prefix, count=200, rate=0)
-    before.start().join()
+    before_ids = send_all(200, "l1")
     host, port = activemq.host.rsplit(":", 1)
     conn = stomp.Connection12([(host, int(port))])
     conn.connect(wait=True)
@@ -141,9 +112,8 @@ def test_malformed_reports_are_rejected_and_the_stream_goes_on(
     # a destination it does consume but with an unknown kind cannot be produced, so only the
     # field-level faults above reach the server.
     conn.disconnect()
-    after = Flow([activemq.host], tmp_path / "l2", queue_prefix=queue_prefix, count=200, rate=0)
-    after.start().join()
-    assert_exactly_once(pg_url, before.ids() | after.ids())
+    after_ids = send_all(200, "l2")
+    assert_exactly_once(pg_url, before_ids | after_ids)
     sink = Sink(pg_url, cluster="verify", journal="verify")
     try:
         wait_until(lambda: sink.count_rejected() >= len(MALFORMED), 30, "rejected rows")
@@ -178,20 +148,14 @@ def test_full_journal_pauses_consumption_and_loses_nothing(
     wait_until(lambda: server.status()["journal"]["paused"], 60, "consumption to pause")
     assert server.status()["journal"]["pending_bytes"] <= 256 * 1024
     postgres.restart()
-    flow.join()
-    assert_exactly_once(pg_url, flow.ids())
+    assert_exactly_once(pg_url, flow.join())
     wait_until(lambda: not server.status()["journal"]["paused"], 30, "consumption to resume")
 
 
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[ha]\nmode = "active-active"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_command("run", "--config", str(config))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -199,51 +163,30 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_replay_drains_a_stopped_instances_journal_with_progress(
-    standalone, activemq, postgres, pg_url, queue_prefix, tmp_path: Path
+    standalone, postgres, pg_url, send_all
 ) -> None:
     server = standalone()
     server.start()
     wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
     postgres.kill()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=500, rate=0)
-    flow.start().join()
+    ids = send_all(500)
     wait_until(lambda: server.status()["journal"]["pending"] >= 500, 60, "the backlog journalled")
     server.kill()
     postgres.restart()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "reporting.cli",
-            "replay",
-            "--config",
-            str(server.config_path),
-            "--timeout",
-            "120",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
+    result = run_command(
+        "replay", "--config", str(server.config_path), "--timeout", "120", timeout_s=180
     )
     assert result.returncode == 0, result.stderr
     assert "replayed 500 records (500 new reports)" in result.stderr
-    assert_exactly_once(pg_url, flow.ids(), timeout_s=5)
+    assert_exactly_once(pg_url, ids, timeout_s=5)
 
 
-def test_status_command_and_metrics(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path
-) -> None:
+def test_status_command_and_metrics(standalone, pg_url, send_all) -> None:
     server = standalone()
     server.start()
-    flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=200, rate=0)
-    flow.start().join()
-    assert_exactly_once(pg_url, flow.ids())
-    result = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "status", "--config", str(server.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ids = send_all(200)
+    assert_exactly_once(pg_url, ids)
+    result = run_command("status", "--config", str(server.config_path))
     assert result.returncode == 0, result.stdout + result.stderr
     header, row = result.stdout.strip().splitlines()
     assert header.split()[:3] == ["name", "mode", "role"]

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, func, select, text
 
 import storage.database.engine as engine_module
 from reporting.config import BrokerConfig, record_bytes
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.waiting import wait_until
 from reporting.pipeline import Drainer
 from reporting.samples import sample_report
@@ -30,7 +31,6 @@ from storage.database import Sink
 from storage.database.schema import rejected_reports, reports
 from storage.journal import Journal
 from storage.reports import MAX_TEXT_CHARS, Report, to_record
-from tests.integration.conftest import assert_exactly_once
 
 pytestmark = pytest.mark.integration
 

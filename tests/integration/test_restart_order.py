@@ -5,16 +5,17 @@ Every test keeps a ledger of receipted reports and checks the database for exact
 """
 
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from reporting.harness.commands import run_command
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once, nothing_stranded
+from tests.integration.conftest import nothing_stranded
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +88,7 @@ def test_every_restart_order_with_reports_waiting_in_both_brokers(
 
 
 def replay(config_path: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "reporting.cli", "replay", "--config", str(config_path)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    return run_command("replay", "--config", str(config_path), timeout_s=timeout_s)
 
 
 def fence_epoch(pg_url: str, cluster: str) -> int | None:

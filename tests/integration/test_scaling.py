@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from reporting.harness.ensemble import QuorumPeer, ZooKeeperEnsemble
+from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of
 from reporting.harness.replica import PostgresPair
 from reporting.harness.service import Service
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -165,17 +165,13 @@ def sync_pair(tmp_path: Path) -> Iterator[PostgresPair]:
 
 
 def test_synchronous_standby_promoted_after_primary_kill_9_loses_nothing(
-    standalone, sync_pair: PostgresPair, activemq, queue_prefix, tmp_path: Path
+    standalone, sync_pair: PostgresPair, flowing
 ) -> None:
     url = sync_pair.create_database("reports_sync")
     server = standalone(database={"url": url})
     with logs_on_failure(sync_pair.primary, sync_pair.standby, server):
         server.start()
-        flow = Flow(
-            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=3000, rate=200
-        )
-        flow.start()
-        wait_until(lambda: server.status()["stored"] > 300, 30, "reports flowing")
+        flow = flowing([server], count=3000, rate=200)
         sync_pair.primary.kill()
         killed = time.monotonic()
         wait_until(lambda: server.status()["database"] == "down", 30, "the server to see it down")

@@ -4,8 +4,6 @@ then no log, no /status or /metrics answer and no text or bytea column of the da
 of the passwords. At the default log level and at DEBUG, where stomp.py and kazoo write the
 frames and requests that carry the passwords, and the bodies of reports."""
 
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,12 +15,13 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from reporting.harness import ActiveMQ, Postgres
-from reporting.harness.activemq import PRODUCER, SERVER
+from reporting.harness.commands import run_command
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import active_of, roles
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
-from tests.integration.conftest import Flow, assert_exactly_once
+from tests.integration.conftest import secure_activemq
 
 pytestmark = pytest.mark.integration
 
@@ -46,25 +45,20 @@ BODY_CANARY = f"body-{uuid.uuid4().hex}"
 
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
-    broker = ActiveMQ(
-        tmp_path / "secure-activemq",
-        users={"reporting": (BROKER_PW, SERVER), "producer": (PRODUCER_PW, PRODUCER)},
-    )
-    broker.start()
-    yield broker
-    broker.stop()
+    workdir = tmp_path / "secure-activemq"
+    with secure_activemq(workdir, server_pw=BROKER_PW, producer_pw=PRODUCER_PW) as broker:
+        yield broker
 
 
 @pytest.fixture
 def scram_postgres(tmp_path: Path) -> Iterator[Postgres]:
-    server = Postgres(tmp_path / "scram-postgres", password=SUPER_PW)
-    server.start()
-    with server.connect() as conn:
-        conn.autocommit = True
-        conn.execute(sql.SQL("CREATE ROLE rs_server LOGIN PASSWORD {}").format(sql.Literal(DB_PW)))
-        conn.execute("CREATE DATABASE reporting OWNER rs_server")
-    yield server
-    server.stop()
+    with Postgres(tmp_path / "scram-postgres", password=SUPER_PW) as server:
+        with server.connect() as conn:
+            conn.autocommit = True
+            create_role = sql.SQL("CREATE ROLE rs_server LOGIN PASSWORD {}")
+            conn.execute(create_role.format(sql.Literal(DB_PW)))
+            conn.execute("CREATE DATABASE reporting OWNER rs_server")
+        yield server
 
 
 def http_get(instance: Instance, path: str) -> str:
@@ -111,6 +105,7 @@ def test_no_password_in_logs_http_or_database(
     scram_postgres: Postgres,
     queue_prefix: str,
     tmp_path: Path,
+    flow_to,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The instances inherit the environment they read their passwords from.
@@ -138,14 +133,8 @@ def test_no_password_in_logs_http_or_database(
     # The active's subscriptions create the queues: producers have no right to.
     wait_until(lambda: active.status()["broker"] == "connected", 30, "the active to subscribe")
 
-    flow = Flow(
-        [secure_broker.host],
-        tmp_path / "ledger",
-        queue_prefix=queue_prefix,
-        count=1500,
-        rate=300,
-        user="producer",
-        password=PRODUCER_PW,
+    flow = flow_to(
+        [secure_broker.host], count=1500, rate=300, user="producer", password=PRODUCER_PW
     ).start()
     wait_until(lambda: active.status()["stored"] > 200, 30, "reports flowing")
     active.kill()
@@ -182,13 +171,7 @@ def test_no_password_in_logs_http_or_database(
     leaks += database_hits(scram_postgres, PASSWORDS)
     journal_dir = Path(pair[0].config["journal"]["dir"])
     for extra in ([], ["--json"]):
-        inspect = [sys.executable, "-m", "reporting.cli", "--log-level", log_level, "journal"]
-        done = subprocess.run(
-            [*inspect, "inspect", str(journal_dir), *extra],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_command("--log-level", log_level, "journal", "inspect", str(journal_dir), *extra)
         assert done.returncode == 0 and "segments" in done.stdout.lower(), done.stderr
         needles = {**PASSWORDS, "report body": BODY_CANARY}
         leaks += [

@@ -19,9 +19,9 @@ from psycopg import errors, sql
 from reporting.cli import main
 from reporting.harness import ActiveMQ, Postgres
 from reporting.harness.activemq import PRODUCER, SERVER
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.waiting import wait_until
-from tests.integration.conftest import Flow, assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ def leaks_in(where: str, text: str) -> list[str]:
 
 
 def test_passwords_with_escaped_characters_stay_out_of_debug_json_logs(
-    zookeeper, queues, queue_prefix, cluster_path: str, tmp_path: Path, instances, monkeypatch
+    zookeeper, queues, cluster_path: str, tmp_path: Path, instances, flow_to, monkeypatch
 ) -> None:
     broker = ActiveMQ(
         tmp_path / "secure-activemq",
@@ -222,15 +222,7 @@ def test_passwords_with_escaped_characters_stay_out_of_debug_json_logs(
         server.start()
         wait_until(lambda: server.status()["role"] == "active", 30, "the instance to be active")
         wait_until(lambda: server.status()["broker"] == "connected", 30, "the subscriptions")
-        flow = Flow(
-            [broker.host],
-            tmp_path / "ledger",
-            queue_prefix=queue_prefix,
-            count=40,
-            rate=0,
-            user="producer",
-            password=PRODUCER_PW,
-        )
+        flow = flow_to([broker.host], count=40, rate=0, user="producer", password=PRODUCER_PW)
         flow.start().join(60)
         owner = f"postgresql+psycopg://postgres:{SUPER_PW}@{pg.address}:{pg.port}/reporting"
         assert_exactly_once(owner, flow.ids())

@@ -76,33 +76,17 @@ def frame_bytes(command: str, headers: dict[str, str]) -> bytes:
     return f"{command}\n{head}\n".encode() + b"\0"
 
 
-@dataclass
-class FakeBroker:
-    """One STOMP listener; `sends` keeps every SEND frame it stored (sent a receipt for)."""
+class FakeServer:
+    """A listener on 127.0.0.1 that serves each client it accepts on a thread of its own."""
 
-    drop_after_sends: int | None = None  # close the connection on this SEND, without receipt
-    receipts: bool = True
-    refuse_report_ids: set[str] = field(default_factory=set)
-    port: int = 0
-    sends: list[Frame] = field(default_factory=list)
-    seen: list[Frame] = field(default_factory=list)  # every SEND, stored or not
-    connections: int = 0
+    connections: int  # clients accepted so far
 
-    def __post_init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+    def _listen(self, port: int = 0) -> None:
+        self._server = socket.create_server(("127.0.0.1", port), reuse_port=False)
         self.port = self._server.getsockname()[1]
         self._clients: list[socket.socket] = []
-        self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def ids(self) -> list[str]:
-        with self._lock:
-            return [f.headers["report-id"] for f in self.sends]
 
     def _accept(self) -> None:
         while True:
@@ -116,6 +100,51 @@ class FakeBroker:
             thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
             self._threads.append(thread)
             thread.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Closes the listener, cuts off the clients it accepted and waits for their threads."""
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the accept thread
+        except OSError:
+            pass
+        self._server.close()
+        with self._lock:
+            clients = list(self._clients)
+        for client in clients:
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@dataclass
+class FakeBroker(FakeServer):
+    """One STOMP listener; `sends` keeps every SEND frame it stored (sent a receipt for)."""
+
+    drop_after_sends: int | None = None  # close the connection on this SEND, without receipt
+    receipts: bool = True
+    refuse_report_ids: set[str] = field(default_factory=set)
+    port: int = 0
+    sends: list[Frame] = field(default_factory=list)
+    seen: list[Frame] = field(default_factory=list)  # every SEND, stored or not
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listen(self.port)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [f.headers["report-id"] for f in self.sends]
 
     def _serve(self, client: socket.socket) -> None:
         buf = bytearray()
@@ -145,22 +174,6 @@ class FakeBroker:
             if not self.receipts:
                 return b""
         return frame_bytes("RECEIPT", {"receipt-id": receipt}) if receipt else b""
-
-    def stop(self) -> None:
-        try:
-            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the accept thread
-        except OSError:
-            pass
-        self._server.close()
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            try:
-                client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 library logs it; and the CLI's --log-level."""
 
 import logging
-import subprocess
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,18 +13,18 @@ from stomp.utils import Frame, convert_frame
 from reporting import logs
 from reporting.cli import build_parser, main
 from reporting.errors import ConfigError, ReportingError
+from reporting.harness.commands import run_command
 from storage.errors import DatabaseError
 
 SECRET = "zk-S3cret/+&=x"
 BODY = '{"call_id": "body-canary-71"}'
 
 
-@pytest.fixture
-def lines() -> list[str]:
-    """A logger whose records go through a handler with the filter, as `logs.setup` makes it."""
-    logs.remember_secret(SECRET)
+@contextmanager
+def captured_lines(formatter: logging.Formatter) -> Iterator[list[str]]:
+    """The lines the root logger writes at DEBUG through a handler with the filter, as
+    `logs.setup` makes it."""
     captured: list[str] = []
-    formatter = logging.Formatter(logs.FORMAT)
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -37,9 +37,19 @@ def lines() -> list[str]:
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
-    yield captured
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    try:
+        yield captured
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@pytest.fixture
+def lines() -> Iterator[list[str]]:
+    """A logger whose records go through a handler with the filter, as `logs.setup` makes it."""
+    logs.remember_secret(SECRET)
+    with captured_lines(logging.Formatter(logs.FORMAT)) as captured:
+        yield captured
 
 
 def test_configured_secret_is_masked_plain_and_url_encoded(lines: list[str]) -> None:
@@ -119,12 +129,7 @@ def test_default_log_level_is_info() -> None:
 
 def test_unknown_log_level_is_an_error(tmp_path: Path) -> None:
     for argv in (["--log-level", "LOUD", "status"], ["status", "--log-level", "LOUD"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "reporting.cli", *argv, "--config", str(tmp_path / "x.toml")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_command(*argv, "--config", str(tmp_path / "x.toml"))
         assert done.returncode == 2
         assert "invalid choice: 'LOUD'" in done.stderr and "Traceback" not in done.stderr
 

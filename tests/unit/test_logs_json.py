@@ -30,6 +30,7 @@ from storage.database import Sink
 from storage.errors import StaleEpoch
 from storage.journal import Journal
 from storage.reports import Report, to_record
+from tests.unit.test_logs import captured_lines
 
 SECRET = "json-S3cret-e81"
 
@@ -38,22 +39,8 @@ SECRET = "json-S3cret-e81"
 def lines() -> Iterator[list[str]]:
     """A root handler as `logs.setup(level, "json")` makes it, captured."""
     logs.remember_secret(SECRET)
-    captured: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            captured.append(self.format(record))
-
-    handler = Keep()
-    handler.setFormatter(logs.JsonFormatter())
-    handler.addFilter(logs.RedactingFilter(handler.formatter))
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield captured
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    with captured_lines(logs.JsonFormatter()) as captured:
+        yield captured
 
 
 def test_a_line_is_one_object_with_the_instance_role_and_fields(lines: list[str]) -> None:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from reporting.samples import sample_report
-from reporting.wire.decode import decode
-from storage.reports import DEFAULT_QUEUES, KINDS, Report
+from storage.reports import KINDS, Report
+from tests.unit.wire.test_decode_fuzz import decode_kind
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -16,13 +16,8 @@ def test_sample_reports_are_valid(kind):
     rng = random.Random(11)
     for _ in range(200):
         payload = sample_report(kind, rng)
-        item = decode(
-            f"/queue/gvp.reporting.{kind}",
-            {"report-id": "r"},
-            json.dumps(payload).encode(),
-            queues=DEFAULT_QUEUES,
-            max_body_bytes=1 << 20,
-            now=datetime.now(UTC),
+        item = decode_kind(
+            kind, {"report-id": "r"}, json.dumps(payload).encode(), datetime.now(UTC)
         )
         assert isinstance(item, Report), item
 

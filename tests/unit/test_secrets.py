@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from reporting.config import ConfigError, load_config, parse_config
+from reporting.harness.commands import run_command
 from storage.database import Sink
 from storage.errors import StorageError
 
@@ -186,20 +187,13 @@ def test_secrets_are_not_looked_up_when_not_needed(tmp_path: Path) -> None:
 
 
 def test_status_command_needs_no_secret(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     (tmp_path / "rs.toml").write_text(
         '[ha]\nuser = "rs-pair"\npassword_env = "RS_UNSET_ZK_PW"\n'
         '[broker]\nuser = "reporting"\npassword_file = "missing.pw"\n'
         '[http]\nlisten = "127.0.0.1:9"\n'
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "status", "--config", str(tmp_path / "rs.toml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_command("status", "--config", str(tmp_path / "rs.toml"))
     # Exit 1: nothing listens there; not 2, a config error about the passwords.
     assert done.returncode == 1, done.stderr
     assert "unreachable" in done.stdout

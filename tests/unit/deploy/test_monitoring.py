@@ -3,17 +3,17 @@ serves (so they cannot drift apart), and promtool accepts the rules."""
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from reporting.status.metrics import Metrics
+from tests.unit.deploy.tools import run_tool
 
 MONITORING = Path(__file__).resolve().parents[3] / "deploy" / "monitoring"
 METRIC = re.compile(r"\breporting_[a-z_]+\b")
+PROMETHEUS = "prometheus"  # the Debian package with promtool
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
@@ -92,10 +92,7 @@ def test_the_alerts_the_issue_lists() -> None:
 
 def promtool(*args: str, cwd: Path | None = None) -> str:
     """promtool's output; the test fails on a non-zero exit, and is skipped without promtool."""
-    binary = shutil.which("promtool")
-    if binary is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    done = subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    done = run_tool("promtool", *args, package=PROMETHEUS, cwd=cwd)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

@@ -1,12 +1,10 @@
 """The unit files under deploy/systemd/: what an operator relies on is in them, and
 `systemd-analyze verify` finds nothing wrong with them."""
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.unit.deploy.tools import run_tool
 
 UNITS = Path(__file__).resolve().parents[3] / "deploy" / "systemd"
 UNIT = UNITS / "reporting-server@.service"
@@ -42,19 +40,17 @@ def test_notify_unit_with_watchdog_restart_and_hardening() -> None:
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed (Debian package systemd)")
     # The unit as installed, but running this checkout's command (verify checks it exists).
     command = str(Path(sys.executable).parent / "reporting-server")
     text = UNIT.read_text().replace("/opt/reporting-server/.venv/bin/reporting-server", command)
     (tmp_path / UNIT.name).write_text(text)
-    done = subprocess.run(
-        [analyze, "verify", "--man=no", "reporting-server@rs-a.service"],
+    done = run_tool(
+        "systemd-analyze",
+        "verify",
+        "--man=no",
+        "reporting-server@rs-a.service",
+        package="systemd",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 0 and not output, output

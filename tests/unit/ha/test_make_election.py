@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -68,6 +69,16 @@ def change(n: int) -> RoleChange:
     return RoleChange(Role.ACTIVE if n % 2 else Role.STANDBY, n, None, f"change {n}")
 
 
+def deliver(on_change: Callable[[RoleChange], None], epochs: range) -> None:
+    """Puts a change of each epoch to a Delivery, and stops it once all are delivered."""
+    delivery = Delivery("rs-a", on_change)
+    delivery.start()
+    for n in epochs:
+        delivery.put(change(n))
+    assert delivery.wait_delivered(5)
+    delivery.stop(5)
+
+
 def test_delivery_in_order_on_its_own_thread_one_at_a_time() -> None:
     seen: list[tuple[int, str]] = []
     inside = threading.Semaphore(1)
@@ -77,12 +88,7 @@ def test_delivery_in_order_on_its_own_thread_one_at_a_time() -> None:
         seen.append((c.epoch, threading.current_thread().name))
         inside.release()
 
-    delivery = Delivery("rs-a", on_change)
-    delivery.start()
-    for n in range(50):
-        delivery.put(change(n))
-    assert delivery.wait_delivered(5)
-    delivery.stop(5)
+    deliver(on_change, range(50))
     assert seen == [(n, "rs-a-role-changes") for n in range(50)]
 
 
@@ -94,12 +100,7 @@ def test_a_failing_callback_does_not_stop_later_changes() -> None:
             raise RuntimeError("server could not stop its consumer")
         seen.append(c.epoch)
 
-    delivery = Delivery("rs-a", on_change)
-    delivery.start()
-    for n in range(3):
-        delivery.put(change(n))
-    assert delivery.wait_delivered(5)
-    delivery.stop(5)
+    deliver(on_change, range(3))
     assert seen == [0, 2]
 
 

@@ -54,28 +54,28 @@ def test_forwards_both_ways(proxy: TcpProxy) -> None:
     assert proxy.host == f"127.0.0.1:{proxy.port}"
 
 
+def assert_held_until_healed(proxy: TcpProxy, client: socket.socket, data: bytes) -> None:
+    """`data` sent over the dark path gets no answer; once the path heals, it comes back."""
+    client.sendall(data)
+    with pytest.raises(TimeoutError):
+        client.recv(10)
+    proxy.heal()
+    client.settimeout(2)
+    assert client.recv(10) == data
+
+
 def test_blackhole_holds_data_and_heal_delivers_it(proxy: TcpProxy) -> None:
     with _client(proxy, timeout_s=0.5) as client:
         client.sendall(b"a")
         assert client.recv(10) == b"a"
         proxy.blackhole()
-        client.sendall(b"held")
-        with pytest.raises(TimeoutError):
-            client.recv(10)
-        proxy.heal()
-        client.settimeout(2)
-        assert client.recv(10) == b"held"
+        assert_held_until_healed(proxy, client, b"held")
 
 
 def test_new_connections_on_a_dark_path_get_no_answer(proxy: TcpProxy) -> None:
     proxy.blackhole()
     with _client(proxy, timeout_s=0.5) as client:
-        client.sendall(b"x")
-        with pytest.raises(TimeoutError):
-            client.recv(10)
-        proxy.heal()
-        client.settimeout(2)
-        assert client.recv(10) == b"x"
+        assert_held_until_healed(proxy, client, b"x")
 
 
 def test_delay_adds_latency_each_way(proxy: TcpProxy) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,23 +40,59 @@ def count(sink: Sink) -> int:
         return conn.execute(select(func.count()).select_from(reports)).scalar_one()
 
 
-def test_commits_the_database_lost_are_replayed_from_the_journal(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)
+def sqlite_sink(tmp_path: Path) -> Sink:
     sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
     sink.upgrade()
-    metrics = Metrics()
-    fenced: list[Exception] = []
-    drainer = Drainer(
+    return sink
+
+
+def drainer_for(  # type: ignore[no-untyped-def]
+    journal: Journal,
+    sink: Sink,
+    *,
+    metrics: Metrics | None = None,
+    on_fenced=lambda exc: None,
+    on_room=lambda: None,
+    **options,
+) -> Drainer:
+    return Drainer(
         lambda: journal,
         sink,
-        batch_records=100,
-        metrics=metrics,
-        on_fenced=fenced.append,
-        on_room=lambda: None,
+        metrics=metrics or Metrics(),
+        on_fenced=on_fenced,
+        on_room=on_room,
         name="rs",
+        **options,
     )
-    drainer.start(0)
+
+
+@contextmanager
+def draining(journal: Journal, sink: Sink, epoch: int, **options) -> Iterator[Drainer]:  # type: ignore[no-untyped-def]
+    """A drainer started under `epoch`; stopped, and the journal and sink closed, on the way out."""
+    drainer = drainer_for(journal, sink, **options)
+    drainer.start(epoch)
     try:
+        yield drainer
+    finally:
+        drainer.stop()
+        journal.close()
+        sink.close()
+
+
+def lose_commits(sink: Sink, report_ids: range, *, byte: int) -> None:
+    """The database loses the commits of these reports, as a promoted asynchronous standby would."""
+    with sink._engine.begin() as conn:
+        conn.execute(delete(reports).where(reports.c.report_id.in_([f"r{i}" for i in report_ids])))
+        conn.execute(update(journal_positions).values(byte=byte))
+
+
+def test_commits_the_database_lost_are_replayed_from_the_journal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)
+    sink = sqlite_sink(tmp_path)
+    metrics = Metrics()
+    fenced: list[Exception] = []
+    options = {"batch_records": 100, "metrics": metrics, "on_fenced": fenced.append}
+    with draining(journal, sink, 0, **options) as drainer:
         journal.append_batch(batch(0, 100))
         kept = journal.append_batch(batch(100, 100))
         drainer.wake()
@@ -62,12 +100,7 @@ def test_commits_the_database_lost_are_replayed_from_the_journal(tmp_path: Path)
         journal.append_batch(batch(200, 100))
         drainer.wake()
         wait_until(lambda: count(sink) == 300)
-        # The database loses the last commit, as a promoted asynchronous standby would.
-        with sink._engine.begin() as conn:
-            conn.execute(
-                delete(reports).where(reports.c.report_id.in_([f"r{i}" for i in range(200, 300)]))
-            )
-            conn.execute(update(journal_positions).values(byte=kept.byte))
+        lose_commits(sink, range(200, 300), byte=kept.byte)
         journal.append_batch(batch(300, 100))
         drainer.wake()
         wait_until(lambda: count(sink) == 400)
@@ -76,10 +109,6 @@ def test_commits_the_database_lost_are_replayed_from_the_journal(tmp_path: Path)
         with sink._engine.connect() as conn:
             ids = {r for (r,) in conn.execute(select(reports.c.report_id))}
         assert ids == {f"r{i}" for i in range(400)}
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()
 
 
 def test_retained_segments_outlive_their_drain(tmp_path: Path) -> None:
@@ -96,15 +125,7 @@ def test_retained_segments_outlive_their_drain(tmp_path: Path) -> None:
 def test_stop_is_prompt_while_the_database_is_down(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal", writer="rs")
     sink = Sink(f"sqlite:///{tmp_path / 'missing' / 'r.db'}", cluster="rs", journal="rs")
-    drainer = Drainer(
-        lambda: journal,
-        sink,
-        batch_records=10,
-        metrics=Metrics(),
-        on_fenced=lambda exc: None,
-        on_room=lambda: None,
-        name="rs",
-    )
+    drainer = drainer_for(journal, sink, batch_records=10)
     drainer.start(0)
     wait_until(lambda: drainer.database_up is False)
     started = time.monotonic()
@@ -120,54 +141,24 @@ def test_an_idle_drainer_notices_lost_commits(tmp_path: Path, monkeypatch) -> No
 
     monkeypatch.setattr(pipeline, "VERIFY_IDLE_S", 0.2)
     journal = Journal(tmp_path / "journal", writer="rs", retain_s=3600)
-    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
-    sink.upgrade()
+    sink = sqlite_sink(tmp_path)
     metrics = Metrics()
-    drainer = Drainer(
-        lambda: journal,
-        sink,
-        batch_records=100,
-        metrics=metrics,
-        on_fenced=lambda exc: None,
-        on_room=lambda: None,
-        name="rs",
-    )
-    drainer.start(0)
-    try:
+    with draining(journal, sink, 0, batch_records=100, metrics=metrics) as drainer:
         kept = journal.append_batch(batch(0, 100))
         journal.append_batch(batch(100, 100))
         drainer.wake()
         wait_until(lambda: count(sink) == 200)
-        with sink._engine.begin() as conn:
-            conn.execute(
-                delete(reports).where(reports.c.report_id.in_([f"r{i}" for i in range(100, 200)]))
-            )
-            conn.execute(update(journal_positions).values(byte=kept.byte))
+        lose_commits(sink, range(100, 200), byte=kept.byte)
         wait_until(lambda: count(sink) == 200)
         assert metrics.rewound._value.get() == 1
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()
 
 
 def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> None:
     # Small segments and batches: the read-ahead crosses segment ends and releases, and the
     # journal grows while it reads.
     journal = Journal(tmp_path / "journal", writer="rs", segment_bytes=4096)
-    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
-    sink.upgrade()
-    drainer = Drainer(
-        lambda: journal,
-        sink,
-        batch_records=7,
-        metrics=Metrics(),
-        on_fenced=lambda exc: None,
-        on_room=lambda: None,
-        name="rs",
-    )
-    drainer.start(0)
-    try:
+    sink = sqlite_sink(tmp_path)
+    with draining(journal, sink, 0, batch_records=7) as drainer:
         for start in range(0, 600, 40):
             journal.append_batch(batch(start, 40))
             drainer.wake()
@@ -177,32 +168,17 @@ def test_read_ahead_drains_every_record_once_across_segments(tmp_path: Path) -> 
         assert sorted(ids) == sorted(f"r{i}" for i in range(600))
         assert drainer.stored == 600
         wait_until(lambda: journal.pending.records == 0)
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()
 
 
 def test_a_drainer_started_under_a_fenced_off_epoch_ends_and_the_wait_says_so_at_once(
     tmp_path: Path,
 ) -> None:
     journal = Journal(tmp_path / "journal", writer="rs")
-    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
-    sink.upgrade()
+    sink = sqlite_sink(tmp_path)
     sink.claim_epoch(7)  # a newer holder took the role meanwhile
     fenced: list[Exception] = []
-    drainer = Drainer(
-        lambda: journal,
-        sink,
-        batch_records=100,
-        metrics=Metrics(),
-        on_fenced=fenced.append,
-        on_room=lambda: None,
-        name="rs",
-    )
     journal.append_batch(batch(0, 10))
-    drainer.start(3)
-    try:
+    with draining(journal, sink, 3, batch_records=100, on_fenced=fenced.append) as drainer:
         started = time.monotonic()
         assert drainer.wait_caught_up(30) is False
         assert time.monotonic() - started < 5, "the wait outlived the drainer"
@@ -211,34 +187,15 @@ def test_a_drainer_started_under_a_fenced_off_epoch_ends_and_the_wait_says_so_at
         assert drainer.stopped_because is not None and "fenced" in drainer.stopped_because
         # Nothing was written under the stale epoch.
         assert count(sink) == 0
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()
 
 
 def test_a_new_holder_raises_the_fence_before_its_first_batch(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal", writer="rs")
-    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
-    sink.upgrade()
-    drainer = Drainer(
-        lambda: journal,
-        sink,
-        batch_records=100,
-        metrics=Metrics(),
-        on_fenced=lambda exc: None,
-        on_room=lambda: None,
-        name="rs",
-    )
-    drainer.start(5)
-    try:
+    sink = sqlite_sink(tmp_path)
+    with draining(journal, sink, 5, batch_records=100) as drainer:
         assert drainer.wait_caught_up(30)
         # Nothing was drained, and yet a stale holder's write of epoch 4 is refused already.
         assert sink.fence_epoch() == 5
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()
 
 
 class RecordingSink(Sink):
@@ -260,18 +217,6 @@ class RecordingSink(Sink):
         return super().write_batch(items, **kwargs)
 
 
-def drainer_for(journal: Journal, sink: Sink, **options) -> Drainer:  # type: ignore[no-untyped-def]
-    return Drainer(
-        lambda: journal,
-        sink,
-        metrics=Metrics(),
-        on_fenced=lambda exc: None,
-        on_room=lambda: None,
-        name="rs",
-        **options,
-    )
-
-
 def sized(start: int, sizes: list[int]) -> list[bytes]:
     now = datetime.now(UTC)
     return [
@@ -287,19 +232,13 @@ def test_a_batch_is_bounded_by_bytes_as_well_as_records(tmp_path: Path) -> None:
     # Mostly 3 KB records, one of 15 KB (over the bound: a batch of its own), small ones after.
     records = sized(0, [3000] * 10 + [15_000] + [3000] * 10 + [10] * 50)
     journal.append_batch(records)
-    drainer = drainer_for(journal, sink, batch_records=100, batch_bytes=10_000)
-    drainer.start(1)
-    try:
+    with draining(journal, sink, 1, batch_records=100, batch_bytes=10_000) as drainer:
         wait_until(lambda: drainer.drained_records == len(records))
         assert count(sink) == len(records)
         sizes = [(len(b), sum(len(to_record(item)) for item in b)) for b in sink.batches]
         assert all(size <= 10_000 for records, size in sizes if records > 1), sizes
         assert [records for records, size in sizes if size > 10_000] == [1], sizes
         assert len(sizes) >= 8, sizes  # not one batch of 71
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()
 
 
 def test_a_batch_that_meets_the_statement_timeout_is_split_not_retried(tmp_path: Path) -> None:
@@ -307,9 +246,7 @@ def test_a_batch_that_meets_the_statement_timeout_is_split_not_retried(tmp_path:
     sink = RecordingSink(tmp_path / "r.db", fail_over=6)
     sink.upgrade()
     journal.append_batch(batch(0, 100))
-    drainer = drainer_for(journal, sink, batch_records=50)
-    drainer.start(1)
-    try:
+    with draining(journal, sink, 1, batch_records=50) as drainer:
         wait_until(lambda: drainer.drained_records == 100)
         assert count(sink) == 100
         # 50 timed out, then 25, then 12: each retry half the batch that timed out, from the
@@ -318,10 +255,6 @@ def test_a_batch_that_meets_the_statement_timeout_is_split_not_retried(tmp_path:
         assert sizes[:4] == [50, 25, 12, 6], sizes
         assert [b[0].report_id for b in sink.batches[:4]] == ["r0"] * 4
         assert sink.timeouts == 3 and drainer.database_up is True
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()
 
 
 UNDECODABLE = b"\x00 not a journal record's JSON"
@@ -386,17 +319,10 @@ def test_a_record_whose_payload_is_not_an_object_is_rejected_and_the_drain_goes_
     odd = b'{"t":"r","id":"odd","k":"sq","q":"gvp.reporting.sq","p":[1],"at":"2024-05-01T00:00"}'
     journal = Journal(tmp_path / "journal", writer="rs")
     journal.append_batch([*batch(0, 5), odd, *batch(5, 5)])
-    sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
-    sink.upgrade()
-    drainer = drainer_for(journal, sink, batch_records=100)
-    drainer.start(1)
-    try:
+    sink = sqlite_sink(tmp_path)
+    with draining(journal, sink, 1, batch_records=100) as drainer:
         wait_until(lambda: drainer.drained_records == 11)
         assert count(sink) == 10
         with sink._engine.connect() as conn:
             rows = list(conn.execute(select(rejected_reports.c.report_id, rejected_reports.c.raw)))
         assert len(rows) == 1 and bytes(rows[0].raw) == odd
-    finally:
-        drainer.stop()
-        journal.close()
-        sink.close()

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from reporting.config import BrokerConfig
-from reporting.pipeline import Drainer, Intake
+from reporting.pipeline import Intake
 from reporting.samples import sample_report
 from reporting.status.metrics import Metrics
 from reporting.wire.consumer import Message
 from storage.database import Sink
 from storage.journal import Journal
 from storage.journal import journal as journal_module
+from tests.unit.pipeline.test_drainer import drainer_for
 
 QUEUE = "gvp.reporting.sq"
 
@@ -103,15 +104,7 @@ def test_a_full_disk_pause_ends_once_everything_is_stored(
     journal = Journal(directory, writer="rs")
     sink = Sink(f"sqlite:///{tmp_path / 'r.db'}", cluster="rs", journal="rs")
     room = threading.Event()
-    drainer = Drainer(
-        lambda: journal,
-        sink,
-        batch_records=50,
-        metrics=Metrics(),
-        on_fenced=lambda exc: None,
-        on_room=room.set,
-        name="rs",
-    )
+    drainer = drainer_for(journal, sink, batch_records=50, on_room=room.set)
     intake = make_intake(journal, room)
     acked: list[int] = []
 

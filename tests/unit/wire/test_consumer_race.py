@@ -17,13 +17,13 @@ from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerUnreachable
 from reporting.wire.connection import Connection, failover
 from reporting.wire.consumer import Consumer, Message
-from tests.unit.test_client import frame_bytes, read_frame
+from tests.unit.test_client import FakeServer, frame_bytes, read_frame
 
 QUEUE = "gvp.reporting.cdr"
 
 
 @dataclass
-class QueueServer:
+class QueueServer(FakeServer):
     """Answers CONNECT (the n-th after `login_delays_s[n]`, if given), confirms SUBSCRIBE, then
     sends `messages` MESSAGE frames on each subscribed connection; records ACKs and who is
     subscribed."""
@@ -37,12 +37,9 @@ class QueueServer:
     most_subscribed: int = 0  # the most connections subscribed at one moment
 
     def __post_init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
         self._lock = threading.Lock()
         self._subscribed: set[int] = set()
-        self._clients: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._listen()
 
     @property
     def host(self) -> HostPort:
@@ -52,17 +49,6 @@ class QueueServer:
     def subscribed(self) -> int:
         with self._lock:
             return len(self._subscribed)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._clients.append(client)
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         buf = bytearray()
@@ -110,20 +96,6 @@ class QueueServer:
             }
             reply += frame_bytes("MESSAGE", headers)
         return reply
-
-    def stop(self) -> None:
-        try:
-            self._server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._server.close()
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            try:
-                client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture

@@ -7,17 +7,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reporting.wire.decode import decode
-from storage.reports import (
-    DEFAULT_QUEUES,
-    FIELDS,
-    MAX_TEXT_CHARS,
-    Rejected,
-    Report,
-    from_record,
-    to_record,
-)
+from storage import reports
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def decode_kind(
+    kind: str, headers: dict[str, str], body: bytes, now: datetime = NOW
+) -> reports.Report | reports.Rejected:
+    """`body` as it arrives on the default queue of `kind`, with room for bodies up to 1 MiB."""
+    return decode(
+        f"/queue/gvp.reporting.{kind}",
+        headers,
+        body,
+        queues=reports.DEFAULT_QUEUES,
+        max_body_bytes=1 << 20,
+        now=now,
+    )
+
+
 LIMIT = 2048
 
 # Text a producer can legitimately send: no lone surrogates, no NULs (see decode's docstring).
@@ -47,8 +55,8 @@ FIELD_VALUES = {"start": times, "end": times, "interval_start": times, "at": tim
 FIELD_VALUES |= {"arrivals": counts, "peak": counts, "value": numbers}
 # Text copied into an indexed column has a bound.
 FIELD_VALUES |= {
-    f.name: non_blank.filter(lambda s: len(s) <= MAX_TEXT_CHARS)
-    for fields in FIELDS.values()
+    f.name: non_blank.filter(lambda s: len(s) <= reports.MAX_TEXT_CHARS)
+    for fields in reports.FIELDS.values()
     for f in fields
     if f.max_chars
 }
@@ -56,9 +64,9 @@ FIELD_VALUES |= {
 
 @st.composite
 def valid_reports(draw):
-    kind = draw(st.sampled_from(sorted(FIELDS)))
+    kind = draw(st.sampled_from(sorted(reports.FIELDS)))
     payload = draw(st.dictionaries(clean_text, json_values, max_size=4))
-    for field in FIELDS[kind]:
+    for field in reports.FIELDS[kind]:
         payload[field.name] = draw(FIELD_VALUES.get(field.name, non_blank))
     return kind, payload
 
@@ -75,24 +83,17 @@ printable_ids = st.text(
 def test_valid_reports_decode_to_their_payload(report, report_id, ascii_only):
     kind, payload = report
     body = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
-    item = decode(
-        f"/queue/gvp.reporting.{kind}",
-        {"report-id": report_id},
-        body,
-        queues=DEFAULT_QUEUES,
-        max_body_bytes=1 << 20,
-        now=NOW,
-    )
-    assert isinstance(item, Report), item
+    item = decode_kind(kind, {"report-id": report_id}, body)
+    assert isinstance(item, reports.Report), item
     assert (item.report_id, item.kind, item.payload) == (report_id, kind, payload)
-    assert from_record(to_record(item)) == item
+    assert reports.from_record(reports.to_record(item)) == item
 
 
 @st.composite
 def mutated_reports(draw):
     """A valid report with one required field dropped or replaced by any JSON value."""
     kind, payload = draw(valid_reports())
-    name = draw(st.sampled_from([field.name for field in FIELDS[kind]]))
+    name = draw(st.sampled_from([field.name for field in reports.FIELDS[kind]]))
     if draw(st.booleans()):
         del payload[name]
     else:
@@ -104,22 +105,15 @@ def mutated_reports(draw):
 @given(mutated_reports())
 def test_a_broken_field_is_named_in_the_reason(mutated):
     kind, name, payload = mutated
-    item = decode(
-        f"/queue/gvp.reporting.{kind}",
-        {"message-id": "ID:1"},
-        json.dumps(payload).encode(),
-        queues=DEFAULT_QUEUES,
-        max_body_bytes=1 << 20,
-        now=NOW,
-    )
+    item = decode_kind(kind, {"message-id": "ID:1"}, json.dumps(payload).encode())
     # The replacement may happen to be valid (any string for a name field, say).
-    if isinstance(item, Rejected):
+    if isinstance(item, reports.Rejected):
         assert item.reason.startswith(f"field {name} "), item.reason
     else:
         assert item.payload == payload
 
 
-destinations = st.sampled_from([f"/queue/{q}" for q in DEFAULT_QUEUES]) | st.text()
+destinations = st.sampled_from([f"/queue/{q}" for q in reports.DEFAULT_QUEUES]) | st.text()
 header_keys = st.sampled_from(["report-id", "message-id", "destination"]) | st.text()
 any_text = st.text()  # includes surrogates and NULs on purpose
 
@@ -134,9 +128,11 @@ any_text = st.text()  # includes surrogates and NULs on purpose
     | mutated_reports().map(lambda m: json.dumps(m[2]).encode()),
 )
 def test_anything_decodes_without_raising_and_survives_the_journal(destination, headers, body):
-    item = decode(destination, headers, body, queues=DEFAULT_QUEUES, max_body_bytes=LIMIT, now=NOW)
-    assert isinstance(item, Report | Rejected)
-    assert from_record(to_record(item)) == item
-    if isinstance(item, Rejected):
+    item = decode(
+        destination, headers, body, queues=reports.DEFAULT_QUEUES, max_body_bytes=LIMIT, now=NOW
+    )
+    assert isinstance(item, reports.Report | reports.Rejected)
+    assert reports.from_record(reports.to_record(item)) == item
+    if isinstance(item, reports.Rejected):
         assert item.reason and item.report_id and item.report_id.isprintable()
         assert len(item.raw) <= LIMIT and body.startswith(item.raw)

@@ -22,17 +22,23 @@ def drain(journal: Journal, positions: dict[str, int]) -> list[bytes]:
     return [e.data for e in entries]
 
 
-def test_a_full_disk_with_everything_drained_frees_the_open_segment(
-    open_journal: Open, journal_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    journal = open_journal()
-    first = journal.append_batch([b"a" * 1000])
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Every journal write meets ENOSPC from now on; returns what gives the room back."""
     real_write_all = journal_module.write_all
 
     def enospc(fd: int, data: bytes, pos: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(journal_module, "write_all", enospc)
+    return lambda: monkeypatch.setattr(journal_module, "write_all", real_write_all)
+
+
+def test_a_full_disk_with_everything_drained_frees_the_open_segment(
+    open_journal: Open, journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = open_journal()
+    first = journal.append_batch([b"a" * 1000])
+    room_again = fill_the_disk(monkeypatch)
     with pytest.raises(DiskFull):
         journal.append_batch([b"b"])
     positions: dict[str, int] = {}
@@ -41,7 +47,7 @@ def test_a_full_disk_with_everything_drained_frees_the_open_segment(
     assert journal.release(positions) == [first.segment]
     assert (journal_dir / first.segment).stat().st_size == HEADER_SIZE
     assert journal.pending == Pending(0, 0)
-    monkeypatch.setattr(journal_module, "write_all", real_write_all)
+    room_again()
     after = journal.append_batch([b"b"])
     assert after.segment > first.segment
     assert drain(journal, positions) == [b"b"]
@@ -59,12 +65,7 @@ def test_a_full_disk_waits_for_the_drain_before_freeing_anything(
     journal = open_journal()
     journal.append_batch([b"a"])
     second = journal.append_batch([b"b"])
-    real_write_all = journal_module.write_all
-
-    def enospc(fd: int, data: bytes, pos: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(journal_module, "write_all", enospc)
+    room_again = fill_the_disk(monkeypatch)
     with pytest.raises(DiskFull):
         journal.append_batch([b"c"])
     positions: dict[str, int] = {}
@@ -72,7 +73,7 @@ def test_a_full_disk_waits_for_the_drain_before_freeing_anything(
     positions[entries[0].position.segment] = entries[0].position.byte
     assert journal.release(positions) == []  # "b" is not stored yet: nothing may go
     assert (journal_dir / second.segment).stat().st_size == second.byte
-    monkeypatch.setattr(journal_module, "write_all", real_write_all)
+    room_again()
     journal.append_batch([b"c"])  # room again: the open segment goes on
     assert journal.append_batch([b"d"]).segment == second.segment
 
@@ -105,11 +106,7 @@ def test_retained_segments_are_not_freed_before_their_time(
 ) -> None:
     journal = open_journal(retain_s=3600)
     first = journal.append_batch([b"a"])
-
-    def enospc(fd: int, data: bytes, pos: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(journal_module, "write_all", enospc)
+    fill_the_disk(monkeypatch)
     with pytest.raises(DiskFull):
         journal.append_batch([b"b"])
     positions: dict[str, int] = {}
