@@ -50,7 +50,10 @@ def config(
     client = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", f"{ZK_USER}:{ZK_PW}")])
     client.start(timeout=10)
     try:
-        client.ensure_path(cluster, acl=[make_digest_acl(ZK_USER, ZK_PW, all=True)])
+        # The folder above stays open, as the pair leaves it: ensure_path would give it the
+        # pair's ACL too, and lock every other test's cluster out of it.
+        client.ensure_path("/rstest")
+        client.create(cluster, acl=[make_digest_acl(ZK_USER, ZK_PW, all=True)])
     finally:
         client.stop()
         client.close()

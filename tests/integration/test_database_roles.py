@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from reporting.cli import main
 from reporting.harness import Postgres
+from reporting.harness.commands import run_command
 from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.waiting import wait_until
@@ -253,6 +254,11 @@ def test_why_the_database_is_down_is_logged_once_and_shown_in_status(
     wait_until(lambda: pg.log_path.read_text().count(refused) >= 5, 30, "five refused logins")
     lines = [line for line in server.log_path.read_text().splitlines() if refused in line]
     assert len(lines) == 1 and " WARNING " in lines[0], lines
+    # It consumes and buffers for ever: nothing reaches the database until an operator fixes
+    # the password, so `status` says the instance is not healthy, and why.
+    done = run_command("status", "--config", str(server.config_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert refused in done.stdout and wrong not in done.stdout + done.stderr
 
     # The password the instance has becomes the right one: up, and no reason any more.
     with connect(pg, "postgres", SUPER_PW) as conn:

@@ -101,44 +101,6 @@ def test_the_server_role_cannot_lower_the_fence_by_upsert_merge_or_replication_r
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
 
 
-def test_status_exits_non_zero_while_the_database_refuses_the_password(
-    scram_postgres: Postgres, activemq, queues, tmp_path: Path, instances
-) -> None:
-    pg = scram_postgres
-    with connect(pg, "postgres", SUPER_PW) as conn:
-        conn.autocommit = True
-        conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
-        conn.execute("CREATE DATABASE reporting OWNER rs_server")
-    wrong = "wrong-Pw-0d5e"
-    server = Instance(
-        tmp_path / "rs-wrong",
-        {
-            "name": "rs-wrong",
-            "ha": {"mode": "standalone"},
-            "broker": {"hosts": [activemq.host], "queues": queues},
-            "database": {
-                "url": f"postgresql+psycopg://rs_server@{pg.address}:{pg.port}/reporting",
-                "password_file": secret_file(tmp_path / "server.pw", wrong),
-            },
-            "journal": {"dir": str(tmp_path / "rs-wrong" / "journal")},
-        },
-    )
-    instances.append(server)
-    server.start()
-    refused = "password authentication failed"
-    wait_until(lambda: refused in (server.status().get("database_error") or ""), 30, "the reason")
-    # The instance consumes and buffers for ever: nothing reaches the database until an operator
-    # fixes the password, so the pair is not healthy.
-    done = subprocess.run(
-        [sys.executable, "-m", "reporting.cli", "status", "--config", str(server.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert refused in done.stdout and wrong not in done.stdout + done.stderr
-
-
 # Each has what repr, JSON, URLs, libpq conninfo, STOMP headers and the XML of the broker's users
 # escape or quote: a single and a double quote, a backslash, a colon, an at sign, a percent sign,
 # an ampersand, a space and a character beyond ASCII.
