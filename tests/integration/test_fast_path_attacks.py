@@ -360,3 +360,60 @@ def test_journal_of_old_and_new_records_drains_exactly_once_across_kill_9(
     ]
     assert not wrong, wrong[:5]
 
+
+def test_escaped_ids_and_framing_bytes_survive_the_broker_round_trip(
+    standalone, activemq, pg_url, queue_prefix
+) -> None:
+    """Ids the broker sends escaped (colons, backslashes, what looks like an escape) are stored
+    as the producer sent them; bodies holding NUL bytes, blank lines and CR LF (framed by
+    content-length) are kept byte for byte."""
+    server = standalone()
+    server.start()
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
+    token = uuid.uuid4().hex[:8]
+    good = '{"call_id":"c","component":"x","metric":"m","value":1}'
+    ids = [
+        f"ID:host-1:{token}:1:1",
+        f"a\\c{token}",
+        f"a\\\\c{token}",
+        f"\\{token}\\",
+        f"a\\n{token}",
+        f"k:v\\c:{token}",
+    ]
+    destination = f"/queue/{queue_prefix}gvp.reporting.sq"
+    messages = [(destination, good.encode(), {"report-id": rid}) for rid in ids]
+    # Each after a blank line or CR LF would end the headers if the frame were split there.
+    framing = {
+        f"nul-{token}": b"{\x00}",
+        f"blank-{token}": b"\n\n" + good.encode(),
+        f"crlf-{token}": b"\r\n\r\n" + good.encode() + b"\r\n\r\n",
+        f"nul-after-{token}": good.encode() + b"\x00\x00\n",
+    }
+    messages += [(destination, body, {"report-id": rid}) for rid, body in framing.items()]
+    send_bodies(activemq.host, messages)
+    stored = {f"blank-{token}", f"crlf-{token}", *ids}
+    assert_exactly_once(pg_url, stored)
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        rejected = dict(
+            conn.execute(
+                select(rejected_reports.c.report_id, rejected_reports.c.raw).where(
+                    rejected_reports.c.report_id.in_(bindparam("ids", expanding=True))
+                ),
+                {"ids": [*ids, *framing]},
+            ).all()
+        )
+        bodies = dict(
+            conn.execute(
+                select(reports.c.report_id, reports.c.payload).where(
+                    reports.c.report_id.in_(bindparam("ids", expanding=True))
+                ),
+                {"ids": [*ids, *framing]},
+            ).all()
+        )
+    engine.dispose()
+    assert set(bodies) == stored
+    assert {rid: bytes(raw) for rid, raw in rejected.items()} == {
+        f"nul-{token}": framing[f"nul-{token}"],
+        f"nul-after-{token}": framing[f"nul-after-{token}"],
+    }
