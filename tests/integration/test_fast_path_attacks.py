@@ -103,6 +103,12 @@ CASES: list[tuple[str, str, str, bool]] = [
         True,
     ),
     ("times-overflow", "cdr", CDR % ('"0001-01-01T00:30:00+01:00"', '"2024-01-01"', ""), True),
+    (
+        "times-extreme-years",
+        "cdr",
+        CDR % ('"0010-05-05T00:00:00.000001"', '"9999-12-31T23:59:59.999999+00:00"', ""),
+        True,
+    ),
     ("time-overflow-at", "events", EVENTS % ('"9999-12-31T23:59:59-00:01"', ""), True),
     (
         "events-extra-columns",
