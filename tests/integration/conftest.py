@@ -35,11 +35,13 @@ def queues(queue_prefix: str) -> list[str]:
 
 @pytest.fixture
 def instances() -> Iterator[list[Instance]]:
-    """Instances a test started; each is stopped (killed if it hangs) after the test."""
+    """Instances a test started; each is stopped (killed if it hangs) after the test, and its
+    container removed if it ran in one."""
     started: list[Instance] = []
     yield started
     for instance in started:
         instance.stop(timeout_s=15)
+        instance.remove()
 
 
 @pytest.fixture
@@ -210,9 +212,13 @@ def group(
     queues: list[str],
     cluster_path: str,
     instances: list[Instance],
+    request: pytest.FixtureRequest,
 ) -> Callable[..., Instance]:
     """Builds (not starts) one more group-mode instance: one broker, one journal folder for all;
-    each instance lists the ones built before it as peers."""
+    each instance lists the ones built before it as peers. In a chaos test the instances run as
+    the backend says (containers under REPORTING_TEST_BACKEND=containers), elsewhere as
+    processes."""
+    chaos = request.node.get_closest_marker("chaos") is not None
     members = Group(
         tmp_path,
         broker_host=activemq.host,
@@ -221,6 +227,7 @@ def group(
         queues=queues,
         cluster=cluster_path,
         settings=TEST_SETTINGS,
+        instance_type=request.getfixturevalue("instance_class") if chaos else Instance,
     )
 
     def make(name: str, **overrides: dict[str, Any]) -> Instance:
@@ -250,15 +257,6 @@ def start_group(
         instance.start()
     assignment = wait_until(lambda: spread(members, queues), 30, "every queue owned, once")
     return members, assignment
-
-
-@pytest.fixture
-def backup_broker(tmp_path: Path) -> Iterator[Any]:
-    """A second ActiveMQ, the segregated backup's own store."""
-    from reporting.harness import ActiveMQ
-
-    with ActiveMQ(tmp_path / "backup-activemq") as broker:
-        yield broker
 
 
 @pytest.fixture
