@@ -20,6 +20,7 @@ import pytest
 
 from reporting.errors import HarnessError
 from reporting.harness import ActiveMQ, Postgres, Service, TcpProxy, ZooKeeper, processes
+from reporting.harness.instance import Instance
 
 # Servers started in this session, in start order.
 _servers: list[Service] = []
@@ -90,6 +91,25 @@ def zookeeper(harness_dir: Path) -> Iterator[ZooKeeper]:
 
 
 @pytest.fixture
+def backup_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
+    """A second ActiveMQ of this test only, the segregated backup's own store."""
+    broker = _server_class(ActiveMQ, "ActiveMQContainer")(tmp_path / "backup-activemq")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        broker.remove()
+
+
+@pytest.fixture(scope="session")
+def instance_class() -> type[Instance]:
+    """What runs the server instances of the tests that take it (the chaos runs): local
+    processes, or with REPORTING_TEST_BACKEND=containers containers of the server image."""
+    return _server_class(Instance, "InstanceContainer")
+
+
+@pytest.fixture
 def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
     """Factory: tcp_proxy(host, port) -> a started TcpProxy, stopped when the test ends."""
     proxies: list[TcpProxy] = []
@@ -131,8 +151,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for server in _servers:
         server.stop()
-        if hasattr(server, "remove"):  # a container: stopped above, deleted now
-            server.remove()
+        server.remove()
     processes.stop_registered()
     left = _leftover_processes()
     left_containers = _leftover_containers()

@@ -353,6 +353,20 @@ class InstanceContainer(ContainerService, Instance):
     def container_command(self) -> list[str]:
         return ["reporting-server", "run", "--config", str(self.config_path)]
 
+    @property
+    def server_pid(self) -> int | None:
+        """The server's pid in the container's own pid namespace (the host's pid is `pid`)."""
+        if self.pid is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+        return self.pid
+
     def start(self, timeout_s: float = 90) -> None:
         # Instance.start retries on a taken HTTP port; a container is made once, so start once.
         ContainerService.start(self, timeout_s)

@@ -12,7 +12,8 @@ from reporting.harness.instance import Instance, instance_config, merge
 
 
 class Group:
-    """Group-mode instances (built, not started) under `workdir`; `close` stops them."""
+    """Group-mode instances (built, not started) under `workdir`, run by `instance_type`
+    (processes, or `InstanceContainer`); `close` stops them."""
 
     def __init__(
         self,
@@ -25,6 +26,7 @@ class Group:
         cluster: str,
         session_timeout_s: float = 2.0,
         settings: Mapping[str, Any] | None = None,
+        instance_type: type[Instance] = Instance,
     ) -> None:
         self.workdir = workdir
         self.broker_host = broker_host
@@ -34,6 +36,7 @@ class Group:
         self.cluster = cluster
         self.session_timeout_s = session_timeout_s
         self.settings = settings
+        self.instance_type = instance_type
         self.members: list[Instance] = []
 
     def add(self, name: str, **overrides: dict[str, Any]) -> Instance:
@@ -53,7 +56,7 @@ class Group:
             journal_dir=self.workdir / "group-journal",
             settings=self.settings,
         )
-        instance = Instance(self.workdir / name, merge(config, overrides))
+        instance = self.instance_type(self.workdir / name, merge(config, overrides))
         self.members.append(instance)
         return instance
 
@@ -61,11 +64,12 @@ class Group:
         return iter(self.members)
 
     def close(self) -> None:
-        """Stop every member (SIGKILL if it hangs)."""
+        """Stop every member (SIGKILL if it hangs) and remove its container if it runs in one."""
         for instance in self.members:
             if instance.is_paused():
                 instance.resume()
             instance.stop(timeout_s=15)
+            instance.remove()
 
 
 def owners(members: Sequence[Instance]) -> dict[str, list[str]]:

@@ -109,6 +109,11 @@ class Instance(Service):
             self.config["http"]["listen"] = self.listen
         super().start(timeout_s)
 
+    @property
+    def server_pid(self) -> int | None:
+        """The pid the server knows itself by (what its messages name), while it runs."""
+        return self.pid
+
     def ports(self) -> dict[str, int]:
         return {"http": int(self.listen.rsplit(":", 1)[1])}
 

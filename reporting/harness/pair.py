@@ -180,11 +180,13 @@ class Pair:
         return {} if self.is_drained(roles, pending) else pending
 
     def close(self) -> None:
-        """Stop both instances (SIGKILL if they hang) and the ZooKeeper paths."""
+        """Stop both instances (SIGKILL if they hang), remove their containers if they run in
+        some, and stop the ZooKeeper paths."""
         for instance in self.instances:
             if instance.is_paused():
                 instance.resume()
             instance.stop(timeout_s=15)
+            instance.remove()
         for proxy in self.zookeeper_paths.values():
             proxy.stop()
 
@@ -212,6 +214,7 @@ def build_pair(
     zookeeper_paths: bool = False,
     settings: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    instance_type: type[Instance] = Instance,
 ) -> Pair:
     """Two instances that know each other (built, not started) under `workdir`.
 
@@ -219,7 +222,8 @@ def build_pair(
     each has its own broker (`brokers` in the same order; a benchmark of the drain may give one
     for both) and journal. With `zookeeper_paths`
     each instance reaches ZooKeeper through a TcpProxy of its own, for faults to darken.
-    `settings` are laid over both configs, then `overrides[name]` over that instance's."""
+    `settings` are laid over both configs, then `overrides[name]` over that instance's.
+    `instance_type` runs them: local processes, or `InstanceContainer` for containers."""
     if mode not in NAMES:
         raise HarnessError(f"pair: mode must be one of {', '.join(NAMES)}, got {mode!r}")
     wanted = (1,) if mode == "shared" else (1, 2)
@@ -252,7 +256,8 @@ def build_pair(
             journal_dir=journal,
             settings=settings,
         )
-        instances.append(Instance(workdir / name, merge(config, (overrides or {}).get(name, {}))))
+        config = merge(config, (overrides or {}).get(name, {}))
+        instances.append(instance_type(workdir / name, config))
     for instance, other in ((instances[0], instances[1]), (instances[1], instances[0])):
         instance.config["ha"]["peers"] = [other.listen]
     return Pair(

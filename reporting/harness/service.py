@@ -199,6 +199,10 @@ class Service:
         """Leave the server running when this interpreter exits."""
         processes.unregister(id(self))
 
+    def remove(self) -> None:
+        """Delete what the engine keeps of a stopped server: nothing for a process (a container
+        overrides it). Its workdir and log stay."""
+
     # -- internals ----------------------------------------------------------------------------
 
     def _require_running(self) -> None:

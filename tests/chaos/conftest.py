@@ -2,7 +2,6 @@
 integration tests, one definition for both."""
 
 from tests.integration.conftest import (  # noqa: F401  (fixtures, found by pytest by name)
-    backup_broker,
     cluster_path,
     flow_to,
     flowing,

@@ -304,14 +304,18 @@ class DuplicateInstance(Fault):
         stage.mark(f"second {short_name(active)}")
         config = {k: dict(v) if isinstance(v, dict) else v for k, v in active.config.items()}
         del config["http"]
-        twin = Instance(Path(active.workdir).with_name(f"{active.workdir.name}-twin"), config)
+        # Run as the active runs: a process, or a container of the same image.
+        twin = type(active)(Path(active.workdir).with_name(f"{active.workdir.name}-twin"), config)
+        holder = active.server_pid
         try:
             twin.start(timeout_s=60)
         except HarnessError:
-            refused = f"already running as pid {active.pid}" in twin.log_tail(5)
+            refused = f"already running as pid {holder}" in twin.log_tail(5)
         else:
             refused = False
             twin.kill()
+        finally:
+            twin.remove()
         stage.note(refused=refused)
         if not refused:
             raise AssertionError(f"a second {short_name(active)} was not refused")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reporting.harness import ActiveMQ, Postgres, ZooKeeper
-from reporting.harness.instance import TEST_SETTINGS
+from reporting.harness.instance import TEST_SETTINGS, Instance
 from reporting.harness.pair import Pair, build_pair
 from storage.reports import KINDS
 
@@ -20,9 +20,10 @@ def chaos_pair(
     zookeeper: ZooKeeper,
     postgres: Postgres,
     session_timeout_s: float = 2.0,
+    instance_type: type[Instance] = Instance,
 ) -> Pair:
     """Shared: rs-a and rs-b on one broker. Segregated: rs-p (primary) and rs-b (backup), each on
-    its broker of `brokers`."""
+    its broker of `brokers`. The instances are `instance_type`'s: processes or containers."""
     tag = uuid.uuid4().hex[:10]
     return build_pair(
         workdir,
@@ -36,4 +37,5 @@ def chaos_pair(
         session_timeout_s=session_timeout_s,
         zookeeper_paths=True,
         settings=TEST_SETTINGS,
+        instance_type=instance_type,
     )

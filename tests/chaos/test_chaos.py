@@ -1,5 +1,9 @@
 """Chaos rounds against a pair on the session's ActiveMQ, ZooKeeper and PostgreSQL.
 
+The instances run as local processes, or with REPORTING_TEST_BACKEND=containers (as the
+session's servers and the segregated backup's broker) in containers of the server image, where
+kill -9 is `docker kill`, SIGSTOP `docker pause` and a restart `docker start`.
+
 Bounded for the default run: RUNS seeds of a shared-storage pair and one of a segregated pair,
 REPORTING_CHAOS_ROUNDS faults each (4 by default). The first seed comes from
 REPORTING_CHAOS_SEED, or at random; the others follow it. Each run prints its seed, its summary
@@ -29,17 +33,22 @@ TIMEOUT_S = 120 + ROUNDS * 90
 @pytest.mark.timeout(TIMEOUT_S)
 @pytest.mark.parametrize("run", range(RUNS), ids=lambda i: f"shared-run{i}")
 def test_shared_pair_survives_random_faults(
-    run: int, activemq, zookeeper, postgres, tmp_path: Path
+    run: int, activemq, zookeeper, postgres, instance_class, tmp_path: Path
 ) -> None:
     pair = chaos_pair(
-        tmp_path / "pair", mode="shared", brokers=[activemq], zookeeper=zookeeper, postgres=postgres
+        tmp_path / "pair",
+        mode="shared",
+        brokers=[activemq],
+        zookeeper=zookeeper,
+        postgres=postgres,
+        instance_type=instance_class,
     )
     check(chaos(FIRST_SEED + run, pair, tmp_path))
 
 
 @pytest.mark.timeout(TIMEOUT_S)
 def test_segregated_pair_survives_random_faults(
-    activemq, backup_broker, zookeeper, postgres, tmp_path: Path
+    activemq, backup_broker, zookeeper, postgres, instance_class, tmp_path: Path
 ) -> None:
     pair = chaos_pair(
         tmp_path / "pair",
@@ -47,6 +56,7 @@ def test_segregated_pair_survives_random_faults(
         brokers=[activemq, backup_broker],
         zookeeper=zookeeper,
         postgres=postgres,
+        instance_type=instance_class,
     )
     check(chaos(FIRST_SEED, pair, tmp_path))
 

@@ -2,15 +2,18 @@
 
 The override is all the tests add to a compose file (README, Containers): every service on the
 host's network (no Docker network is made), every service name resolving to 127.0.0.1
-(`extra_hosts`), `LISTEN_HOST=127.0.0.1` for the images that take it, and each instance's config
-mounted with its `[http] listen` on 127.0.0.1 instead of 0.0.0.0 (the one line changed). Published
-`ports` are dropped from the merged file (host networking has no use for them, and docker-compose
-v1 refuses the two together). The override, the configs and the merged file are written into
-the stack's folder, so a failed run can be replayed with the same files. Passwords come from
-`scripts/containers secrets`.
+(`extra_hosts`), `LISTEN_HOST=127.0.0.1` for the images that take it, each instance's config
+mounted with its `[http] listen` on 127.0.0.1 instead of 0.0.0.0, and every port of the stack
+(61613, 5432, 8081...) renumbered to a free one the harness picked, in the environment, the
+health checks and the mounted configs, so that stacks and other servers on the host never
+collide. Published `ports` are dropped from the merged file (host networking has no use for
+them, and docker-compose v1 refuses the two together). The override, the configs and the merged
+file are written into the stack's folder, so a failed run can be replayed with the same files.
+Passwords come from `scripts/containers secrets`.
 """
 
 import os
+import re
 import subprocess
 import tomllib
 import uuid
@@ -19,32 +22,74 @@ from typing import Any
 
 import yaml
 
+from reporting.harness.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose"
-# Where the compose files mount an instance's config.
+# Where the compose files mount an instance's config; the configs mounted from there.
 SERVER_CONFIG = "/etc/reporting/reporting.toml"
+CONFIG_SOURCE = "./config/"
+# A port in a value: not part of a longer number or a dotted version.
+PORT_IN_TEXT = re.compile(r"(?<![\d.])(\d{4,5})(?![\d.])")
 # Projects brought up in this interpreter: the session checks that none is left.
 PROJECTS: list[str] = []
 
 
-def host_override(document: dict[str, Any], config_dir: Path) -> dict[str, Any]:
-    """The override for one compose file (its parsed YAML); writes the configs it mounts."""
+def stack_ports(document: dict[str, Any]) -> set[int]:
+    """The ports a compose file's services listen on: its `*_PORT` settings, the ports in its
+    other settings (ZooKeeper's peers, a standby's primary) and its published ports."""
+    found: set[int] = set()
+    for service in document["services"].values():
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_PORT"):
+                found.add(int(value))
+            else:
+                found.update(int(port) for port in re.findall(r":(\d{4,5})\b", str(value)))
+        for published in service.get("ports", []):
+            found.add(int(str(published).rsplit(":", 1)[-1]))
+    return found
+
+
+def renumber(text: str, ports: dict[int, int]) -> str:
+    """`text` with each port of `ports` replaced by the one it maps to."""
+    return PORT_IN_TEXT.sub(lambda m: str(ports.get(int(m[1]), m[1])), text)
+
+
+def host_override(
+    document: dict[str, Any], config_dir: Path, ports: dict[int, int]
+) -> dict[str, Any]:
+    """The override for one compose file (its parsed YAML) on the host ports `ports` maps its
+    own to; writes the configs it mounts."""
     names = list(document["services"])
     services: dict[str, Any] = {}
     for name, service in document["services"].items():
+        environment = {
+            key: renumber(str(value), ports)
+            for key, value in (service.get("environment") or {}).items()
+            if renumber(str(value), ports) != str(value)
+        }
         override: dict[str, Any] = {
             "network_mode": "host",
             "extra_hosts": [f"{other}:127.0.0.1" for other in names],
-            "environment": {"LISTEN_HOST": "127.0.0.1"},
+            "environment": {"LISTEN_HOST": "127.0.0.1", **environment},
         }
+        if "healthcheck" in service:
+            test = [renumber(str(word), ports) for word in service["healthcheck"]["test"]]
+            override["healthcheck"] = {"test": test}
+        volumes = []
         for volume in service.get("volumes", []):
             source, target = volume.split(":")[:2]
+            if not source.startswith(CONFIG_SOURCE):
+                continue
+            text = (COMPOSE / source).read_text()
             if target == SERVER_CONFIG:
-                text = (COMPOSE / source).read_text()
                 changed = text.replace('listen = "0.0.0.0:', 'listen = "127.0.0.1:')
                 assert changed != text, f"{source}: no [http] listen on 0.0.0.0"
-                (config_dir / Path(source).name).write_text(changed)
-                override["volumes"] = [f"{config_dir / Path(source).name}:{SERVER_CONFIG}:ro"]
+                text = changed
+            (config_dir / Path(source).name).write_text(renumber(text, ports))
+            volumes.append(f"{config_dir / Path(source).name}:{target}:ro")
+        if volumes:
+            override["volumes"] = volumes
         services[name] = override
     return {"services": services}
 
@@ -61,9 +106,12 @@ class ComposeStack:
         self.secrets = workdir / "secrets"
         self.override = workdir / "host-network.yml"
         self.merged = workdir / "stack.yml"
+        # Each port of the stack, as the compose file says it -> the free port the tests use.
+        self.ports = {port: free_port() for port in sorted(stack_ports(self.document))}
         config_dir = workdir / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
-        self.override.write_text(yaml.safe_dump(host_override(self.document, config_dir)))
+        override = host_override(self.document, config_dir, self.ports)
+        self.override.write_text(yaml.safe_dump(override))
         subprocess.run(
             [str(REPO / "scripts" / "containers"), "secrets", str(self.secrets)],
             check=True,
@@ -78,6 +126,10 @@ class ComposeStack:
         for service in merged["services"].values():
             service.pop("ports", None)
         self.merged.write_text(yaml.safe_dump(merged))
+
+    def host(self, port: int) -> str:
+        """127.0.0.1:PORT of what the compose file has on `port`."""
+        return f"127.0.0.1:{self.ports[port]}"
 
     def secret(self, name: str) -> str:
         return (self.secrets / name).read_text()

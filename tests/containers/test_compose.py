@@ -26,15 +26,15 @@ from tests.containers.compose_stack import ComposeStack
 
 pytestmark = pytest.mark.containers
 
-# Where producers send: the broker services of each stack, primary first.
+# Where producers send: the broker ports of each stack (as its compose file has them; the stack
+# runs them on free ports), primary first.
 BROKERS = {
-    "shared": ["127.0.0.1:61613"],
-    "segregated": ["127.0.0.1:61613", "127.0.0.1:61614"],
-    "group": ["127.0.0.1:61613"],
-    "ensemble": ["127.0.0.1:61613"],
-    "pg-standby": ["127.0.0.1:61613"],
+    "shared": [61613],
+    "segregated": [61613, 61614],
+    "group": [61613],
+    "ensemble": [61613],
+    "pg-standby": [61613],
 }
-DATABASE_PORT = {"pg-standby": 5432}
 # Services that share an instance's host: lost with it.
 HOST_OF = {("segregated", "rs-primary"): ["activemq-primary"]}
 REPORTS_PER_PHASE = 200
@@ -64,7 +64,7 @@ def stack(request: pytest.FixtureRequest, engine: None, tmp_path: Path) -> Itera
 
 def send(stack: ComposeStack, ledger: Path, count: int) -> None:
     client = ReportClient(
-        BROKERS[stack.name],
+        [stack.host(port) for port in BROKERS[stack.name]],
         user="producer",
         password=stack.secret("broker-producer"),
         ledger=ledger,
@@ -84,7 +84,7 @@ def send(stack: ComposeStack, ledger: Path, count: int) -> None:
 def stored_counts(stack: ComposeStack, ids: set[str]) -> dict[str, int]:
     with psycopg.connect(
         host="127.0.0.1",
-        port=DATABASE_PORT.get(stack.name, 5432),
+        port=stack.ports[5432],  # pg-standby: the primary
         user="reporting",
         password=stack.secret("postgres-owner"),
         dbname="reporting",

@@ -53,11 +53,13 @@ def secure_activemq(workdir: Path, *, server_pw: str, producer_pw: str) -> Activ
 
 @pytest.fixture
 def instances() -> Iterator[list[Instance]]:
-    """Instances a test started; each is stopped (killed if it hangs) after the test."""
+    """Instances a test started; each is stopped (killed if it hangs) after the test, and its
+    container removed if it ran in one."""
     started: list[Instance] = []
     yield started
     for instance in started:
         instance.stop(timeout_s=15)
+        instance.remove()
 
 
 @pytest.fixture
@@ -141,9 +143,13 @@ def group(
     queues: list[str],
     cluster_path: str,
     instances: list[Instance],
+    request: pytest.FixtureRequest,
 ) -> Callable[..., Instance]:
     """Builds (not starts) one more group-mode instance: one broker, one journal folder for all;
-    each instance lists the ones built before it as peers."""
+    each instance lists the ones built before it as peers. In a chaos test the instances run as
+    the backend says (containers under REPORTING_TEST_BACKEND=containers), elsewhere as
+    processes."""
+    chaos = request.node.get_closest_marker("chaos") is not None
     members = Group(
         tmp_path,
         broker_host=activemq.host,
@@ -152,6 +158,7 @@ def group(
         queues=queues,
         cluster=cluster_path,
         settings=TEST_SETTINGS,
+        instance_type=request.getfixturevalue("instance_class") if chaos else Instance,
     )
 
     def make(name: str, **overrides: dict[str, Any]) -> Instance:
@@ -208,15 +215,6 @@ def start_group(
         instance.start()
     assignment = wait_until(lambda: spread(members, queues), 30, "every queue owned, once")
     return members, assignment
-
-
-@pytest.fixture
-def backup_broker(tmp_path: Path) -> Iterator[Any]:
-    """A second ActiveMQ, the segregated backup's own store."""
-    from reporting.harness import ActiveMQ
-
-    with ActiveMQ(tmp_path / "backup-activemq") as broker:
-        yield broker
 
 
 @pytest.fixture

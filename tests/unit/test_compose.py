@@ -173,3 +173,24 @@ def test_the_monitoring_override_listens_on_loopback_of_the_hosts_network() -> N
     assert grafana["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
     assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana-admin"
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_the_tests_override_moves_every_port_of_the_stack(path: Path, tmp_path: Path) -> None:
+    """The compose tests run a stack on free ports: no port of the file may be left behind in
+    the environment, the health checks or the configs the override mounts."""
+    from tests.containers.compose_stack import PORT_IN_TEXT, host_override, stack_ports
+
+    document = yaml.safe_load(path.read_text())
+    ports = {port: 40000 + i for i, port in enumerate(sorted(stack_ports(document)))}
+    override = host_override(document, tmp_path, ports)["services"]
+    texts = [f.read_text() for f in tmp_path.iterdir()]
+    for name, service in document["services"].items():
+        # What the service runs with: its own settings, the override's laid over them.
+        environment = {**service.get("environment", {}), **override[name]["environment"]}
+        health = override[name].get("healthcheck") or service.get("healthcheck") or {}
+        texts += [str(v) for v in environment.values()] + [str(w) for w in health.get("test", [])]
+    left = {int(n) for text in texts for n in PORT_IN_TEXT.findall(text)} - set(ports.values())
+    assert not left, f"{path.name}: ports not renumbered: {sorted(left)}"
+    mounted = {f.name for f in tmp_path.iterdir()}
+    assert set(server_configs(path).values()) <= {COMPOSE / "config" / n for n in mounted}
