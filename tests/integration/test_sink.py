@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from sqlalchemy import select
 
-from reporting.harness import Postgres
+from reporting.harness import MariaDB, Postgres
 from reporting.harness.waiting import wait_until
 from storage.database import Sink, insert
-from storage.database.schema import rejected_reports, reports
+from storage.database.schema import fence, rejected_reports, reports
 from storage.errors import DatabaseUnavailable, StaleEpoch
 from storage.reports import MAX_TEXT_CHARS, Rejected, Report, from_record
 
@@ -283,11 +284,17 @@ def _rejected(sink: Sink) -> dict[str, tuple[str, bytes]]:
         return {row.report_id: (row.reason, bytes(row.raw)) for row in conn.execute(query)}
 
 
-# -- PostgreSQL only ----------------------------------------------------------------------------
+# -- the servers (PostgreSQL, MariaDB) ---------------------------------------------------------
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "maria_url")
 
 
 @pytest.mark.integration
-def test_upgrade_from_two_processes_at_once(pg_url: str) -> None:
+def test_upgrade_from_two_processes_at_once(server_url: str) -> None:
+    pg_url = server_url
     sinks = [Sink(pg_url, cluster="c", journal=f"j{i}") for i in range(2)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
@@ -311,7 +318,8 @@ def test_upgrade_from_two_processes_at_once(pg_url: str) -> None:
 
 
 @pytest.mark.integration
-def test_stale_writer_waits_for_the_fence_then_is_refused(pg_url: str) -> None:
+def test_stale_writer_waits_for_the_fence_then_is_refused(server_url: str) -> None:
+    pg_url = server_url
     new, old = (Sink(pg_url, cluster="/pair", journal=n) for n in ("rs-b", "rs-a"))
     new.upgrade()
     old.claim_epoch(1)
@@ -344,10 +352,25 @@ def _try_write(sink: Sink, items: list[Report], *, epoch: int) -> BaseException 
 
 
 @pytest.mark.integration
+def test_fence_cannot_be_lowered_even_by_hand(server_url: str) -> None:
+    # Migration 0002's trigger: not even an UPDATE outside the sink takes the fence back.
+    sink = Sink(server_url, cluster="/pair", journal="rs-a")
+    try:
+        sink.upgrade()
+        sink.claim_epoch(4)
+        with pytest.raises(sqlalchemy.exc.DBAPIError), sink._engine.begin() as conn:
+            conn.execute(sqlalchemy.update(fence).values(epoch=3))
+        assert sink.fence_epoch() == 4
+    finally:
+        sink.close()
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_postgres_killed_during_a_stream_of_batches(tmp_path: Path) -> None:
-    # Its own cluster, so killing it cannot disturb other tests.
-    pg = Postgres(tmp_path / "pg")
+@pytest.mark.parametrize("server_class", [Postgres, MariaDB], ids=["postgresql", "mariadb"])
+def test_database_killed_during_a_stream_of_batches(tmp_path: Path, server_class: type) -> None:
+    # Its own server, so killing it cannot disturb other tests.
+    pg = server_class(tmp_path / "db")
     pg.start()
     sink = Sink(pg.create_database("kill"), cluster="/pair", journal="rs-a")
     stop = threading.Event()
