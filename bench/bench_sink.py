@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from reporting.harness import Postgres
-from storage.database import Sink, insert
+from storage.database import Sink, dialects, insert
 from storage.database.rows import REPORT_COLUMNS, report_row
 from storage.reports import Report
 
@@ -130,9 +130,9 @@ def main() -> None:
         "executemany (pipeline)": lambda conn, reports: insert.executemany_reports(
             conn, [report_row(r) for r in reports]
         ),
-        "multi-row VALUES RETURNING": lambda conn, reports: insert.insert_many(
-            conn, insert.reports, [report_row(r) for r in reports], "report_id"
-        ),
+        "multi-row VALUES RETURNING": lambda conn, reports: dialects.for_name(
+            "postgresql"
+        ).insert_many(conn, insert.reports, [report_row(r) for r in reports], "report_id"),
     }
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as workdir:

@@ -1,4 +1,5 @@
-"""Session-wide harness servers: one PostgreSQL, ActiveMQ and ZooKeeper per pytest session.
+"""Session-wide harness servers: one PostgreSQL, MariaDB, ActiveMQ and ZooKeeper per pytest
+session.
 
 Each server starts the first time a test asks for it: a local process, or with
 REPORTING_TEST_BACKEND=containers a container of the project's images
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reporting.errors import HarnessError
-from reporting.harness import ActiveMQ, Postgres, Service, TcpProxy, ZooKeeper, processes
+from reporting.harness import ActiveMQ, MariaDB, Postgres, Service, TcpProxy, ZooKeeper, processes
 from reporting.harness.instance import Instance
 
 # Servers started in this session, in start order.
@@ -78,6 +79,17 @@ def postgres(harness_dir: Path) -> Iterator[Postgres]:
 def pg_url(postgres: Postgres) -> str:
     """SQLAlchemy URL of a fresh, empty database for this test."""
     return postgres.create_database(f"t_{uuid.uuid4().hex}")
+
+
+@pytest.fixture(scope="session")
+def mariadb(harness_dir: Path) -> Iterator[MariaDB]:
+    yield from _serve(MariaDB(harness_dir / "mariadb"))
+
+
+@pytest.fixture
+def maria_url(mariadb: MariaDB) -> str:
+    """SQLAlchemy URL of a fresh, empty MariaDB database for this test."""
+    return mariadb.create_database(f"t_{uuid.uuid4().hex}")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import pwd
 import re
 import shutil
 import signal
-import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from psycopg import sql
 
 from reporting.errors import HarnessError
 from reporting.harness import probes
+from reporting.harness.accounts import hand_workdir_to, spawn_as
 from reporting.harness.ports import LOOPBACK, free_port
 from reporting.harness.service import Service
 from reporting.harness.tls import TlsBundle
@@ -98,7 +98,7 @@ class Postgres(PostgresAccess, Service):
         if not (PG_BIN / "postgres").exists():
             raise HarnessError(f"postgres: {PG_BIN / 'postgres'} not found; run: {INSTALL_HINT}")
         if os.geteuid() == 0:
-            _hand_to_postgres_user(self.workdir)
+            hand_workdir_to(RUN_AS, self.workdir, service=self.name, hint=INSTALL_HINT)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         if self.tls is not None:
@@ -190,24 +190,4 @@ class Postgres(PostgresAccess, Service):
         return probes.postgres_ready(self.port, password=self.password)
 
     def _spawn_options(self) -> dict[str, Any]:
-        if os.geteuid() != 0:
-            return {}
-        return {"user": RUN_AS, "group": RUN_AS, "extra_groups": []}
-
-
-def _hand_to_postgres_user(workdir: Path) -> None:
-    """Give the workdir to the postgres account and let it reach the workdir.
-
-    Temporary directories of a root session are mode 0700; PostgreSQL needs to traverse them, so
-    they get the search (x) bit for others, never the read bit.
-    """
-    try:
-        account = pwd.getpwnam(RUN_AS)
-    except KeyError:
-        raise HarnessError(f"postgres: no '{RUN_AS}' account; run: {INSTALL_HINT}") from None
-    # initdb creates the data directory inside, owned by the account.
-    os.chown(workdir, account.pw_uid, account.pw_gid)
-    for parent in workdir.parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            os.chmod(parent, mode | stat.S_IXOTH)
+        return spawn_as(RUN_AS)

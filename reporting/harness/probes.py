@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pymysql
 
 from reporting.harness.ports import LOOPBACK
 
@@ -194,4 +195,15 @@ def postgres_ready(port: int, host: str = LOOPBACK, *, password: str | None = No
             conn.execute("SELECT 1")
         return True
     except psycopg.OperationalError:
+        return False
+
+
+def mariadb_ready(port: int, host: str = LOOPBACK) -> bool:
+    """True when MariaDB accepts a connection (as root) and runs a query."""
+    try:
+        with pymysql.connect(host=host, port=port, user="root", connect_timeout=2) as conn:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        return True
+    except pymysql.Error:
         return False

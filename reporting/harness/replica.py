@@ -15,8 +15,9 @@ from pathlib import Path
 import psycopg
 
 from reporting.errors import HarnessError
+from reporting.harness.accounts import hand_workdir_to
 from reporting.harness.ports import LOOPBACK
-from reporting.harness.postgres import INSTALL_HINT, PG_BIN, Postgres, _hand_to_postgres_user
+from reporting.harness.postgres import INSTALL_HINT, PG_BIN, RUN_AS, Postgres
 
 _REPLICATION_HBA = f"host replication postgres {LOOPBACK}/32 trust\n"
 STANDBY_NAME = "standby"
@@ -67,7 +68,7 @@ class Standby(Postgres):
         if not (PG_BIN / "pg_basebackup").exists():
             raise HarnessError(f"{self.name}: {PG_BIN / 'pg_basebackup'} not found; {INSTALL_HINT}")
         if os.geteuid() == 0:
-            _hand_to_postgres_user(self.workdir)
+            hand_workdir_to(RUN_AS, self.workdir, service=self.name, hint=INSTALL_HINT)
         if (self.data_dir / "PG_VERSION").exists():
             return
         if self.data_dir.exists():

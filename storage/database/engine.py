@@ -1,7 +1,8 @@
-"""Engines for the two supported databases, and the translation of their errors.
+"""Engines for the supported databases, and the translation of their errors.
 
-PostgreSQL goes through psycopg 3; SQLite is the embedded default, in WAL mode with one writer.
-Both are needed for `INSERT ... ON CONFLICT`, on which "no duplicates" rests.
+PostgreSQL goes through psycopg 3; MariaDB (or MySQL) through PyMySQL; SQLite is the embedded
+default, in WAL mode with one writer. The statements that differ between them are in
+storage.database.dialects.
 """
 
 import contextlib
@@ -11,9 +12,11 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pymysql.constants import CLIENT
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
+from storage.database.dialects import mariadb
 from storage.errors import DatabaseError, DatabaseUnavailable, StatementTimeout
 
 CONNECT_TIMEOUT_S = 5
@@ -37,8 +40,12 @@ def dialect_of(url: str) -> str:
         backend = make_url(url).get_backend_name()
     except exc.ArgumentError:
         raise DatabaseError(f"not a database URL: {redacted(url)}") from None
-    if backend not in ("postgresql", "sqlite"):
-        raise DatabaseError(f"unsupported database {backend!r}: use postgresql or sqlite")
+    if backend == "mariadb":
+        backend = "mysql"
+    if backend not in ("postgresql", "mysql", "sqlite"):
+        raise DatabaseError(
+            f"unsupported database {backend!r}: use postgresql, mariadb (mysql+pymysql) or sqlite"
+        )
     return backend
 
 
@@ -56,8 +63,11 @@ def redacted(url: str) -> str:
 
 def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
     """An engine for `url`; `timeout_s` shortens the connect and statement timeouts (probes)."""
-    if dialect_of(url) == "sqlite":
+    backend = dialect_of(url)
+    if backend == "sqlite":
         return _sqlite_engine(url, timeout_s)
+    if backend == "mysql":
+        return _mariadb_engine(url, timeout_s)
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -85,6 +95,50 @@ def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
         # A report's values never reach an error message or a log line.
         hide_parameters=True,
     )
+
+
+def _mariadb_engine(url: str, timeout_s: float | None) -> Engine:
+    parsed = make_url(url)
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
+    if "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    connect_s = max(1, int(timeout_s or CONNECT_TIMEOUT_S))
+    statement_s = timeout_s or STATEMENT_TIMEOUT_S
+    session = {
+        # Strict: a value that does not fit is an error (the row's fault), never a warning and
+        # a clamped or cut value stored.
+        "sql_mode": "'STRICT_ALL_TABLES,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO'",
+        "time_zone": "'+00:00'",  # stored_at's now() in UTC, as the other times
+        "max_statement_time": f"{statement_s:g}",
+        # A writer paused or cut off with the fence row locked loses its transaction.
+        "idle_transaction_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_S),
+        "innodb_lock_wait_timeout": str(max(1, int(statement_s))),
+    }
+    init = "SET SESSION " + ", ".join(f"{key} = {value}" for key, value in session.items())
+    engine = create_engine(
+        parsed,
+        connect_args={
+            "connect_timeout": connect_s,
+            # A peer that vanished without a FIN (a partition) ends a read or write in time.
+            "read_timeout": int(statement_s) + 20,
+            "write_timeout": int(statement_s) + 20,
+            "init_command": init,
+        },
+        isolation_level="READ COMMITTED",
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+        hide_parameters=True,
+    )
+
+    @event.listens_for(engine, "do_connect")
+    def _without_found_rows(_dialect: Any, _record: Any, _args: Any, params: Any) -> None:
+        # SQLAlchemy asks for FOUND_ROWS, with which a duplicate left as it was by
+        # ON DUPLICATE KEY UPDATE counts as a row: without it, rowcount is the rows stored.
+        params["client_flag"] = params.get("client_flag", 0) & ~CLIENT.FOUND_ROWS
+
+    return engine
 
 
 def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:
@@ -156,6 +210,16 @@ def classify(error: BaseException) -> Failure:
     """Whether `error` is about the rows written, the statement's time, or the database."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return Failure.UNAVAILABLE
+    number = mariadb.error_number(error)
+    if number is not None:
+        # MariaDB's SQLSTATEs are coarse (HY000 for a lock wait timeout and many more): its
+        # error numbers say it, and an unknown one falls through to SQLSTATE and class below.
+        if number in mariadb.TIMEOUT_ERRORS:
+            return Failure.TIMEOUT
+        if number in mariadb.ROW_ERRORS:
+            return Failure.ROW
+        if number in mariadb.UNAVAILABLE_ERRORS:
+            return Failure.UNAVAILABLE
     state = sqlstate_of(error)
     if state is not None:
         if state == _QUERY_CANCELED:

@@ -6,8 +6,8 @@ already the COPY fails on the unique key and the batch goes `copy_reports_staged
 in the same transaction: COPY into a staging table, then one INSERT ... SELECT ... ON CONFLICT
 DO NOTHING (bench/bench_sink.py measured that about 1.6x as fast as `executemany_reports`,
 psycopg's executemany in one pipeline, for batches of 1000). The sink goes the staged way
-straight away after a batch that held duplicates. `insert_many` works on both dialects and is
-what SQLite uses.
+straight away after a batch that held duplicates. The other databases' ways are in
+storage.database.dialects.
 """
 
 import json
@@ -17,9 +17,8 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database.rows import REPORT_COLUMNS
 from storage.database.schema import reports
@@ -34,17 +33,6 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
 ) ON COMMIT DELETE ROWS
 """
 _COLUMN_LIST = ", ".join(REPORT_COLUMNS)
-
-
-def insert_many(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str) -> int:
-    if not rows:
-        return 0
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
-    # Counted by RETURNING: the driver's executemany rowcount does not reach SQLAlchemy's result.
-    # SQLAlchemy sends it as multi-row VALUES pages ("insertmanyvalues").
-    result = conn.execute(statement.returning(table.c[key]), list(rows))
-    return len(result.all())
 
 
 def copy_values(reports: Sequence[Report]) -> list[list[Any]]:

@@ -2,6 +2,12 @@
 
 Migration 0001 creates exactly these; a unit test compares the two, so a change here needs a new
 migration. Times are stored in UTC.
+
+On MariaDB (and MySQL) the types differ where its defaults would lose data or break an index:
+an indexed text column is a VARCHAR whose utf8mb4 key fits InnoDB's 3072-byte limit (a TEXT
+column can be indexed only by prefix or hash), times keep microseconds, a float is a DOUBLE, the
+raw bytes a LONGBLOB (a BLOB holds 64 KiB), and `JSON` is MariaDB's LONGTEXT with a json_valid
+check.
 """
 
 from sqlalchemy import (
@@ -20,37 +26,53 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy.dialects.mysql import DATETIME, DOUBLE, LONGBLOB, VARCHAR
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 
 metadata = MetaData()
 
+_MYSQL = ("mysql", "mariadb")
 # SQLite only autoincrements an INTEGER PRIMARY KEY (which is 64-bit there anyway).
 RowId = BigInteger().with_variant(Integer(), "sqlite")
 Payload = JSON().with_variant(JSONB(), "postgresql")
-Raw = LargeBinary().with_variant(BYTEA(), "postgresql")
+Raw = LargeBinary().with_variant(BYTEA(), "postgresql").with_variant(LONGBLOB(), *_MYSQL)
+Time = DateTime(timezone=True).with_variant(DATETIME(fsp=6), *_MYSQL)
+Double = Float().with_variant(DOUBLE(), *_MYSQL)
+
+
+def Key(chars: int) -> Text:  # noqa: N802 - a type, as the others here
+    """Text that is part of an index: VARCHAR(chars) on MariaDB (4 bytes a character in
+    utf8mb4, so an index of them stays within 3072 bytes), TEXT elsewhere."""
+    return Text().with_variant(VARCHAR(chars), *_MYSQL)
+
+
+# Longer than any id or name the server writes (decode bounds report ids to 200 characters,
+# typed text copies to MAX_TEXT_CHARS = 512): a longer one is refused as the row's fault.
+ID_CHARS = 512
+NAME_CHARS = 255
 
 reports = Table(
     "reports",
     metadata,
     Column("id", RowId, primary_key=True, autoincrement=True),
-    Column("report_id", Text, nullable=False),
+    Column("report_id", Key(ID_CHARS), nullable=False),
     Column("kind", Text, nullable=False),
     Column("queue", Text, nullable=False),
     Column("payload", Payload, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("received_at", Time, nullable=False),
+    Column("stored_at", Time, nullable=False, server_default=func.now()),
     # Typed copies of payload fields, for indexes and sums; NULL where the kind has no such field
     # or its value does not parse.
-    Column("call_id", Text),
-    Column("component", Text),
-    Column("tenant", Text),
-    Column("started_at", DateTime(timezone=True)),  # cdr `start`, events `at`
-    Column("ended_at", DateTime(timezone=True)),  # cdr `end`
-    Column("interval_start", DateTime(timezone=True)),  # or `interval_start`
+    Column("call_id", Key(ID_CHARS)),
+    Column("component", Key(ID_CHARS)),
+    Column("tenant", Key(ID_CHARS)),
+    Column("started_at", Time),  # cdr `start`, events `at`
+    Column("ended_at", Time),  # cdr `end`
+    Column("interval_start", Time),  # or `interval_start`
     Column("arrivals", BigInteger),  # or
     Column("peak", BigInteger),  # or
     Column("metric", Text),  # sq
-    Column("value", Float),  # sq
+    Column("value", Double),  # sq
     UniqueConstraint("report_id", name="reports_report_id_key"),
     Index("ix_reports_call_id", "call_id"),
     Index("ix_reports_component_started_at", "component", "started_at"),
@@ -63,15 +85,16 @@ rejected_reports = Table(
     "rejected_reports",
     metadata,
     Column("id", RowId, primary_key=True, autoincrement=True),
-    Column("report_id", Text, nullable=False),  # or the message id where the report had none
+    # The message id where the report had none.
+    Column("report_id", Key(ID_CHARS), nullable=False),
     Column("queue", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("raw", Raw, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("received_at", Time, nullable=False),
+    Column("stored_at", Time, nullable=False, server_default=func.now()),
     # sha256 of (report_id, queue, reason, raw), of a fixed reason for a report the database
     # refused: a rejected record drained again, in any process, is stored once.
-    Column("digest", Text, nullable=False),
+    Column("digest", Key(64), nullable=False),
     UniqueConstraint("digest", name="rejected_reports_digest_key"),
     Index("ix_rejected_reports_report_id", "report_id"),
 )
@@ -80,8 +103,8 @@ rejected_reports = Table(
 journal_positions = Table(
     "journal_positions",
     metadata,
-    Column("journal", Text, nullable=False),
-    Column("segment", Text, nullable=False),
+    Column("journal", Key(NAME_CHARS), nullable=False),
+    Column("segment", Key(NAME_CHARS), nullable=False),
     Column("byte", BigInteger, nullable=False),
     PrimaryKeyConstraint("journal", "segment"),
 )
@@ -90,6 +113,6 @@ journal_positions = Table(
 fence = Table(
     "fence",
     metadata,
-    Column("cluster", Text, primary_key=True),
+    Column("cluster", Key(ID_CHARS), primary_key=True),
     Column("epoch", BigInteger, nullable=False),
 )

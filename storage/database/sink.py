@@ -20,9 +20,8 @@ from typing import Any
 
 import tenacity
 from sqlalchemy import Connection, bindparam, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.database import insert, migrate
+from storage.database import dialects, migrate
 from storage.database.engine import (
     Failure,
     classify,
@@ -33,7 +32,7 @@ from storage.database.engine import (
     translated,
     watch_availability,
 )
-from storage.database.rows import refused_row, rejected_row, report_row
+from storage.database.rows import refused_row, rejected_row
 from storage.database.schema import fence, journal_positions, rejected_reports, reports
 from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch, StatementTimeout
 from storage.reports import Rejected, Report
@@ -68,8 +67,8 @@ class Batch:
 
     items: Sequence[Report | Rejected]
     reports: list[Report]
-    # The reports as COPY takes them (PostgreSQL), else None.
-    copy_rows: list[list[Any]] | None
+    # The reports as the dialect's bulk path takes them (COPY's rows on PostgreSQL), else None.
+    copy_rows: list[Any] | None
     rejected_rows: list[dict[str, Any]]
 
     def __add__(self, other: "Batch") -> "Batch":
@@ -98,8 +97,7 @@ class Sink:
         with translated(url):
             self._engine = make_engine(url)
             self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
-        self._dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        self._duplicates_seen = False
+        self._dialect = dialects.for_name(self._engine.dialect.name)
         # Why the database could not be reached, as last seen by any caller; None once it was.
         # A list of one, so that views (copies) share it with this sink.
         self._last_error: list[str | None] = [None]
@@ -112,7 +110,7 @@ class Sink:
     def copies(self) -> bool:
         """True where reports go in by COPY (PostgreSQL), which needs their text and typed
         columns but not their parsed payloads."""
-        return self._dialect is postgresql
+        return self._dialect.copies
 
     def view(self, *, cluster: str, journal: str) -> "Sink":
         """The same database under another fence and positions key, sharing this sink's engines
@@ -120,13 +118,14 @@ class Sink:
         other = copy.copy(self)
         other.cluster = cluster
         other.journal = journal
+        other._dialect = copy.copy(self._dialect)  # its own run of duplicates (PostgreSQL)
         return other
 
     def prepare(self, items: Sequence[Report | Rejected]) -> Batch:
         """Builds the rows of `items`: pure work, which a caller may do outside the transaction
         (the drainer does it while the previous batch is in the database)."""
         report_items = [item for item in items if isinstance(item, Report)]
-        copy_rows = insert.copy_values(report_items) if self._dialect is postgresql else None
+        copy_rows = self._dialect.bulk_rows(report_items)
         return Batch(
             items,
             report_items,
@@ -189,17 +188,7 @@ class Sink:
             return conn.scalar(select(fence.c.epoch).where(fence.c.cluster == self.cluster))
 
     def _check_fence(self, conn: Connection, epoch: int) -> None:
-        # An upsert rather than a bare UPDATE, so a first writer needs no separate claim. On
-        # PostgreSQL it locks the fence row until commit: a writer of an older epoch waits, then
-        # sees the newer epoch and matches nothing.
-        statement = self._dialect.insert(fence).values(cluster=self.cluster, epoch=epoch)
-        statement = statement.on_conflict_do_update(
-            index_elements=[fence.c.cluster],
-            set_={"epoch": statement.excluded.epoch},
-            where=fence.c.epoch <= statement.excluded.epoch,
-        )
-        # RETURNING rather than rowcount, which SQLAlchemy does not pass on for every INSERT.
-        if conn.execute(statement.returning(fence.c.epoch)).first() is None:
+        if not self._dialect.claim_fence(conn, self.cluster, epoch):
             raise StaleEpoch(self.cluster, epoch)
 
     # -- writing ------------------------------------------------------------------------------
@@ -226,10 +215,12 @@ class Sink:
             if committed:
                 self._check_positions(conn, committed)
             stored, refused = self._insert_isolating(conn, batch.reports, batch.copy_rows)
-            rejected = insert.insert_many(conn, rejected_reports, batch.rejected_rows, "digest")
+            rejected = self._dialect.insert_many(
+                conn, rejected_reports, batch.rejected_rows, "digest"
+            )
             refused_rows = [refused_row(report, why) for report, why in refused]
-            new_refused = insert.insert_many(conn, rejected_reports, refused_rows, "digest")
-            self._store_positions(conn, positions)
+            new_refused = self._dialect.insert_many(conn, rejected_reports, refused_rows, "digest")
+            self._dialect.store_positions(conn, self.journal, positions)
         if refused:
             log.warning(
                 "database %s: refused %d report(s), kept as rejected: %s",
@@ -305,14 +296,14 @@ class Sink:
         self,
         conn: Connection,
         items: list[Report],
-        copy_rows: list[list[Any]] | None,
+        copy_rows: list[Any] | None,
     ) -> tuple[int, list[tuple[Report, str]]]:
         """Insert reports; those the database refuses are found by bisection and returned."""
         if not items:
             return 0, []
         try:
             with conn.begin_nested():
-                return self._insert_reports(conn, items, copy_rows), []
+                return self._dialect.insert_reports(conn, items, copy_rows), []
         except Exception as error:
             # Only an error about the rows is isolated; one about the database ends the
             # transaction (it is retried whole, or split by the caller when it timed out).
@@ -328,22 +319,6 @@ class Sink:
         stored_b, refused_b = self._insert_isolating(conn, items[middle:], second)
         return stored_a + stored_b, refused_a + refused_b
 
-    def _insert_reports(
-        self,
-        conn: Connection,
-        items: list[Report],
-        copy_rows: list[list[Any]] | None,
-    ) -> int:
-        if copy_rows is None:
-            rows = [report_row(report) for report in items]
-            return insert.insert_many(conn, reports, rows, "report_id")
-        # Duplicates come in runs (a redelivery, a replay): after a batch with some, the next
-        # goes the staged way at once rather than after a COPY that fails on the first one.
-        copy = insert.copy_reports_staged if self._duplicates_seen else insert.copy_reports
-        stored = copy(conn, copy_rows)
-        self._duplicates_seen = stored < len(copy_rows)
-        return stored
-
     def _check_positions(self, conn: Connection, committed: Mapping[str, int]) -> None:
         query = select(journal_positions.c.segment, journal_positions.c.byte).where(
             journal_positions.c.journal == self.journal,
@@ -353,20 +328,6 @@ class Sink:
         for segment, byte in sorted(committed.items()):
             if stored.get(segment, 0) < byte:
                 raise PositionsLost(self.journal, segment, stored.get(segment, 0), byte)
-
-    def _store_positions(self, conn: Connection, positions: Mapping[str, int]) -> None:
-        if not positions:
-            return
-        statement = self._dialect.insert(journal_positions)
-        statement = statement.on_conflict_do_update(
-            index_elements=[journal_positions.c.journal, journal_positions.c.segment],
-            set_={"byte": statement.excluded.byte},
-        )
-        rows = [
-            {"journal": self.journal, "segment": segment, "byte": byte}
-            for segment, byte in sorted(positions.items())
-        ]
-        conn.execute(statement, rows)
 
     # -- reading ------------------------------------------------------------------------------
 

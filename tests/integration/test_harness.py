@@ -15,7 +15,7 @@ import stomp
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
-from reporting.harness import ActiveMQ, Postgres, TcpProxy, ZooKeeper, probes, processes
+from reporting.harness import ActiveMQ, MariaDB, Postgres, TcpProxy, ZooKeeper, probes, processes
 from reporting.harness.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -56,6 +56,29 @@ def test_pg_url_gives_each_test_its_own_database(postgres: Postgres, pg_url: str
     with postgres.connect(database) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert tables.fetchone() == (0,)
+
+
+def test_mariadb_row_survives_kill_and_each_test_has_its_own_database(
+    mariadb: MariaDB, maria_url: str
+) -> None:
+    database = maria_url.rsplit("/", 1)[1].split("?")[0]
+    assert maria_url == f"mysql+pymysql://root@127.0.0.1:{mariadb.port}/{database}?charset=utf8mb4"
+    with mariadb.connect() as conn, conn.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE `{database}`.t (v VARCHAR(10)) ENGINE=InnoDB")
+        cursor.execute(f"INSERT INTO `{database}`.t VALUES ('kept')")
+        cursor.execute(
+            f"SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA"
+            f" WHERE SCHEMA_NAME = '{database}'"
+        )
+        assert cursor.fetchone() == ("utf8mb4",)
+    server = mariadb.pid
+    mariadb.kill()
+    assert not probes.mariadb_ready(mariadb.port)
+    mariadb.restart()
+    assert mariadb.pid != server
+    with mariadb.connect() as conn, conn.cursor() as cursor:
+        cursor.execute(f"SELECT v FROM `{database}`.t")
+        assert cursor.fetchall() == (("kept",),)
 
 
 def test_servers_left_running_are_stopped_when_the_interpreter_exits(tmp_path) -> None:

@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from sqlalchemy import select
 
-from reporting.harness import Postgres
+from reporting.harness import MariaDB, Postgres
 from reporting.harness.waiting import wait_until
 from storage.database import Sink, insert
-from storage.database.schema import rejected_reports, reports
+from storage.database.schema import fence, rejected_reports, reports
 from storage.errors import DatabaseUnavailable, StaleEpoch
 from storage.reports import MAX_TEXT_CHARS, Rejected, Report, from_record
 
@@ -33,11 +34,17 @@ def cdr(report_id: str, **fields: object) -> Report:
 
 
 @pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)],
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.integration),
+        pytest.param("mariadb", marks=pytest.mark.integration),
+    ],
 )
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'reports.db'}"
+    if request.param == "mariadb":
+        return request.getfixturevalue("maria_url")
     return request.getfixturevalue("pg_url")
 
 
@@ -187,7 +194,10 @@ def test_rows_the_database_refuses_are_kept_as_rejected(url: str, sink: Sink) ->
     result = sink.write_batch(batch, positions={"00000003": 512}, epoch=1)
     refused = set(_rejected(sink))
     # SQLite stores NaN and NUL as they are; only the integer beyond 64 bits is refused there.
+    # MariaDB keeps NUL in text and JSON (as \u0000) but checks that a payload is JSON.
     expected = set(bad) if url.startswith("postgresql") else {"huge"}
+    if url.startswith("mysql"):
+        expected = {"huge", "nan"}
 
     assert refused == expected
     assert result.stored == len(batch) - len(expected)
@@ -221,8 +231,11 @@ def test_rows_no_retry_could_fix_are_rejected_and_the_rest_of_the_batch_stored(
     batch = [*good[:10], bad[long_id], *good[10:20], bad["numeric"], bad["surrogate"], *good[20:]]
 
     result = sink.write_batch(batch, positions={"00000004": 900}, epoch=1)
-    # SQLite has no index row limit and keeps the payload it is given.
+    # SQLite has no index row limit and keeps the payload it is given. MariaDB refuses the id
+    # longer than its column; its JSON is text, which keeps any number that parses.
     expected = set(bad) if url.startswith("postgresql") else {"surrogate"}
+    if url.startswith("mysql"):
+        expected = {long_id, "surrogate"}
 
     assert result.stored == len(batch) - len(expected)
     assert result.rejected == result.refused == len(expected)
@@ -241,6 +254,8 @@ def test_rows_no_retry_could_fix_are_rejected_and_the_rest_of_the_batch_stored(
     if url.startswith("postgresql"):
         assert rejected[long_id[:MAX_TEXT_CHARS]][0].endswith("(SQLSTATE 54000)")
         assert rejected["numeric"][0].endswith("(SQLSTATE 22003)")
+    if url.startswith("mysql"):
+        assert "1406" in rejected[long_id[:MAX_TEXT_CHARS]][0]  # data too long for column
 
     again = sink.write_batch(batch, positions={"00000004": 900}, epoch=1)
     assert (again.stored, again.rejected, again.refused, again.duplicates) == (0, 0, 0, len(batch))
@@ -269,11 +284,17 @@ def _rejected(sink: Sink) -> dict[str, tuple[str, bytes]]:
         return {row.report_id: (row.reason, bytes(row.raw)) for row in conn.execute(query)}
 
 
-# -- PostgreSQL only ----------------------------------------------------------------------------
+# -- the servers (PostgreSQL, MariaDB) ---------------------------------------------------------
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "maria_url")
 
 
 @pytest.mark.integration
-def test_upgrade_from_two_processes_at_once(pg_url: str) -> None:
+def test_upgrade_from_two_processes_at_once(server_url: str) -> None:
+    pg_url = server_url
     sinks = [Sink(pg_url, cluster="c", journal=f"j{i}") for i in range(2)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(2)
@@ -297,7 +318,8 @@ def test_upgrade_from_two_processes_at_once(pg_url: str) -> None:
 
 
 @pytest.mark.integration
-def test_stale_writer_waits_for_the_fence_then_is_refused(pg_url: str) -> None:
+def test_stale_writer_waits_for_the_fence_then_is_refused(server_url: str) -> None:
+    pg_url = server_url
     new, old = (Sink(pg_url, cluster="/pair", journal=n) for n in ("rs-b", "rs-a"))
     new.upgrade()
     old.claim_epoch(1)
@@ -330,10 +352,25 @@ def _try_write(sink: Sink, items: list[Report], *, epoch: int) -> BaseException 
 
 
 @pytest.mark.integration
+def test_fence_cannot_be_lowered_even_by_hand(server_url: str) -> None:
+    # Migration 0002's trigger: not even an UPDATE outside the sink takes the fence back.
+    sink = Sink(server_url, cluster="/pair", journal="rs-a")
+    try:
+        sink.upgrade()
+        sink.claim_epoch(4)
+        with pytest.raises(sqlalchemy.exc.DBAPIError), sink._engine.begin() as conn:
+            conn.execute(sqlalchemy.update(fence).values(epoch=3))
+        assert sink.fence_epoch() == 4
+    finally:
+        sink.close()
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_postgres_killed_during_a_stream_of_batches(tmp_path: Path) -> None:
-    # Its own cluster, so killing it cannot disturb other tests.
-    pg = Postgres(tmp_path / "pg")
+@pytest.mark.parametrize("server_class", [Postgres, MariaDB], ids=["postgresql", "mariadb"])
+def test_database_killed_during_a_stream_of_batches(tmp_path: Path, server_class: type) -> None:
+    # Its own server, so killing it cannot disturb other tests.
+    pg = server_class(tmp_path / "db")
     pg.start()
     sink = Sink(pg.create_database("kill"), cluster="/pair", journal="rs-a")
     stop = threading.Event()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reporting.harness import activemq, postgres, zookeeper
+from reporting.harness import activemq, mariadb, postgres, zookeeper
 
 ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ROOT / "scripts" / "packages"
@@ -26,6 +26,8 @@ REFERENCED = [
     *(activemq._SYSTEM_JARS / jar for jar in activemq._STATISTICS_JARS),
     *(zookeeper._JARS / jar for jar in zookeeper._CLASS_PATH),
     *(postgres.PG_BIN / binary for binary in ("postgres", "initdb", "pg_ctl", "pg_basebackup")),
+    mariadb.MARIADBD,
+    mariadb.INSTALL_DB,
     "java",  # activemq.py, zookeeper.py, ensemble.py
     "keytool",  # tls.py, tests/unit/harness/test_tls.py
 ]

@@ -2,7 +2,9 @@
 
 The server's role needs UPDATE on `fence` to raise it, and with it could lower the fence (letting
 a stale writer back in) or move a domain's row aside; the trigger, owned by the owner role, lets
-no role do either. PostgreSQL only: SQLite has no roles to keep apart.
+no role do either. PostgreSQL and MariaDB (a trigger's SIGNAL; creating it needs the TRIGGER
+privilege, and with binary logging on, SUPER or log_bin_trust_function_creators): SQLite has no
+roles to keep apart.
 
 Revision ID: 0002
 Revises: 0001
@@ -37,15 +39,32 @@ TRIGGER = (
 )
 
 
+# MariaDB: one statement, so no DELIMITER games; SQLSTATE 23000 as PostgreSQL's check_violation
+# is in class 23, an integrity error.
+MARIADB_TRIGGER = """
+CREATE TRIGGER fence_only_rises BEFORE UPDATE ON fence FOR EACH ROW
+BEGIN
+    IF NOT (NEW.cluster <=> OLD.cluster) OR NEW.epoch < OLD.epoch THEN
+        SIGNAL SQLSTATE '23000'
+            SET MESSAGE_TEXT = 'fence: an epoch may not be lowered nor a domain renamed';
+    END IF;
+END
+"""
+
+
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    op.execute(FUNCTION)
-    op.execute(TRIGGER)
+    dialect = op.get_bind().dialect.name
+    if dialect == "postgresql":
+        op.execute(FUNCTION)
+        op.execute(TRIGGER)
+    elif dialect in ("mysql", "mariadb"):
+        op.execute(MARIADB_TRIGGER)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    op.execute("DROP TRIGGER fence_only_rises ON fence")
-    op.execute("DROP FUNCTION fence_only_rises()")
+    dialect = op.get_bind().dialect.name
+    if dialect == "postgresql":
+        op.execute("DROP TRIGGER fence_only_rises ON fence")
+        op.execute("DROP FUNCTION fence_only_rises()")
+    elif dialect in ("mysql", "mariadb"):
+        op.execute("DROP TRIGGER fence_only_rises")

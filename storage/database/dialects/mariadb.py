@@ -1,0 +1,72 @@
+"""MariaDB (and MySQL), through PyMySQL: the fence by a locking read, rows and positions by
+`INSERT ... ON DUPLICATE KEY UPDATE`, and its error codes sorted into the row's fault and the
+database's.
+
+Rows go in with `ON DUPLICATE KEY UPDATE key = key`, not `INSERT IGNORE`: IGNORE turns every
+error of the statement into a warning, so a value out of range or too long would be stored
+clamped or cut instead of refused, and the poison row never found. The no-op update touches only
+the duplicate-key case; strict mode (engine.py) keeps every other error an error. The engine
+leaves out the FOUND_ROWS client flag, so a duplicate counts 0 affected rows and a new row 1.
+
+The bulk path is PyMySQL's executemany, which sends an INSERT of a whole batch as multi-row
+statements of up to 1 MB each: one round trip per megabyte, not per report.
+
+Transactions run at READ COMMITTED (engine.py). The fence's locking read sees the newest
+committed epoch at any level; READ COMMITTED keeps InnoDB from taking gap locks on the unique
+indexes of reports, which at REPEATABLE READ make two drainers' inserts deadlock.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Executable, Table
+from sqlalchemy.dialects import mysql
+
+from storage.database.dialects.base import Dialect
+from storage.database.schema import fence, journal_positions
+
+# MariaDB's error numbers (its manual's "MariaDB Error Codes"). The row's fault: no retry can
+# fix it. NULL in a NOT NULL column, a duplicate key (only reachable through another unique
+# index), a value truncated, out of range, not a date, text invalid in utf8mb4, a row too
+# large, a CHECK (JSON's json_valid) failed, a trigger's SIGNAL.
+ROW_ERRORS = frozenset(
+    {1048, 1062, 1118, 1264, 1265, 1292, 1300, 1366, 1367, 1406, 1416, 1690, 3140, 4025, 1644}
+)
+# The database's state, now: lock wait timeout, deadlock, too many connections, shutting down,
+# a killed connection, out of memory, disk or table full, read-only (a replica after a failover),
+# and the client's own codes for a connection refused, gone away or lost.
+UNAVAILABLE_ERRORS = frozenset(
+    {1205, 1213, 1040, 1053, 1927, 1037, 1041, 1021, 1114, 1290, 1792, 1836, 4031}
+    | {2002, 2003, 2006, 2013, 2055}
+)
+# max_statement_time exceeded (MariaDB), MAX_EXECUTION_TIME (MySQL).
+TIMEOUT_ERRORS = frozenset({1969, 3024})
+
+
+def error_number(error: BaseException) -> int | None:
+    """The MariaDB error number of a PyMySQL error, wrapped by SQLAlchemy or not."""
+    cause = getattr(error, "orig", None) or error
+    if type(cause).__module__.split(".")[0] != "pymysql":
+        return None
+    args = getattr(cause, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class MariaDB(Dialect):
+    def fence_insert(self) -> Executable:
+        # Two first writers may both find no row (READ COMMITTED takes no gap lock): the second
+        # waits on the first's new row, then updates nothing.
+        return mysql.insert(fence).on_duplicate_key_update(cluster=fence.c.cluster)
+
+    def insert_many(
+        self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str
+    ) -> int:
+        if not rows:
+            return 0
+        statement = mysql.insert(table).on_duplicate_key_update({key: table.c[key]})
+        return conn.execute(statement, list(rows)).rowcount
+
+    def upsert_positions(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        statement = mysql.insert(journal_positions)
+        statement = statement.on_duplicate_key_update(byte=statement.inserted.byte)
+        conn.execute(statement, rows)

@@ -1,0 +1,34 @@
+"""PostgreSQL: `ON CONFLICT` as SQLite, and COPY as the bulk path for reports (insert.py)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql
+
+from storage.database import insert
+from storage.database.dialects.sqlite import OnConflict
+from storage.reports import Report
+
+
+class PostgreSQL(OnConflict):
+    module = postgresql
+    copies = True
+
+    def __init__(self) -> None:
+        self._duplicates_seen = False
+
+    def bulk_rows(self, items: Sequence[Report]) -> list[Any] | None:
+        return insert.copy_values(items)
+
+    def insert_reports(
+        self, conn: Connection, items: Sequence[Report], bulk: list[Any] | None
+    ) -> int:
+        if bulk is None:
+            return super().insert_reports(conn, items, bulk)
+        # Duplicates come in runs (a redelivery, a replay): after a batch with some, the next
+        # goes the staged way at once rather than after a COPY that fails on the first one.
+        copy = insert.copy_reports_staged if self._duplicates_seen else insert.copy_reports
+        stored = copy(conn, bulk)
+        self._duplicates_seen = stored < len(bulk)
+        return stored
