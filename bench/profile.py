@@ -1,7 +1,8 @@
-"""A profile of the standalone server's hot path: py-spy samples every thread of the server
-process while it drains a backlog from the broker into PostgreSQL (consumer, journal and drainer
-all busy), and the samples are summed per function: own time (the function itself on top of the
-stack) and total time (anywhere on the stack).
+"""A profile of the standalone server's hot path: py-spy samples the server process while it
+drains a backlog from the broker into PostgreSQL (consumer, journal and drainer all busy), taking
+only the thread that holds the interpreter lock (`--gil`), so that the samples say where the
+Python CPU time goes rather than where threads wait; they are summed per function: own time (the
+function itself on top of the stack) and total time (anywhere on the stack).
 
 The collapsed stacks are kept in bench/results/profile-standalone.txt for a flame graph.
 """

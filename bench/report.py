@@ -178,7 +178,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> str:
         lines += [
             "",
             f"Profile of the standalone server draining a backlog ({prof['samples']:,} py-spy "
-            f"samples, all threads; `{prof.get('file', '')}`):",
+            f"samples of the thread holding the interpreter lock; `{prof.get('file', '')}`):",
             "",
             "| own time | function | | total time | function |",
             "|---:|---|---|---:|---|",
