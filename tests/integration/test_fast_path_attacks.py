@@ -22,10 +22,11 @@ from sqlalchemy import bindparam, create_engine, select, text
 
 from reporting.harness.flow import assert_exactly_once
 from reporting.harness.waiting import wait_until
-from reporting.wire import decode as decoding
 from storage.database.schema import rejected_reports, reports
 from storage.journal import Journal
 from storage.reports import Rejected, Report
+from tests.integration.test_hostile_input import Receipts
+from tests.unit.storage.test_fast_path_rows import decode
 
 pytestmark = pytest.mark.integration
 
@@ -165,33 +166,7 @@ def expected_columns(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 def standard_decision(kind: str, body: bytes) -> bool:
     """Whether decode, parsing with `json.loads` and its hooks alone, takes the body."""
-    saved = decoding._quick_parse
-    decoding._quick_parse = lambda body, text: None
-    try:
-        queue = f"gvp.reporting.{kind}"
-        result = decoding.decode(
-            f"/queue/{queue}",
-            {"report-id": "r"},
-            body,
-            queues=[queue],
-            max_body_bytes=1 << 20,
-            now=NOW,
-        )
-    finally:
-        decoding._quick_parse = saved
-    return isinstance(result, Report)
-
-
-class Receipts(stomp.ConnectionListener):
-    def __init__(self) -> None:
-        self.done: dict[str, threading.Event] = {}
-        self.errors: list[str] = []
-
-    def on_receipt(self, frame: Any) -> None:
-        self.done[frame.headers["receipt-id"]].set()
-
-    def on_error(self, frame: Any) -> None:
-        self.errors.append(str(frame.headers.get("message")))
+    return isinstance(decode(kind, body, "r", shortcut=False), Report)
 
 
 def send_bodies(host: str, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
