@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dir", default="demo", help="where the servers and instances live")
     parser.add_argument("--reports", type=int, default=400, help="reports to send in each round")
     parser.add_argument("--keep", action="store_true", help="leave everything running")
+    parser.add_argument(
+        "--containers",
+        action="store_true",
+        help="run the servers and the pair in containers of the project's images "
+        "(scripts/demo --containers starts an engine and builds them first)",
+    )
     parser.set_defaults(func=demo)
 
 
@@ -58,9 +64,21 @@ def demo(args: argparse.Namespace) -> int:
     from storage.database import Sink
     from storage.reports import KINDS
 
+    if args.containers:
+        # The project's images (scripts/containers up), each server in a container on the
+        # host's network; killed with `docker kill`.
+        from testcontainers.core.config import testcontainers_config
+
+        from reporting.harness import containers
+
+        testcontainers_config.ryuk_disabled = True  # its image cannot be pulled here
+        ActiveMQ = containers.ActiveMQContainer  # noqa: N806
+        ZooKeeper = containers.ZooKeeperContainer  # noqa: N806
+        Instance = containers.InstanceContainer  # noqa: N806
+    where = "in containers" if args.containers else "as local processes"
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    _say(f"starting ActiveMQ and ZooKeeper under {root}")
+    _say(f"starting ActiveMQ and ZooKeeper under {root}, {where}")
     broker = ActiveMQ(root / "activemq")
     zookeeper = ZooKeeper(root / "zookeeper")
     broker.start()
