@@ -170,6 +170,11 @@ class Connection:
         if frame.cmd != "MESSAGE":
             self._process_frame(frame, raw)
             return
+        if stomp.log.isEnabledFor(stomp.log.DEBUG):
+            # stomp.py's own line, which the log filter keeps without the body.
+            stomp.log.debug(
+                "received frame: %r, headers=%r, body=%r", frame.cmd, frame.headers, frame.body
+            )
         listeners = tuple(self._stomp.transport.listeners.items())
         if listeners != self._listeners_seen:
             self._listeners_seen = listeners
