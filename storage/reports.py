@@ -5,7 +5,9 @@ The raw bytes of a rejected message are kept as base64 so that any byte sequence
 
 A report that carries the producer's JSON text (`body`) is written as `t` "R" with that text as
 the last member `p`, unchanged: it is neither encoded again when journalled nor when copied into
-the database, and `from_record` gives it back as `body` beside the parsed payload.
+the database, and `from_record` gives it back as `body` beside the parsed payload. Its head also
+carries the report's typed columns (`c`, TYPED_COLUMNS, times as ISO 8601 text), so that a drain
+into COPY takes the head and the text and never parses the payload.
 
 It also holds the contract on kinds of report, which the wire's validation and the database's
 rows both read: the kinds, a queue's kind, the default queues, and each kind's required fields
@@ -205,6 +207,8 @@ class Rejected:
 
 
 _BODY_KEY = b',"p":'
+# How every "R" record begins: to_record writes `t` first.
+_REPORT_HEAD = b'{"t":"R"'
 
 
 # orjson reads an integer beyond 64 bits as a float, `json.loads` as an int: a float this large
@@ -234,14 +238,13 @@ def json_members(value: Any) -> int:
 
 
 def _loads(data: bytes) -> Any:
-    """A record parsed in C, unless its payload may hold an integer beyond 64 bits or orjson
-    refuses it (NaN, which a record written before validation refused it may hold)."""
+    """JSON parsed in C, unless it may hold an integer beyond 64 bits or orjson refuses it (NaN,
+    which a record written before validation refused it may hold): then `json.loads`."""
     try:
-        doc = orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
-    # The head holds only what to_record put there; the payload is the producer's.
-    return doc if json_members(doc.get("p")) >= 0 else json.loads(data)
+    return value if json_members(value) >= 0 else json.loads(data)
 
 
 def to_record(item: Report | Rejected) -> bytes:
@@ -282,29 +285,27 @@ def from_record(data: bytes, *, payload: bool = True) -> Report | Rejected:
     """The report or rejected message a journal record holds. With `payload` False, a report
     whose record carries its typed columns comes without its parsed payload (None): its text and
     columns are all COPY needs."""
-    if not payload and data.startswith(b'{"t":"R"'):
-        # The head's strings are JSON-escaped, so the first `,"p":` is the body's key.
-        start = data.index(_BODY_KEY)
-        head = orjson.loads(data[:start] + b"}")
-        columns = head.get("c")
-        if columns is not None:
-            if len(columns) != len(TYPED_COLUMNS):
-                raise ValueError(f"a record with {len(columns)} typed columns")
-            body = data[start + len(_BODY_KEY) : -1].decode("utf-8")
-            at = _received_at(head["at"])
-            return Report(head["id"], head["k"], head["q"], None, at, body, columns)
-    # Parsed as bytes, the body sliced as text; records are UTF-8 (to_record writes them).
+    if data.startswith(_REPORT_HEAD):
+        return _report(data, payload)
     doc = _loads(data)
     at = _received_at(doc["at"])
-    if doc["t"] == "R":
-        body = data[data.index(_BODY_KEY) + len(_BODY_KEY) : -1].decode("utf-8")
-        columns = doc.get("c")
-        if columns is not None and len(columns) != len(TYPED_COLUMNS):
-            raise ValueError(f"a record with {len(columns)} typed columns")
-        return Report(doc["id"], doc["k"], doc["q"], doc["p"], at, body, columns)
     if doc["t"] == "r":
         return Report(doc["id"], doc["k"], doc["q"], doc["p"], at)
     return Rejected(doc["id"], doc["q"], doc["why"], base64.b64decode(doc["raw"]), at)
+
+
+def _report(data: bytes, payload: bool) -> Report:
+    """An "R" record: its head parsed on its own, its body sliced out as text."""
+    # The head's strings are JSON-escaped, so the first `,"p":` is the body's key.
+    start = data.index(_BODY_KEY)
+    head = orjson.loads(data[:start] + b"}")
+    body = data[start + len(_BODY_KEY) : -1]
+    columns = head.get("c")
+    if columns is not None and len(columns) != len(TYPED_COLUMNS):
+        raise ValueError(f"a record with {len(columns)} typed columns")
+    parsed = _loads(body) if payload or columns is None else None
+    at = _received_at(head["at"])
+    return Report(head["id"], head["k"], head["q"], parsed, at, body.decode("utf-8"), columns)
 
 
 # The records of one intake batch share their `at`, so a few parsed ones are kept.

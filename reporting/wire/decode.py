@@ -3,8 +3,8 @@
 `decode` is pure and never raises: whatever a producer sends becomes either a Report or a
 Rejected with a reason naming the problem, so that bad input can neither block nor kill the
 consumer. It is on the hot path: a body is parsed by orjson (in C) when the result is sure to be
-what the standard library's parser gives (see `_parse`), otherwise by `json.loads` with the hooks
-that name the problem; the field checks are hand-written.
+what the standard library's parser gives (see `_quick_parse`), otherwise by `json.loads` with
+the hooks that name the problem; the field checks are hand-written.
 
 Beyond the contract's field rules, a report is also rejected when its meaning is ambiguous (a key
 given twice in one object: parsers differ in which value they keep) or when its payload could not
