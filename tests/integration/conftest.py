@@ -18,6 +18,7 @@ from reporting.harness.flow import Flow
 from reporting.harness.group import Group, spread
 from reporting.harness.instance import TEST_SETTINGS, Instance, instance_config, merge
 from reporting.harness.pair import Pair, build_pair
+from reporting.harness.postgres import Postgres
 from reporting.harness.tls import TlsBundle, make_ca
 from reporting.harness.waiting import wait_until
 from storage.reports import KINDS
@@ -49,6 +50,17 @@ def secure_activemq(workdir: Path, *, server_pw: str, producer_pw: str) -> Activ
     """A broker with authorization: user `reporting` may consume, user `producer` send."""
     users = {"reporting": (server_pw, SERVER), "producer": (producer_pw, PRODUCER)}
     return ActiveMQ(workdir, users=users)
+
+
+# The superuser's password of `secure_postgres`.
+POSTGRES_SUPER_PW = "su-Pw-0b3f"
+
+
+@pytest.fixture
+def secure_postgres(tmp_path: Path) -> Iterator[Postgres]:
+    """A PostgreSQL of its own whose roles log in with scram-sha-256 passwords."""
+    with Postgres(tmp_path / "secure-postgres", password=POSTGRES_SUPER_PW) as server:
+        yield server
 
 
 @pytest.fixture

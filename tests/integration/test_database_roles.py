@@ -2,7 +2,6 @@
 `db upgrade` and `db grant` run as the owner; the server's role stores reports but can neither
 drop, truncate, update nor delete them."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -17,16 +16,12 @@ from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.waiting import wait_until
 from reporting.wire.producer import ReportClient
+from tests.integration.conftest import POSTGRES_SUPER_PW
 
 pytestmark = pytest.mark.integration
 
-SUPER_PW, OWNER_PW, SERVER_PW = "su-Pw-0b3f", "own-Pw-9e12", "srv-Pw-c4d7"
-
-
-@pytest.fixture
-def secure_postgres(tmp_path: Path) -> Iterator[Postgres]:
-    with Postgres(tmp_path / "secure-postgres", password=SUPER_PW) as server:
-        yield server
+SUPER_PW = POSTGRES_SUPER_PW
+OWNER_PW, SERVER_PW = "own-Pw-9e12", "srv-Pw-c4d7"
 
 
 def connect(pg: Postgres, user: str, password: str | None, db: str = "postgres"):

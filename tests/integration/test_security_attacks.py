@@ -1,7 +1,6 @@
 """Attacks on the security fixes from outside, against real servers: the runtime database role
 trying to move the fence by the statements a trigger on UPDATE might miss, passwords made of
-the characters that logging, JSON, URLs and STOMP escape, at DEBUG in JSON lines, and a wrong
-database password that `status` must not call healthy."""
+the characters that logging, JSON, URLs and STOMP escape, at DEBUG in JSON lines."""
 
 import json
 import subprocess
@@ -9,10 +8,8 @@ import sys
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg import errors, sql
 
@@ -22,47 +19,27 @@ from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.flow import assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
 from reporting.harness.waiting import wait_until
+from tests.integration.test_database_roles import (
+    OWNER_PW,
+    SERVER_PW,
+    SUPER_PW,
+    connect,
+    create_reporting_database,
+    secret,
+)
 
 pytestmark = pytest.mark.integration
 
-SUPER_PW, OWNER_PW, SERVER_PW = "su-Pw-7a0e", "own-Pw-31c9", "srv-Pw-e842"
-
-
-@pytest.fixture
-def scram_postgres(tmp_path: Path) -> Iterator[Postgres]:
-    server = Postgres(tmp_path / "scram-postgres", password=SUPER_PW)
-    server.start()
-    yield server
-    server.stop()
-
-
-def connect(pg: Postgres, user: str, password: str, db: str = "postgres") -> psycopg.Connection:
-    return psycopg.connect(
-        host=pg.address, port=pg.port, user=user, password=password, dbname=db, connect_timeout=5
-    )
-
-
-def secret_file(path: Path, password: str) -> str:
-    path.write_text(password)
-    path.chmod(0o600)
-    return str(path)
-
 
 def test_the_server_role_cannot_lower_the_fence_by_upsert_merge_or_replication_role(
-    scram_postgres: Postgres, tmp_path: Path
+    secure_postgres: Postgres, tmp_path: Path
 ) -> None:
-    pg = scram_postgres
-    with connect(pg, "postgres", SUPER_PW) as conn:
-        conn.autocommit = True
-        conn.execute(f"CREATE ROLE rs_owner LOGIN PASSWORD '{OWNER_PW}'")
-        conn.execute(f"CREATE ROLE rs_server LOGIN PASSWORD '{SERVER_PW}'")
-        conn.execute("CREATE DATABASE reporting OWNER rs_owner")
+    pg = secure_postgres
+    create_reporting_database(pg)
     owner_toml = tmp_path / "owner.toml"
     url = f"postgresql+psycopg://rs_owner@{pg.address}:{pg.port}/reporting"
     owner_toml.write_text(
-        to_toml(
-            {"database": {"url": url, "password_file": secret_file(tmp_path / "o.pw", OWNER_PW)}}
-        )
+        to_toml({"database": {"url": url, "password_file": secret(tmp_path / "o.pw", OWNER_PW)}})
     )
     assert main(["db", "upgrade", "--config", str(owner_toml)]) == 0
     assert main(["db", "grant", "--config", str(owner_toml), "--role", "rs_server"]) == 0
