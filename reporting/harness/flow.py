@@ -2,70 +2,109 @@
 receipted report stored, none twice. Used by the tests, chaos rounds and the container tests."""
 
 import json
+import logging
 import random
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
-from reporting.wire.producer import ReportClient
+from reporting.wire.producer import ReportClient, queues_by_kind
 from storage.database import Sink
 from storage.errors import DatabaseError
 from storage.reports import KINDS
 
+log = logging.getLogger(__name__)
+
 
 class Flow:
-    """Reports sent in a background thread at a steady rate, every receipted id in a ledger."""
+    """Reports sent in a background thread at a steady rate, every receipted id in a ledger:
+    `count` of them (join() waits for the last receipt), or with `count=None` until stop().
+
+    The destinations are `queues` by kind, or each kind's queue under `queue_prefix`. Report ids
+    are `<kind>-<run_tag>-<n>`, unique within a run (`run_tag` is random unless given). Held up
+    by an outage, the flow goes on at its steady rate, not in a burst."""
 
     def __init__(
         self,
         hosts: list[str],
         ledger: Path,
         *,
-        queue_prefix: str,
-        count: int,
+        count: int | None,
         rate: float,
+        queue_prefix: str = "",
+        queues: Sequence[str] = (),
+        rng: random.Random | None = None,
+        run_tag: str = "",
         **client_options: Any,
     ) -> None:
         self.client = ReportClient(hosts, ledger=ledger, in_flight=50, **client_options)
-        self.queue_prefix = queue_prefix
+        queues = queues or [f"{queue_prefix}gvp.reporting.{kind}" for kind in KINDS]
+        self.destinations = {k: f"/queue/{q}" for k, q in queues_by_kind(queues).items()}
         self.ledger = ledger
         self.count = count
         self.rate = rate
+        self.rng = rng or random.Random(7)
+        self.run_tag = run_tag or uuid.uuid4().hex[:12]
         self.sent = 0
         self.error: BaseException | None = None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flow", daemon=True)
 
+    @property
+    def confirmed(self) -> int:
+        return self.client.stats.confirmed
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
-        rng = random.Random(7)
         started = time.monotonic()
+        n = 0
         try:
-            for i in range(self.count):
-                kind = KINDS[i % len(KINDS)]
-                body = json.dumps(sample_report(kind, rng)).encode()
-                destination = f"/queue/{self.queue_prefix}gvp.reporting.{kind}"
-                self.client.send_raw(destination, body, report_id=f"{kind}-{uuid.uuid4().hex}")
-                self.sent += 1
-                if self.rate:
-                    ahead = (i + 1) / self.rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)  # pacing the producer, not synchronising the test
-            self.client.flush()
-        except BaseException as exc:  # reported by join()
+            with self.client:
+                while (self.count is None or n < self.count) and not self._stop.is_set():
+                    kind = KINDS[n % len(KINDS)]
+                    body = json.dumps(sample_report(kind, self.rng)).encode()
+                    report_id = f"{kind}-{self.run_tag}-{n:08d}"
+                    self.client.send_raw(self.destinations[kind], body, report_id=report_id)
+                    n += 1
+                    self.sent = n
+                    if not self.rate:
+                        continue
+                    ahead = n / self.rate - (time.monotonic() - started)
+                    if ahead < -1.0:
+                        started = time.monotonic() - n / self.rate
+                    elif ahead > 0:
+                        # Pacing the flow; a stop request ends the wait early.
+                        self._stop.wait(ahead)
+        except BaseException as exc:  # reported by join() and stop(), and with a chaos result
+            log.warning("flow stopped by %r after %d reports", exc, n)
             self.error = exc
 
     def start(self) -> "Flow":
         self._thread.start()
         return self
 
+    def stop(self, timeout_s: float = 180) -> None:
+        """Stops sending and waits for the receipts of what was sent; the ledger is closed."""
+        self._stop.set()
+        if self._thread.ident is None:  # never started
+            self.client.close()
+            return
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self.error = self.error or TimeoutError(f"flow not done after {timeout_s:.0f} s")
+
     def join(self, timeout_s: float = 300) -> set[str]:
         """Waits for the last receipt; the ids receipted."""
         self._thread.join(timeout_s)
         assert not self._thread.is_alive(), "producer did not finish"
-        self.client.close()
         if self.error is not None:
             raise self.error
         return self.ids()

@@ -14,6 +14,7 @@ text field longer than its typed column can index (`storage.reports.FIELDS` has 
 Letting those through would only make the database refuse the row later.
 """
 
+import functools
 import hashlib
 import json
 import math
@@ -220,6 +221,26 @@ def _valid_id(value: str) -> bool:
     )
 
 
+def _never_raising(
+    decode: Callable[..., Report | Rejected],
+) -> Callable[..., Report | Rejected]:
+    """`decode`, with any exception it raises turned into a Rejected of the message."""
+
+    @functools.wraps(decode)
+    def never_raising(
+        destination: str, headers: Mapping[str, str], body: bytes, *, now: datetime, **limits: Any
+    ) -> Report | Rejected:
+        try:
+            return decode(destination, headers, body, now=now, **limits)
+        except Exception as exc:  # a bug here must not stop the stream: keep it as rejected
+            raw = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else b""
+            reason = f"undecodable: {type(exc).__name__}"
+            return Rejected(body_id(raw), _printable(str(destination)), reason, raw, now)
+
+    return never_raising
+
+
+@_never_raising
 def decode(
     destination: str,
     headers: Mapping[str, str],
@@ -230,27 +251,6 @@ def decode(
     now: datetime,
 ) -> Report | Rejected:
     """The report carried by one message, or why it is rejected. Never raises."""
-    try:
-        return _decode(destination, headers, body, queues, max_body_bytes, now)
-    except Exception as exc:  # a bug here must not stop the stream: keep the message as rejected
-        raw = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else b""
-        return Rejected(
-            body_id(raw),
-            _printable(str(destination)),
-            f"undecodable: {type(exc).__name__}",
-            raw,
-            now,
-        )
-
-
-def _decode(
-    destination: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    queues: Collection[str],
-    max_body_bytes: int,
-    now: datetime,
-) -> Report | Rejected:
     body = bytes(body)
     queue = destination.removeprefix(DESTINATION_PREFIX)
 

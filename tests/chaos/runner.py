@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reporting.harness.flow import Flow
 from reporting.harness.instance import Instance
 from reporting.harness.pair import Pair, brief, short_name
 from reporting.harness.waiting import holds_within
@@ -24,7 +25,6 @@ from reporting.ledger import read_ledger
 from storage.database import Sink
 from tests.chaos import timeline
 from tests.chaos.faults import Fault, faults_for
-from tests.chaos.producer import Producer
 from tests.chaos.result import ChaosResult, Failover, FaultRecord, Marker
 from tests.chaos.sampler import Sampler
 
@@ -71,7 +71,18 @@ class ChaosRun:
             raise ValueError(f"faults not for a {pair.mode} pair: {unfit or 'none given'}")
         self.rounds = rounds
         self.duration_s = duration_s
-        self.rate_per_s = rate_per_s
+        # Started with the instances; a broker restart takes a while on a loaded machine, the
+        # client keeps trying that long.
+        self.producer = Flow(
+            pair.producer_hosts,
+            self.workdir / "ledger",
+            queues=pair.queues,
+            count=None,
+            rate=rate_per_s,
+            run_tag=f"s{seed}",
+            rng=random.Random(seed),
+            reconnect_timeout_s=120,
+        )
         self.gap_s = gap_s
         self.plot = plot
         self.log = log
@@ -80,7 +91,6 @@ class ChaosRun:
         self.sampler = Sampler(
             pair.instances, clock=self.clock, exclusive=pair.exclusive, receipted=self._receipted
         )
-        self.producer: Producer | None = None
         self._deck: list[Fault] = []
         self._current: FaultRecord | None = None
 
@@ -89,7 +99,7 @@ class ChaosRun:
         return time.monotonic() - self._t0
 
     def _receipted(self) -> int:
-        return self.producer.confirmed if self.producer is not None else 0
+        return self.producer.confirmed
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -112,14 +122,7 @@ class ChaosRun:
     def _run_faults(self) -> None:
         for instance in self.pair.instances:
             instance.start()
-        self.producer = Producer(
-            self.pair.producer_hosts,
-            self.pair.queues,
-            self.workdir / "ledger",
-            rate_per_s=self.rate_per_s,
-            run_tag=f"s{self.seed}",
-            rng=random.Random(self.seed),
-        ).start()
+        self.producer.start()
         if not self._settle("start-up"):
             return
         deadline = self._t0 + self.duration_s if self.duration_s else None
@@ -170,7 +173,7 @@ class ChaosRun:
         if holds_within(self._settled, SETTLE_TIMEOUT_S, every_s=POLL_S):
             active = self._active_name()
             before = self.sampler.latest()[active].stored or 0
-            producing = self.producer is not None and self.producer.alive
+            producing = self.producer.alive
             if not producing or holds_within(
                 lambda: (self.sampler.latest()[active].stored or 0) > before,
                 SETTLE_TIMEOUT_S,
@@ -283,12 +286,11 @@ class ChaosRun:
     def _finish(self) -> None:
         result = self.result
         try:
-            if self.producer is not None:
-                self.producer.stop()
-                if self.producer.error is not None:
-                    message = f"producer: {self.producer.error!r}"
-                    if message not in result.errors:
-                        result.errors.append(message)
+            self.producer.stop()
+            if self.producer.error is not None:
+                message = f"producer: {self.producer.error!r}"
+                if message not in result.errors:
+                    result.errors.append(message)
             self.mark("producer stopped; draining", recovery=True)
             self._verify()
             self._check_brokers_empty()

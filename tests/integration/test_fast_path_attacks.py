@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import stomp
-from sqlalchemy import bindparam, create_engine, select, text
+from sqlalchemy import Select, Table, bindparam, create_engine, select, text
 
 from reporting.harness.flow import assert_exactly_once
 from reporting.harness.waiting import wait_until
@@ -26,7 +26,7 @@ from storage.database.schema import rejected_reports, reports
 from storage.journal import Journal
 from storage.reports import Rejected, Report
 from tests.integration.test_hostile_input import Receipts
-from tests.unit.storage.test_fast_path_rows import decode
+from tests.unit.storage.test_fast_path_rows import decode, record_before_columns
 
 pytestmark = pytest.mark.integration
 
@@ -169,6 +169,13 @@ def standard_decision(kind: str, body: bytes) -> bool:
     return isinstance(decode(kind, body, "r", shortcut=False), Report)
 
 
+def select_by_id(table: Table, column: str) -> Select:
+    """(report_id, column) of the rows whose id is in the bound list "ids"."""
+    return select(table.c.report_id, table.c[column]).where(
+        table.c.report_id.in_(bindparam("ids", expanding=True))
+    )
+
+
 def send_bodies(host: str, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
     """Sends each (destination, body, headers) with a receipt, waiting for each."""
     address, port = host.rsplit(":", 1)
@@ -266,15 +273,6 @@ def test_edge_bodies_end_as_the_standard_parser_decides(
 
 
 # -- a journal of records with and without typed columns, drained across kill -9 ----------------
-
-
-def record_before_columns(report: Report) -> bytes:
-    """A report's journal record as the server wrote it before records carried typed columns."""
-    head = {"t": "R", "id": report.report_id, "k": report.kind, "q": report.queue}
-    head["at"] = report.received_at.isoformat()
-    text_head = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
-    assert report.body is not None
-    return text_head[:-1] + b',"p":' + report.body.encode() + b"}"
 
 
 def reencoded_record(report: Report) -> bytes:
@@ -376,22 +374,9 @@ def test_escaped_ids_and_framing_bytes_survive_the_broker_round_trip(
     assert_exactly_once(pg_url, stored)
     engine = create_engine(pg_url)
     with engine.connect() as conn:
-        rejected = dict(
-            conn.execute(
-                select(rejected_reports.c.report_id, rejected_reports.c.raw).where(
-                    rejected_reports.c.report_id.in_(bindparam("ids", expanding=True))
-                ),
-                {"ids": [*ids, *framing]},
-            ).all()
-        )
-        bodies = dict(
-            conn.execute(
-                select(reports.c.report_id, reports.c.payload).where(
-                    reports.c.report_id.in_(bindparam("ids", expanding=True))
-                ),
-                {"ids": [*ids, *framing]},
-            ).all()
-        )
+        wanted = [*ids, *framing]
+        rejected = dict(conn.execute(select_by_id(rejected_reports, "raw"), {"ids": wanted}).all())
+        bodies = dict(conn.execute(select_by_id(reports, "payload"), {"ids": wanted}).all())
     engine.dispose()
     assert set(bodies) == stored
     assert {rid: bytes(raw) for rid, raw in rejected.items()} == {
