@@ -15,6 +15,7 @@ import pytest
 
 from reporting.config import BrokerConfig, HostPort
 from reporting.errors import BrokerUnreachable
+from reporting.harness.waiting import wait_until
 from reporting.wire.connection import Connection, failover
 from reporting.wire.consumer import Consumer, Message
 from tests.unit.test_client import FakeServer, frame_bytes, read_frame
@@ -113,14 +114,6 @@ def server() -> Iterator[Callable[..., QueueServer]]:
 
 def config_for(*hosts: HostPort) -> BrokerConfig:
     return BrokerConfig(hosts=hosts, queues=(QUEUE,), heartbeat_ms=0, batch_wait_s=0.01)
-
-
-def wait_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def test_stop_does_not_return_while_a_batch_is_being_handed_over(server) -> None:
