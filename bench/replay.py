@@ -4,8 +4,8 @@ plain COPY of the same rows into the same schema (the database's own limit).
 The drain runs in this process, as `reporting-server replay` would: journal read, record decode,
 rows, one transaction per `database.batch_records` batch with the fence and the positions. The
 journal's records are what the intake writes (bench.backlog), the producer's JSON text in each.
-The COPY times only the COPY and commit of each batch, its rows made beforehand from the same
-records exactly as the drain hands them to COPY (`storage.database.insert.copy_values`).
+The COPY times only the COPY and commit of each batch, its text made beforehand from the same
+records exactly as the drain hands it to COPY (`storage.database.insert.copy_rows`).
 """
 
 import threading
@@ -18,7 +18,7 @@ from reporting.config import DatabaseConfig
 from reporting.pipeline import Drainer
 from reporting.status.metrics import Metrics
 from storage.database import Sink
-from storage.database.insert import copy_values
+from storage.database.insert import copy_rows
 from storage.database.rows import REPORT_COLUMNS
 from storage.journal import Journal
 from storage.reports import Report, from_record
@@ -77,14 +77,14 @@ def _plain_copy(servers: Servers, count: int) -> dict[str, float]:
     with servers.postgres.connect(database) as conn:
 
         def copy() -> float:
-            # The rows exactly as the drain hands them to COPY (the producer's text for the
+            # The COPY text exactly as the drain hands it to COPY (the producer's text for the
             # payload, times as text), made before the clock starts.
-            rows = copy_values(reports)
+            text = copy_rows(reports).text
+            assert text is not None
             started = time.monotonic()
             with conn.cursor() as cursor:
                 with cursor.copy(f"COPY reports ({columns}) FROM STDIN") as writer:
-                    for row in rows:
-                        writer.write_row(row)
+                    writer.write(text)
             conn.commit()
             return time.monotonic() - started
 

@@ -11,7 +11,9 @@ storage.database.dialects.
 """
 
 import json
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -63,13 +65,97 @@ def copy_values(reports: Sequence[Report]) -> list[list[Any]]:
     return out
 
 
-def copy_reports(conn: Connection, values: Sequence[Sequence[Any]]) -> int:
-    """COPY `values` (made by `copy_values`) straight into `reports`; the staged way if a
-    report_id is stored already. Of rows sharing an id, the first is kept."""
+@dataclass(frozen=True)
+class CopyRows:
+    """A batch's rows for COPY (`copy_values`, the first row of each report id only) and, where
+    `copy_text` could make it, their COPY text: made with the rows, outside the transaction, so
+    that the COPY itself is one write. A part or a sum of them is rows alone (written row by row).
+    """
+
+    rows: list[list[Any]]
+    text: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, part: slice) -> "CopyRows":
+        return CopyRows(self.rows[part])
+
+    def __add__(self, other: "CopyRows") -> "CopyRows":
+        return CopyRows(self.rows + other.rows)
+
+
+def copy_rows(reports: Sequence[Report]) -> CopyRows:
+    """The reports' `CopyRows`, with their COPY text."""
+    rows = _first_of_each_id(copy_values(reports))
+    return CopyRows(rows, copy_text(rows))
+
+
+def _first_of_each_id(values: Sequence[Sequence[Any]]) -> list[Any]:
+    # Of rows sharing an id the first is kept, as INSERT ... ON CONFLICT DO NOTHING would.
+    seen: set[str] = set()
+    rows = []
+    for row in values:
+        if row[0] not in seen:
+            seen.add(row[0])
+            rows.append(row)
+    return rows
+
+
+# COPY's text format: a tab between values, a newline after each row, \N for NULL; a backslash
+# or a control character that has an escape is written escaped inside a value (as psycopg does).
+_ESCAPED = str.maketrans(
+    {"\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
+)
+# Those escaped characters but the tab and the backslash, which the quick check counts.
+_CONTROL = re.compile("[\b\n\v\f\r]")
+
+
+def copy_text(rows: Sequence[Sequence[Any]]) -> bytes | None:
+    """`rows` in COPY's text format (UTF-8), as psycopg's `write_row` would send them; None if a
+    value is of a type other than text, integer, float or NULL (or text UTF-8 cannot encode):
+    those rows go row by row through psycopg's own adaptation."""
+    lines = []
+    for row in rows:
+        fields = []
+        nulls = 0
+        for value in row:
+            kind = type(value)
+            if kind is str:
+                fields.append(value)
+            elif value is None:
+                fields.append("\\N")
+                nulls += 1
+            elif kind is int or kind is float:
+                fields.append(repr(value))
+            else:
+                return None
+        line = "\t".join(fields)
+        # Most rows hold nothing to escape: found by counting, in C, over the whole line.
+        if (
+            line.count("\\") != nulls
+            or line.count("\t") != len(fields) - 1
+            or _CONTROL.search(line)
+        ):
+            line = "\t".join(
+                "\\N" if value is None else field.translate(_ESCAPED)
+                for value, field in zip(row, fields, strict=True)
+            )
+        lines.append(line)
+    lines.append("")
+    try:
+        return "\n".join(lines).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: psycopg refuses that row on its own
+        return None
+
+
+def copy_reports(conn: Connection, values: CopyRows | Sequence[Sequence[Any]]) -> int:
+    """COPY `values` (`copy_rows`, or rows made by `copy_values`) straight into `reports`; the
+    staged way if a report_id is stored already. Of rows sharing an id, the first is kept."""
     return _on_driver(conn, "COPY reports", _copy_new, values)
 
 
-def copy_reports_staged(conn: Connection, values: Sequence[Sequence[Any]]) -> int:
+def copy_reports_staged(conn: Connection, values: CopyRows | Sequence[Sequence[Any]]) -> int:
     """COPY into a session-local staging table, then one INSERT ... SELECT ... ON CONFLICT."""
     return _on_driver(conn, "COPY reports_in", _copy_staged, values)
 
@@ -77,11 +163,13 @@ def copy_reports_staged(conn: Connection, values: Sequence[Sequence[Any]]) -> in
 def _on_driver(
     conn: Connection,
     what: str,
-    method: Callable[[psycopg.Connection, Sequence[Sequence[Any]]], int],
-    values: Sequence[Sequence[Any]],
+    method: Callable[[psycopg.Connection, CopyRows], int],
+    values: CopyRows | Sequence[Sequence[Any]],
 ) -> int:
     if not values:
         return 0
+    if not isinstance(values, CopyRows):
+        values = CopyRows(_first_of_each_id(values))
     driver = conn.connection.driver_connection  # psycopg.Connection, in this transaction
     assert driver is not None
     try:
@@ -93,20 +181,16 @@ def _on_driver(
         ) from error
 
 
-def _copy_new(driver: psycopg.Connection, values: Sequence[Sequence[Any]]) -> int:
-    # Of rows sharing an id the first is kept, as INSERT ... ON CONFLICT DO NOTHING would.
-    seen: set[str] = set()
-    new = []
-    for row in values:
-        if row[0] not in seen:
-            seen.add(row[0])
-            new.append(row)
+def _copy_new(driver: psycopg.Connection, values: CopyRows) -> int:
     with driver.cursor() as cursor:
         cursor.execute("SAVEPOINT reports_copy")
         try:
             with cursor.copy(f"COPY {reports.name} ({_COLUMN_LIST}) FROM STDIN") as copy:
-                for row in new:
-                    copy.write_row(row)
+                if values.text is not None and driver.info.encoding == "utf-8":
+                    copy.write(values.text)
+                else:
+                    for row in values.rows:
+                        copy.write_row(row)
         except psycopg.errors.UniqueViolation:
             # One of them is stored already (a redelivered report, a batch replayed, another
             # writer): the staged way skips those.
@@ -114,16 +198,16 @@ def _copy_new(driver: psycopg.Connection, values: Sequence[Sequence[Any]]) -> in
             cursor.execute("RELEASE SAVEPOINT reports_copy")
             return _copy_staged(driver, values)
         cursor.execute("RELEASE SAVEPOINT reports_copy")
-    return len(new)
+    return len(values)
 
 
-def _copy_staged(driver: psycopg.Connection, values: Sequence[Sequence[Any]]) -> int:
+def _copy_staged(driver: psycopg.Connection, values: CopyRows) -> int:
     with driver.cursor() as cursor:
         # Created if missing each time: a staging table made inside a savepoint that was rolled
         # back is gone again.
         cursor.execute(_STAGING_DDL)
         with cursor.copy(f"COPY {_STAGING} ({_COLUMN_LIST}) FROM STDIN") as copy:
-            for row in values:
+            for row in values.rows:
                 copy.write_row(row)
         cursor.execute(
             f"INSERT INTO {reports.name} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGING}"

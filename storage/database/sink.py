@@ -68,7 +68,7 @@ class Batch:
     items: Sequence[Report | Rejected]
     reports: list[Report]
     # The reports as the dialect's bulk path takes them (COPY's rows on PostgreSQL), else None.
-    copy_rows: list[Any] | None
+    copy_rows: Any | None
     rejected_rows: list[dict[str, Any]]
 
     def __add__(self, other: "Batch") -> "Batch":
@@ -296,7 +296,7 @@ class Sink:
         self,
         conn: Connection,
         items: list[Report],
-        copy_rows: list[Any] | None,
+        copy_rows: Any | None,
     ) -> tuple[int, list[tuple[Report, str]]]:
         """Insert reports; those the database refuses are found by bisection and returned."""
         if not items:

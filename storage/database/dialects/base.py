@@ -126,14 +126,13 @@ class Dialect:
 
     # -- the bulk path for reports ------------------------------------------------------------
 
-    def bulk_rows(self, items: Sequence[Report]) -> list[Any] | None:
+    def bulk_rows(self, items: Sequence[Report]) -> Any | None:
         """The reports as the bulk path takes them, built outside the transaction; None where
-        the dialect inserts `report_row`s."""
+        the dialect inserts `report_row`s. Sliced and added as a list is (the sink splits a
+        batch to find a refused row, the drainer joins a batch and what followed it)."""
         return None
 
-    def insert_reports(
-        self, conn: Connection, items: Sequence[Report], bulk: list[Any] | None
-    ) -> int:
+    def insert_reports(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
         """Insert reports (with their `bulk_rows`), skipping stored report_ids; returns how many
         were stored."""
         return self.insert_many(conn, reports, [report_row(r) for r in items], "report_id")

@@ -18,12 +18,10 @@ class PostgreSQL(OnConflict):
     def __init__(self) -> None:
         self._duplicates_seen = False
 
-    def bulk_rows(self, items: Sequence[Report]) -> list[Any] | None:
-        return insert.copy_values(items)
+    def bulk_rows(self, items: Sequence[Report]) -> insert.CopyRows:
+        return insert.copy_rows(items)
 
-    def insert_reports(
-        self, conn: Connection, items: Sequence[Report], bulk: list[Any] | None
-    ) -> int:
+    def insert_reports(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
         if bulk is None:
             return super().insert_reports(conn, items, bulk)
         # Duplicates come in runs (a redelivery, a replay): after a batch with some, the next
