@@ -143,7 +143,7 @@ class Servers:
             mode=mode,
             brokers=brokers or [self.activemq],
             zookeeper=self.zookeeper,
-            postgres=self.postgres,
+            database=self.postgres,
             db_url=db_url,
             queues=queues(prefix),
             cluster=f"/bench/{uuid.uuid4().hex}",

@@ -3,6 +3,7 @@
 What `produce`, the demo, the benchmarks and the tests send; the producer itself sends any body.
 """
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,3 +56,17 @@ def sample_report(kind: str, rng: random.Random) -> dict[str, Any]:
             "at": at.isoformat(),
         }
     raise ValueError(f"unknown report kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def database_poison(db_url: str, rng: random.Random) -> tuple[bytes, str]:
+    """The body of an sq report that passes decode but the database of `db_url` refuses, and how
+    its rejection reason starts: on PostgreSQL a number jsonb cannot hold (1e-20000, which
+    Python reads as 0.0), on MariaDB a payload 32 levels deep, which decode takes (MAX_DEPTH)
+    but MariaDB's JSON does not (31 at most)."""
+    body = json.dumps(sample_report("sq", rng)).encode()[:-1]
+    if db_url.startswith("mysql"):
+        return (
+            body + b', "deep": ' + b"[" * 31 + b"]" * 31 + b"}",
+            "database refused: OperationalError: (4025",
+        )
+    return body + b', "tiny": 1e-20000}', "database refused: NumericValueOutOfRange"

@@ -22,6 +22,7 @@ import pytest
 from reporting.errors import HarnessError
 from reporting.harness import ActiveMQ, MariaDB, Postgres, Service, TcpProxy, ZooKeeper, processes
 from reporting.harness.instance import Instance
+from reporting.harness.service import DatabaseServer
 
 # Servers started in this session, in start order.
 _servers: list[Service] = []
@@ -90,6 +91,40 @@ def mariadb(harness_dir: Path) -> Iterator[MariaDB]:
 def maria_url(mariadb: MariaDB) -> str:
     """SQLAlchemy URL of a fresh, empty MariaDB database for this test."""
     return mariadb.create_database(f"t_{uuid.uuid4().hex}")
+
+
+# The databases a test's instances can store into: the fixture of each one's server, and of a
+# fresh, empty database on it.
+DATABASES = {"postgresql": ("postgres", "pg_url"), "mariadb": ("mariadb", "maria_url")}
+
+
+def on_databases(*, mariadb_marks: object = ()) -> pytest.MarkDecorator:
+    """Runs a test once per database of DATABASES (the `database` and `db_url` fixtures, and the
+    instances of `standalone` and the pair builders); `mariadb_marks` mark the MariaDB run."""
+    return pytest.mark.parametrize(
+        "database_name",
+        ["postgresql", pytest.param("mariadb", marks=mariadb_marks)],
+        indirect=True,
+    )
+
+
+@pytest.fixture
+def database_name(request: pytest.FixtureRequest) -> str:
+    """The database of this test: "postgresql" unless the test is run `on_databases`."""
+    return getattr(request, "param", "postgresql")
+
+
+@pytest.fixture
+def database(database_name: str, request: pytest.FixtureRequest) -> DatabaseServer:
+    """The session's server of `database_name`."""
+    return request.getfixturevalue(DATABASES[database_name][0])
+
+
+@pytest.fixture
+def db_url(database_name: str, request: pytest.FixtureRequest) -> str:
+    """SQLAlchemy URL of a fresh, empty database of `database_name` for this test (the same as
+    `pg_url` on PostgreSQL)."""
+    return request.getfixturevalue(DATABASES[database_name][1])
 
 
 @pytest.fixture(scope="session")

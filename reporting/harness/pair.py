@@ -20,9 +20,8 @@ from typing import Any
 from reporting.errors import HarnessError
 from reporting.harness.activemq import ActiveMQ
 from reporting.harness.instance import Instance, instance_config, merge
-from reporting.harness.postgres import Postgres
 from reporting.harness.proxy import TcpProxy
-from reporting.harness.service import Service
+from reporting.harness.service import DatabaseServer, Service
 from reporting.harness.waiting import wait_until
 from reporting.harness.zookeeper import ZooKeeper
 
@@ -62,7 +61,8 @@ class Pair:
     # Each instance's own broker (shared mode: the one broker under both names).
     brokers: dict[str, ActiveMQ]
     zookeeper: ZooKeeper
-    postgres: Postgres
+    # The server of `db_url`: PostgreSQL or MariaDB.
+    database: DatabaseServer
     db_url: str
     queues: list[str]
     # Each instance's network path to ZooKeeper, which a fault can darken (when built with them).
@@ -96,7 +96,7 @@ class Pair:
     def services(self) -> list[Service]:
         """Every server the pair depends on, each once."""
         unique: dict[int, Service] = {}
-        for service in (*self.brokers.values(), self.zookeeper, self.postgres):
+        for service in (*self.brokers.values(), self.zookeeper, self.database):
             unique.setdefault(id(service), service)
         return list(unique.values())
 
@@ -205,7 +205,7 @@ def build_pair(
     mode: str,
     brokers: Sequence[ActiveMQ],
     zookeeper: ZooKeeper,
-    postgres: Postgres,
+    database: DatabaseServer,
     db_url: str,
     queues: Sequence[str],
     cluster: str,
@@ -265,7 +265,7 @@ def build_pair(
         instances=instances,
         brokers=own_broker,
         zookeeper=zookeeper,
-        postgres=postgres,
+        database=database,
         db_url=db_url,
         queues=list(queues),
         zookeeper_paths=paths,

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Any, Protocol, Self
 
 from reporting.errors import HarnessError
 from reporting.harness import processes
@@ -232,3 +232,20 @@ class Service:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} pid={self.pid} {self.ports()}>"
+
+
+class DatabaseServer(Protocol):
+    """What a pair and its tests need of a database server, which Postgres and MariaDB (and
+    their container twins) both are: a fresh database, its port for a proxy in front of it,
+    and the faults."""
+
+    name: str
+    port: int
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database and return its SQLAlchemy URL."""
+        ...
+
+    def kill(self) -> None: ...
+
+    def restart(self, timeout_s: float = 90) -> None: ...

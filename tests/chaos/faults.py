@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from reporting.errors import HarnessError
 from reporting.harness.instance import Instance
 from reporting.harness.pair import Pair, short_name
-from reporting.samples import sample_report
+from reporting.samples import database_poison, sample_report
 from reporting.wire.producer import ReportClient, queues_by_kind
 from storage.database import Sink
 from storage.database.schema import rejected_reports
@@ -162,26 +162,27 @@ class ZooKeeperRestart(Fault):
         zookeeper.restart()
 
 
-class PostgresOutage(Fault):
-    """PostgreSQL killed -9 and restarted later; in some runs the active is killed meanwhile, so
-    the new active starts with a backlog it can only replay once the database is back."""
+class DatabaseOutage(Fault):
+    """The database server (PostgreSQL or MariaDB) killed -9 and restarted later; in some runs
+    the active is killed meanwhile, so the new active starts with a backlog it can only replay
+    once the database is back."""
 
-    name = "postgres-outage"
+    name = "database-outage"
 
     def apply(self, stage: Stage) -> None:
-        postgres = stage.pair.postgres
+        database = stage.pair.database
         with_failover = stage.rng.random() < 0.5
         stage.note(with_failover=with_failover)
         active = stage.active()
-        stage.mark("kill -9 postgres")
-        postgres.kill()
+        stage.mark(f"kill -9 {database.name}")
+        database.kill()
         stage.hold(0.5, 3.0)
         if with_failover:
             limit_s = stage.pair.session_timeout_s + FAILOVER_SLACK_S
             fail_over(stage, self.name, active, "kill -9", active.kill, limit_s)
             stage.hold(0.5, 3.0)
-        stage.mark("restart postgres", recovery=True)
-        postgres.restart()
+        stage.mark(f"restart {database.name}", recovery=True)
+        database.restart()
         if with_failover:
             stage.hold(0.0, 2.0)
             stage.start_instance(active)
@@ -352,7 +353,7 @@ class RestartOrder(Fault):
 
 class PoisonReport(Fault):
     """Reports no database can store sent to the active's broker amid the flow: an 8 KB
-    `call_id` (refused at decode) and a number jsonb cannot hold (refused by the database). Each
+    `call_id` (refused at decode) and one only the database refuses (`database_poison`). Each
     is rejected once into rejected_reports and the flow goes on: the ledger check at the end
     counts every ordinary report sent around them."""
 
@@ -363,7 +364,7 @@ class PoisonReport(Fault):
         queues = queues_by_kind(stage.pair.queues)
         ids = [f"poison-{uuid.uuid4().hex}" for _ in range(2)]
         cdr = sample_report("cdr", stage.rng) | {"call_id": stage.rng.randbytes(4096).hex()}
-        sq = json.dumps(sample_report("sq", stage.rng)).encode()[:-1] + b', "tiny": 1e-20000}'
+        sq, _ = database_poison(stage.pair.db_url, stage.rng)
         client = ReportClient([broker.host], in_flight=10)
         try:
             client.send_raw(f"/queue/{queues['cdr']}", json.dumps(cdr).encode(), report_id=ids[0])
@@ -403,7 +404,7 @@ ALL_FAULTS: tuple[Fault, ...] = (
     TermActive(),
     PauseActive(),
     ZooKeeperRestart(),
-    PostgresOutage(),
+    DatabaseOutage(),
     BrokerRestart(),
     ZooKeeperPathDark(),
     HostDown(),

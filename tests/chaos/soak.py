@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.start()
         brokers = [broker] if backup_broker is None else [broker, backup_broker]
         pair = chaos_pair(
-            out / "pair", mode=args.mode, brokers=brokers, zookeeper=zookeeper, postgres=postgres
+            out / "pair", mode=args.mode, brokers=brokers, zookeeper=zookeeper, database=postgres
         )
         with pair:
             result = ChaosRun(

@@ -5,7 +5,8 @@ session's servers and the segregated backup's broker) in containers of the serve
 kill -9 is `docker kill`, SIGSTOP `docker pause` and a restart `docker start`.
 
 Bounded for the default run: RUNS seeds of a shared-storage pair and one of a segregated pair,
-REPORTING_CHAOS_ROUNDS faults each (4 by default). The first seed comes from
+REPORTING_CHAOS_ROUNDS faults each (4 by default), on PostgreSQL; under the mariadb marker, the
+first seed of a shared-storage pair on MariaDB. The first seed comes from
 REPORTING_CHAOS_SEED, or at random; the others follow it. Each run prints its seed, its summary
 and the path of its timeline PNG (run with -s to see them). A failing run is reproduced with
 REPORTING_CHAOS_SEED=<its seed> and the test id (-k shared-run0). For long runs, see soak.py.
@@ -28,19 +29,30 @@ RUNS = 2
 ROUNDS = int(os.environ.get("REPORTING_CHAOS_ROUNDS", "4"))
 FIRST_SEED = int(os.environ.get("REPORTING_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
 TIMEOUT_S = 120 + ROUNDS * 90
+# The shared pair's runs: (run, the fixture of its database server).
+SHARED_RUNS = [
+    *(pytest.param(run, "postgres", id=f"shared-run{run}") for run in range(RUNS)),
+    pytest.param(0, "mariadb", id="shared-mariadb-run0", marks=pytest.mark.mariadb),
+]
 
 
 @pytest.mark.timeout(TIMEOUT_S)
-@pytest.mark.parametrize("run", range(RUNS), ids=lambda i: f"shared-run{i}")
+@pytest.mark.parametrize(("run", "server"), SHARED_RUNS)
 def test_shared_pair_survives_random_faults(
-    run: int, activemq, zookeeper, postgres, instance_class, tmp_path: Path
+    run: int,
+    server: str,
+    activemq,
+    zookeeper,
+    instance_class,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
     pair = chaos_pair(
         tmp_path / "pair",
         mode="shared",
         brokers=[activemq],
         zookeeper=zookeeper,
-        postgres=postgres,
+        database=request.getfixturevalue(server),
         instance_type=instance_class,
     )
     check(chaos(FIRST_SEED + run, pair, tmp_path))
@@ -55,7 +67,7 @@ def test_segregated_pair_survives_random_faults(
         mode="segregated",
         brokers=[activemq, backup_broker],
         zookeeper=zookeeper,
-        postgres=postgres,
+        database=postgres,
         instance_type=instance_class,
     )
     check(chaos(FIRST_SEED, pair, tmp_path))

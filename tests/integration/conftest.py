@@ -76,9 +76,10 @@ def instances() -> Iterator[list[Instance]]:
 
 @pytest.fixture
 def standalone(
-    tmp_path: Path, activemq: Any, pg_url: str, queues: list[str], instances: list[Instance]
+    tmp_path: Path, activemq: Any, db_url: str, queues: list[str], instances: list[Instance]
 ) -> Callable[..., Instance]:
-    """Builds (not starts) a standalone instance on the session's broker and a fresh database."""
+    """Builds (not starts) a standalone instance on the session's broker and a fresh database
+    (`db_url`)."""
 
     def make(name: str = "rs-solo", **overrides: dict[str, Any]) -> Instance:
         config = instance_config(
@@ -86,7 +87,7 @@ def standalone(
             ha={"mode": "standalone"},
             hosts=[activemq.host],
             queues=queues,
-            db_url=pg_url,
+            db_url=db_url,
             journal_dir=tmp_path / name / "journal",
             settings=TEST_SETTINGS,
         )
@@ -114,9 +115,9 @@ def pair_builder(
     """Builds (not starts) a pair of `mode` on the session's servers, a fresh database and this
     test's queues and cluster path; keyword arguments, by instance name, are laid over that
     instance's config."""
-    zookeeper, postgres, db_url, queues, cluster, instances = (
+    zookeeper, database, db_url, queues, cluster, instances = (
         request.getfixturevalue(name)
-        for name in ("zookeeper", "postgres", "pg_url", "queues", "cluster_path", "instances")
+        for name in ("zookeeper", "database", "db_url", "queues", "cluster_path", "instances")
     )
 
     def make(**overrides: dict[str, Any]) -> Pair:
@@ -125,7 +126,7 @@ def pair_builder(
             mode=mode,
             brokers=brokers,
             zookeeper=zookeeper,
-            postgres=postgres,
+            database=database,
             db_url=db_url,
             queues=queues,
             cluster=cluster,

@@ -8,6 +8,7 @@ instance's broker and fail over to the other's.
 The faults both modes must survive alike are one test each, run in both modes; the rest are the
 mode's own. Every test keeps a ledger of receipted reports and checks the database for
 exactly-once at the end; failover times are measured and printed (run with -s to see them).
+The kill -9 and the fenced stale write run on MariaDB too (`on_databases`).
 """
 
 import os
@@ -24,6 +25,7 @@ from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance
 from reporting.harness.pair import Pair, roles
 from reporting.harness.waiting import wait_until
+from tests.conftest import on_databases
 from tests.integration.conftest import nothing_stranded
 
 pytestmark = pytest.mark.integration
@@ -82,7 +84,8 @@ def back_at_rest(pair: Pair, flow: Flow, pg_url: str, returned: Instance, timeou
 # -- both modes ---------------------------------------------------------------------------------
 
 
-def test_kill_9_of_the_active(pair_of, pg_url, producing) -> None:
+@on_databases(mariadb_marks=pytest.mark.mariadb)
+def test_kill_9_of_the_active(pair_of, db_url, producing) -> None:
     pair = pair_of()
     active, standby, flow = started_and_flowing(pair, producing, count=3000, rate=300, stored=200)
     killed = time.monotonic()
@@ -92,7 +95,7 @@ def test_kill_9_of_the_active(pair_of, pg_url, producing) -> None:
     print(f"\n{pair.mode} kill -9: {standby.name} active {took:.2f} s after the kill")
     assert took <= SESSION_S + 1.0, f"failover took {took:.2f} s"
     active.start()
-    back_at_rest(pair, flow, pg_url, active, timeout_s=60)
+    back_at_rest(pair, flow, db_url, active, timeout_s=60)
 
 
 def test_sigterm_hands_over_within_a_second(pair_of, pg_url, producing) -> None:
@@ -157,17 +160,18 @@ def test_database_down_during_failover_is_replayed(pair_of, postgres, pg_url, pr
 # -- shared storage -----------------------------------------------------------------------------
 
 
+@on_databases()
 def test_paused_active_is_fenced_when_it_resumes(
-    shared_pair, activemq, postgres, tcp_proxy, pg_url, queue_prefix, tmp_path: Path
+    shared_pair, activemq, database, tcp_proxy, db_url, queue_prefix, tmp_path: Path
 ) -> None:
-    # rs-a reaches PostgreSQL through a proxy that holds what it is sent while dark. The path
+    # rs-a reaches the database through a proxy that holds what it is sent while dark. The path
     # goes dark while rs-a has drained everything, so its next drain transaction is caught
     # there whole, before the database saw any of it; then rs-a is paused and rs-b takes over
     # and stores under the newer epoch. Resumed, rs-a steps down on its own, but the
     # transaction it had already sent under its old epoch still reaches the database once the
     # path is back: that write is the one the fence must refuse.
-    db_proxy = tcp_proxy("127.0.0.1", postgres.port)
-    a_url = pg_url.replace(f":{postgres.port}/", f":{db_proxy.port}/")
+    db_proxy = tcp_proxy("127.0.0.1", database.port)
+    a_url = db_url.replace(f":{database.port}/", f":{db_proxy.port}/")
     pair = shared_pair(**{"rs-a": {"database": {"url": a_url}}})
     a, b = pair
     a.start()
@@ -196,7 +200,7 @@ def test_paused_active_is_fenced_when_it_resumes(
     expected = {a.name: "standby", b.name: "active"}
     wait_until(lambda: pair.roles() == expected, 30, "roles to settle")
     flow.join()
-    assert_exactly_once(pg_url, first.ids() | flow.ids())
+    assert_exactly_once(db_url, first.ids() | flow.ids())
 
 
 def _fenced(instance: Instance) -> float:

@@ -1,7 +1,8 @@
 """The standalone pipeline against real ActiveMQ and PostgreSQL: broker -> journal -> database.
 
 Each test sends reports with receipts, keeps a ledger of the receipted ids, injects a fault and
-checks at the end that every receipted report is stored exactly once.
+checks at the end that every receipted report is stored exactly once. The round trip and the
+database outage run on MariaDB too (`on_databases`).
 """
 
 import json
@@ -18,27 +19,30 @@ from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.database.schema import rejected_reports
+from tests.conftest import on_databases
 
 pytestmark = pytest.mark.integration
 
 
-def test_ten_thousand_reports_round_trip_exactly_once(standalone, pg_url, send_all) -> None:
+@on_databases()
+def test_ten_thousand_reports_round_trip_exactly_once(standalone, db_url, send_all) -> None:
     server = standalone()
     server.start()
     ids = send_all(10_000)
     assert len(ids) == 10_000
-    assert_exactly_once(pg_url, ids)
+    assert_exactly_once(db_url, ids)
     status = server.status()
     assert status["role"] == "active" and status["mode"] == "standalone"
     assert status["database"] == "up" and status["broker"] == "connected"
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
 
 
-def test_database_killed_for_twenty_seconds(standalone, postgres, pg_url, flowing) -> None:
+@on_databases()
+def test_database_killed_for_twenty_seconds(standalone, database, db_url, flowing) -> None:
     server = standalone()
     server.start()
     flow = flowing([server], count=3000, rate=100, stored=0)
-    postgres.kill()
+    database.kill()
     down_since = time.monotonic()
     seen_down = False
     pending_seen: list[int] = []
@@ -48,12 +52,12 @@ def test_database_killed_for_twenty_seconds(standalone, postgres, pg_url, flowin
             seen_down = True
             pending_seen.append(status["journal"]["pending"])
         time.sleep(0.5)  # sampling /status while the outage lasts
-    assert seen_down, "/status never said database: down while PostgreSQL was dead"
+    assert seen_down, f"/status never said database: down while {database.name} was dead"
     assert len(pending_seen) >= 2 and pending_seen[-1] > pending_seen[0], (
         f"journal.pending did not grow during the outage: {pending_seen}"
     )
-    postgres.restart()
-    assert_exactly_once(pg_url, flow.join())
+    database.restart()
+    assert_exactly_once(db_url, flow.join())
     wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
 
 

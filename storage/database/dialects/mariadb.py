@@ -9,21 +9,29 @@ the duplicate-key case; strict mode (engine.py) keeps every other error an error
 leaves out the FOUND_ROWS client flag, so a duplicate counts 0 affected rows and a new row 1.
 
 The bulk path is PyMySQL's executemany, which sends an INSERT of a whole batch as multi-row
-statements of up to 1 MB each: one round trip per megabyte, not per report.
+statements of up to 1 MB each: one round trip per megabyte, not per report. The reports' values
+are made before the transaction (`bulk_rows`: the producer's JSON text as the payload, as COPY
+takes it on PostgreSQL) and handed to the driver as they are, past SQLAlchemy's per-value
+processing; bench/bench_sink.py measures what that saves.
 
 Transactions run at READ COMMITTED (engine.py). The fence's locking read sees the newest
 committed epoch at any level; READ COMMITTED keeps InnoDB from taking gap locks on the unique
 indexes of reports, which at REPEATABLE READ make two drainers' inserts deadlock.
 """
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
+import pymysql
 from sqlalchemy import Connection, Executable, Table
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from storage.database.dialects.base import Dialect
-from storage.database.schema import fence, journal_positions
+from storage.database.rows import REPORT_COLUMNS
+from storage.database.schema import fence, journal_positions, reports
+from storage.reports import Report, typed_values, utc
 
 # MariaDB's error numbers (its manual's "MariaDB Error Codes"). The row's fault: no retry can
 # fix it. NULL in a NOT NULL column, a duplicate key (only reachable through another unique
@@ -41,6 +49,14 @@ UNAVAILABLE_ERRORS = frozenset(
 )
 # max_statement_time exceeded (MariaDB), MAX_EXECUTION_TIME (MySQL).
 TIMEOUT_ERRORS = frozenset({1969, 3024})
+
+# The bulk insert of reports, in the form PyMySQL's executemany makes multi-row: VALUES with one
+# placeholder per column, then ON DUPLICATE KEY UPDATE.
+INSERT_REPORTS = (
+    f"INSERT INTO {reports.name} ({', '.join(REPORT_COLUMNS)})"
+    f" VALUES ({', '.join(['%s'] * len(REPORT_COLUMNS))})"
+    " ON DUPLICATE KEY UPDATE report_id = report_id"
+)
 
 
 def error_number(error: BaseException) -> int | None:
@@ -70,3 +86,36 @@ class MariaDB(Dialect):
         statement = mysql.insert(journal_positions)
         statement = statement.on_duplicate_key_update(byte=statement.inserted.byte)
         conn.execute(statement, rows)
+
+    def bulk_rows(self, items: Sequence[Report]) -> list[Any] | None:
+        return [
+            (
+                report.report_id,
+                report.kind,
+                report.queue,
+                report.body
+                if report.body is not None
+                else json.dumps(report.payload, separators=(",", ":")),
+                utc(report.received_at),
+                *typed_values(report.kind, report.payload),
+            )
+            for report in items
+        ]
+
+    def insert_reports(
+        self, conn: Connection, items: Sequence[Report], bulk: list[Any] | None
+    ) -> int:
+        if bulk is None:
+            return super().insert_reports(conn, items, bulk)
+        if not bulk:
+            return 0
+        driver = conn.connection.driver_connection  # pymysql.Connection, in this transaction
+        assert driver is not None
+        try:
+            with driver.cursor() as cursor:
+                return cursor.executemany(INSERT_REPORTS, bulk) or 0
+        except pymysql.Error as error:
+            # Wrapped as SQLAlchemy would have, so that the sink classifies it the same way.
+            raise sa_exc.DBAPIError.instance(
+                "INSERT reports", None, error, pymysql.Error, dialect=conn.dialect
+            ) from error

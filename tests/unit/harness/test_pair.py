@@ -19,7 +19,7 @@ def pair(tmp_path: Path, mode: str, brokers: int, **options) -> Pair:
         mode=mode,
         brokers=[ActiveMQ(tmp_path / f"amq{i}") for i in range(brokers)],
         zookeeper=ZooKeeper(tmp_path / "zk"),
-        postgres=Postgres(tmp_path / "pg"),
+        database=Postgres(tmp_path / "pg"),
         db_url="postgresql+psycopg://rs@127.0.0.1:5432/t",
         queues=QUEUES,
         cluster="/t/1",

@@ -5,6 +5,8 @@ SQL Server and Oracle are compiled only; MariaDB, PostgreSQL and SQLite also run
 tests/integration/test_sink.py.
 """
 
+from datetime import UTC, datetime
+
 import pymysql
 import pytest
 from sqlalchemy import exc
@@ -12,7 +14,9 @@ from sqlalchemy.dialects import mssql, mysql, oracle
 
 from storage.database import dialects
 from storage.database.engine import Failure, classify, dialect_of
+from storage.database.rows import REPORT_COLUMNS, report_row
 from storage.database.schema import fence, journal_positions, reports
+from storage.reports import Report
 
 COMPILERS = {"mssql": mssql.dialect(), "oracle": oracle.dialect(), "mariadb": mysql.dialect()}
 
@@ -61,9 +65,24 @@ def test_mariadb_skips_stored_keys_without_insert_ignore() -> None:
         "INSERT INTO fence (cluster, epoch) VALUES (%s, %s)"
         " ON DUPLICATE KEY UPDATE cluster = fence.cluster"
     )
-    assert d.copies is False and d.bulk_rows([]) is None
+    assert d.copies is False and d.bulk_rows([]) == []
     assert dialects.for_name("mysql").__class__ is d.__class__
     assert fence.c.cluster.type.dialect_impl(COMPILERS["mariadb"]).length == 512
+
+
+def test_mariadb_bulk_rows_are_the_report_rows_with_the_producers_text() -> None:
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    payload = {"call_id": "c1", "component": "mcp", "metric": "mos", "value": 4.25}
+    text = '{"call_id": "c1", "component": "mcp", "metric": "mos", "value": 4.250}'
+    with_text = Report("r1", "sq", "q.sq", payload, at, text)
+    without = Report("r2", "sq", "q.sq", payload, at)
+    first, second = dialects.for_name("mariadb").bulk_rows([with_text, without])
+    assert dict(zip(REPORT_COLUMNS, first, strict=True)) == report_row(with_text) | {
+        "payload": text
+    }
+    assert second[REPORT_COLUMNS.index("payload")] == (
+        '{"call_id":"c1","component":"mcp","metric":"mos","value":4.25}'
+    )
 
 
 @pytest.mark.parametrize(
