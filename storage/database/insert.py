@@ -2,9 +2,9 @@
 
 Each function returns how many rows it stored. On PostgreSQL the sink uses `copy_reports`: COPY
 straight into `reports`, which is all a batch of new reports needs. When one of them is stored
-already the COPY fails on the unique key and the batch goes `copy_reports_staged`'s way instead,
-in the same transaction: COPY into a staging table, then one INSERT ... SELECT ... ON CONFLICT
-DO NOTHING (bench/bench_sink.py measured that about 1.6x as fast as `executemany_reports`,
+already the COPY fails on the unique key, the sink rolls the transaction back and the batch goes
+`copy_reports_staged`'s way instead: COPY into a staging table, then one INSERT ... SELECT ... ON
+CONFLICT DO NOTHING (bench/bench_sink.py measured that about 1.6x as fast as `executemany_reports`,
 psycopg's executemany in one pipeline, for batches of 1000). The sink goes the staged way
 straight away after a batch that held duplicates. The other databases' ways are in
 storage.database.dialects.
@@ -150,8 +150,9 @@ def copy_text(rows: Sequence[Sequence[Any]]) -> bytes | None:
 
 
 def copy_reports(conn: Connection, values: CopyRows | Sequence[Sequence[Any]]) -> int:
-    """COPY `values` (`copy_rows`, or rows made by `copy_values`) straight into `reports`; the
-    staged way if a report_id is stored already. Of rows sharing an id, the first is kept."""
+    """COPY `values` (`copy_rows`, or rows made by `copy_values`) straight into `reports`: an
+    IntegrityError (UniqueViolation) if a report_id is stored already, which leaves the
+    transaction to be rolled back. Of rows sharing an id, the first is kept."""
     return _on_driver(conn, "COPY reports", _copy_new, values)
 
 
@@ -183,21 +184,12 @@ def _on_driver(
 
 def _copy_new(driver: psycopg.Connection, values: CopyRows) -> int:
     with driver.cursor() as cursor:
-        cursor.execute("SAVEPOINT reports_copy")
-        try:
-            with cursor.copy(f"COPY {reports.name} ({_COLUMN_LIST}) FROM STDIN") as copy:
-                if values.text is not None and driver.info.encoding == "utf-8":
-                    copy.write(values.text)
-                else:
-                    for row in values.rows:
-                        copy.write_row(row)
-        except psycopg.errors.UniqueViolation:
-            # One of them is stored already (a redelivered report, a batch replayed, another
-            # writer): the staged way skips those.
-            cursor.execute("ROLLBACK TO SAVEPOINT reports_copy")
-            cursor.execute("RELEASE SAVEPOINT reports_copy")
-            return _copy_staged(driver, values)
-        cursor.execute("RELEASE SAVEPOINT reports_copy")
+        with cursor.copy(f"COPY {reports.name} ({_COLUMN_LIST}) FROM STDIN") as copy:
+            if values.text is not None and driver.info.encoding == "utf-8":
+                copy.write(values.text)
+            else:
+                for row in values.rows:
+                    copy.write_row(row)
     return len(values)
 
 

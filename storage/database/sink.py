@@ -7,8 +7,10 @@ a batch whose commit was lost stores nothing twice.
 A report the database refuses (an error about its data, which a retry cannot fix: a value too
 large for an index, out of range, invalid in the encoding; `engine.classify`) is found by
 bisection inside savepoints and kept in rejected_reports with the database's reason, and the rest
-of its batch is stored. Only an error about the database itself (connection lost, failover,
-serialization failure, deadlock, resources) fails the batch, to be retried whole.
+of its batch is stored. A batch goes in whole first, without savepoints; only when the database
+refuses a row of it is the transaction rolled back and the batch written again, isolating it.
+Only an error about the database itself (connection lost, failover, serialization failure,
+deadlock, resources) fails the batch, to be retried whole.
 """
 
 import copy
@@ -81,6 +83,10 @@ class Batch:
             copy_rows,
             self.rejected_rows + other.rejected_rows,
         )
+
+
+class _RowRefused(Exception):
+    """The database refused a row of a batch written whole: written again, isolating it."""
 
 
 class Sink:
@@ -210,11 +216,31 @@ class Sink:
         DatabaseError otherwise.
         """
         batch = items if isinstance(items, Batch) else self.prepare(items)
+        try:
+            return self._write_batch(batch, positions, epoch, committed, isolating=False)
+        except _RowRefused:
+            # The whole transaction is rolled back; written again, each insert in a savepoint.
+            return self._write_batch(batch, positions, epoch, committed, isolating=True)
+
+    def _write_batch(
+        self,
+        batch: Batch,
+        positions: Mapping[str, int],
+        epoch: int,
+        committed: Mapping[str, int] | None,
+        *,
+        isolating: bool,
+    ) -> WriteResult:
         with translated(self.url), self._engine.begin() as conn:
             self._check_fence(conn, epoch)
             if committed:
                 self._check_positions(conn, committed)
-            stored, refused = self._insert_isolating(conn, batch.reports, batch.copy_rows)
+            if isolating:
+                stored, refused = self._insert_isolating(conn, batch.reports, batch.copy_rows)
+            else:
+                # Most batches hold no row the database refuses: they go in without the
+                # savepoints that isolating one takes (two round trips each).
+                stored, refused = self._insert_whole(conn, batch.reports, batch.copy_rows), []
             rejected = self._dialect.insert_many(
                 conn, rejected_reports, batch.rejected_rows, "digest"
             )
@@ -291,6 +317,18 @@ class Sink:
                 raise
 
         return retrying(attempt)
+
+    def _insert_whole(self, conn: Connection, items: list[Report], copy_rows: Any | None) -> int:
+        """Insert reports; _RowRefused (the transaction is then to be rolled back) if the
+        database refuses a row, or a COPY met a stored report_id."""
+        if not items:
+            return 0
+        try:
+            return self._dialect.insert_reports(conn, items, copy_rows)
+        except Exception as error:
+            if classify(error) is Failure.ROW:
+                raise _RowRefused from error
+            raise
 
     def _insert_isolating(
         self,

@@ -3,7 +3,8 @@
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+import psycopg
+from sqlalchemy import Connection, exc
 from sqlalchemy.dialects import postgresql
 
 from storage.database import insert
@@ -27,6 +28,13 @@ class PostgreSQL(OnConflict):
         # Duplicates come in runs (a redelivery, a replay): after a batch with some, the next
         # goes the staged way at once rather than after a COPY that fails on the first one.
         copy = insert.copy_reports_staged if self._duplicates_seen else insert.copy_reports
-        stored = copy(conn, bulk)
+        try:
+            stored = copy(conn, bulk)
+        except exc.IntegrityError as error:
+            # A report_id stored already: the sink writes the batch again in a new transaction,
+            # the staged way then.
+            if isinstance(error.orig, psycopg.errors.UniqueViolation):
+                self._duplicates_seen = True
+            raise
         self._duplicates_seen = stored < len(bulk)
         return stored
