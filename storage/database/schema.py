@@ -1,7 +1,7 @@
 """The database schema as SQLAlchemy Core tables.
 
-Migration 0001 creates exactly these; a unit test compares the two, so a change here needs a new
-migration. Times are stored in UTC.
+Migrations 0001 and 0003 (MariaDB's exact keys) create exactly these; a unit test compares the
+two, so a change here needs a new migration. Times are stored in UTC.
 
 On MariaDB (and MySQL) the types differ where its defaults would lose data or break an index:
 an indexed text column is a VARCHAR whose utf8mb4 key fits InnoDB's 3072-byte limit (a TEXT
@@ -40,10 +40,16 @@ Time = DateTime(timezone=True).with_variant(DATETIME(fsp=6), *_MYSQL)
 Double = Float().with_variant(DOUBLE(), *_MYSQL)
 
 
-def Key(chars: int) -> Text:  # noqa: N802 - a type, as the others here
+# Byte for byte and without padding, as text compares on PostgreSQL and SQLite: MariaDB's default
+# collations take "ABC", "abc" and "abc " for one value (migration 0003).
+EXACT = "utf8mb4_nopad_bin"
+
+
+def Key(chars: int, *, exact: bool = False) -> Text:  # noqa: N802 - a type, as the others here
     """Text that is part of an index: VARCHAR(chars) on MariaDB (4 bytes a character in
-    utf8mb4, so an index of them stays within 3072 bytes), TEXT elsewhere."""
-    return Text().with_variant(VARCHAR(chars), *_MYSQL)
+    utf8mb4, so an index of them stays within 3072 bytes), TEXT elsewhere. `exact`: a key that
+    tells values apart byte for byte on MariaDB too (an id, a name)."""
+    return Text().with_variant(VARCHAR(chars, collation=EXACT if exact else None), *_MYSQL)
 
 
 # Longer than any id or name the server writes (decode bounds report ids to 200 characters,
@@ -55,7 +61,7 @@ reports = Table(
     "reports",
     metadata,
     Column("id", RowId, primary_key=True, autoincrement=True),
-    Column("report_id", Key(ID_CHARS), nullable=False),
+    Column("report_id", Key(ID_CHARS, exact=True), nullable=False),
     Column("kind", Text, nullable=False),
     Column("queue", Text, nullable=False),
     Column("payload", Payload, nullable=False),
@@ -86,7 +92,7 @@ rejected_reports = Table(
     metadata,
     Column("id", RowId, primary_key=True, autoincrement=True),
     # The message id where the report had none.
-    Column("report_id", Key(ID_CHARS), nullable=False),
+    Column("report_id", Key(ID_CHARS, exact=True), nullable=False),
     Column("queue", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("raw", Raw, nullable=False),
@@ -94,7 +100,7 @@ rejected_reports = Table(
     Column("stored_at", Time, nullable=False, server_default=func.now()),
     # sha256 of (report_id, queue, reason, raw), of a fixed reason for a report the database
     # refused: a rejected record drained again, in any process, is stored once.
-    Column("digest", Key(64), nullable=False),
+    Column("digest", Key(64, exact=True), nullable=False),
     UniqueConstraint("digest", name="rejected_reports_digest_key"),
     Index("ix_rejected_reports_report_id", "report_id"),
 )
@@ -103,8 +109,8 @@ rejected_reports = Table(
 journal_positions = Table(
     "journal_positions",
     metadata,
-    Column("journal", Key(NAME_CHARS), nullable=False),
-    Column("segment", Key(NAME_CHARS), nullable=False),
+    Column("journal", Key(NAME_CHARS, exact=True), nullable=False),
+    Column("segment", Key(NAME_CHARS, exact=True), nullable=False),
     Column("byte", BigInteger, nullable=False),
     PrimaryKeyConstraint("journal", "segment"),
 )
@@ -113,6 +119,6 @@ journal_positions = Table(
 fence = Table(
     "fence",
     metadata,
-    Column("cluster", Key(ID_CHARS), primary_key=True),
+    Column("cluster", Key(ID_CHARS, exact=True), primary_key=True),
     Column("epoch", BigInteger, nullable=False),
 )

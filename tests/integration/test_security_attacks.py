@@ -75,7 +75,7 @@ def test_the_server_role_cannot_lower_the_fence_by_upsert_merge_or_replication_r
             with pytest.raises((errors.InsufficientPrivilege, errors.UndefinedObject)):
                 conn.execute(statement)
         assert conn.execute("SELECT epoch FROM fence WHERE cluster = '/pair1'").fetchone() == (9,)
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
 
 
 # Each has what repr, JSON, URLs, libpq conninfo, STOMP headers and the XML of the broker's users

@@ -121,6 +121,25 @@ def test_duplicate_report_id_within_one_batch_is_stored_once(sink: Sink) -> None
     assert sink.count_reports() == 1
 
 
+def test_ids_and_names_that_differ_only_in_case_accent_or_trailing_space_are_apart(
+    url: str, sink: Sink
+) -> None:
+    # MariaDB's default collations take these for one value; a report would be lost as stored.
+    ids = ["ABC", "abc", "abc ", "\u00e1bc", "a\u0301bc"]
+    result = sink.write_batch([cdr(i) for i in ids], positions={"Seg": 1, "seg": 2}, epoch=1)
+    assert (result.stored, result.duplicates) == (5, 0)
+    assert sink.report_id_counts(ids) == dict.fromkeys(ids, 1)
+    assert sink.positions() == {"Seg": 1, "seg": 2}
+    # Fencing domains and journals that differ in case are others too.
+    other = Sink(url, cluster=sink.cluster.upper(), journal=sink.journal.upper())
+    try:
+        other.write_batch([cdr("other")], positions={"Seg": 9}, epoch=0)
+        assert other.positions() == {"Seg": 9}
+        assert sink.positions() == {"Seg": 1, "seg": 2}
+    finally:
+        other.close()
+
+
 def test_typed_columns_are_parsed_tolerantly(sink: Sink) -> None:
     good = cdr("good")
     odd = cdr("odd", start="yesterday", call_id=42)

@@ -15,7 +15,7 @@ def test_upgrade_twice_reaches_head_and_matches_schema(tmp_path: Path) -> None:
     migrate.upgrade(engine)
     migrate.upgrade(engine)
     with engine.connect() as conn:
-        assert migrate.current(conn) == migrate.head() == "0002"
+        assert migrate.current(conn) == migrate.head() == "0003"
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
