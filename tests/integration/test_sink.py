@@ -314,6 +314,27 @@ def server_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.integration
+def test_batches_are_written_at_read_committed(server_url: str) -> None:
+    # What the fence's locking read and the gap-lock-free unique inserts rely on (README,
+    # Database): a batch's own transaction, seen from inside it.
+    sink = Sink(server_url, cluster="c", journal="j")
+    sink.upgrade()
+    seen: list[str] = []
+    claim = sink._check_fence
+
+    def check_fence(conn, epoch: int) -> None:
+        seen.append(conn.get_isolation_level())
+        claim(conn, epoch)
+
+    sink._check_fence = check_fence  # type: ignore[method-assign]
+    try:
+        sink.write_batch([cdr("a")], positions={"s": 1}, epoch=1)
+    finally:
+        sink.close()
+    assert seen == ["READ COMMITTED"]
+
+
+@pytest.mark.integration
 def test_upgrade_from_two_processes_at_once(server_url: str) -> None:
     pg_url = server_url
     sinks = [Sink(pg_url, cluster="c", journal=f"j{i}") for i in range(2)]
