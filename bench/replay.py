@@ -8,12 +8,14 @@ The COPY times only the COPY and commit of each batch, its text made beforehand 
 records exactly as the drain hands it to COPY (`storage.database.insert.copy_rows`).
 """
 
+import gc
 import threading
 import time
 from typing import Any
 
 from bench.backlog import build, template
 from bench.servers import Servers, say
+from reporting.commands.run import collect_rarely
 from reporting.config import DatabaseConfig
 from reporting.pipeline import Drainer
 from reporting.status.metrics import Metrics
@@ -42,6 +44,8 @@ def _drain(servers: Servers, count: int) -> dict[str, float]:
         name="bench-replay",
     )
     say(f"  draining {count:,} records")
+    collector = gc.get_threshold()
+    collect_rarely()  # as `reporting-server replay` does before it drains
     started = time.monotonic()
     drainer.start(1)
     try:
@@ -58,6 +62,9 @@ def _drain(servers: Servers, count: int) -> dict[str, float]:
     finally:
         drainer.stop()
         journal.close()
+        # The rest of the bench run measures other things in this process.
+        gc.unfreeze()
+        gc.set_threshold(*collector)
     stored = sink.count_reports()
     sink.close()
     if stored != count:

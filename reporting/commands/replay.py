@@ -122,6 +122,7 @@ def _fence_epoch(sink: "Sink", started: float, timeout_s: float) -> int | None:
 
 
 def _replay_one(config: Config, lane: LaneSpec, *, timeout_s: float) -> int:
+    from reporting.commands.run import collect_rarely
     from reporting.pipeline import Drainer, open_journal
     from reporting.status.metrics import Metrics
     from storage.database import Sink
@@ -152,6 +153,7 @@ def _replay_one(config: Config, lane: LaneSpec, *, timeout_s: float) -> int:
         if epoch is None:
             progress.fail(f"replay: gave up after {timeout_s:.0f} s")
             return 1
+        collect_rarely()
         drainer.start(epoch)
         while not done.is_set():
             if drainer.wait_caught_up(0.5):

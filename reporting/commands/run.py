@@ -17,6 +17,17 @@ log = logging.getLogger("reporting.run")
 GC_THRESHOLD = 50_000
 
 
+def collect_rarely() -> None:
+    """Tunes the garbage collector for moving reports, once start-up is done (run, replay).
+
+    The objects made at start-up live as long as the process: the collector need not look at
+    them again. Reports pass through in batches of thousands of short-lived objects with no
+    reference cycles among them; a collection every 700 allocations (the default) spent a
+    sizeable share of the CPU time on walking them."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="run one instance in the foreground")
     parser.add_argument("--config", required=True, help="the instance's TOML file")
@@ -70,12 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "%s: %s mode, status on http://%s/status", config.name, config.ha.mode, config.http.listen
     )
     server.start()
-    # The objects made at start-up live as long as the process: the collector need not look at
-    # them again. Reports pass through in batches of thousands of short-lived objects with no
-    # reference cycles among them; a collection every 700 allocations (the default) spent a
-    # sizeable share of the CPU time on walking them.
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    collect_rarely()
     # Under systemd (Type=notify): READY=1 once the election is joined, STATUS= per role change,
     # WATCHDOG=1 while the consumer threads work.
     systemd = ServiceNotifier(
