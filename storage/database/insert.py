@@ -11,7 +11,6 @@ storage.database.dialects.
 """
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,8 +106,20 @@ def _first_of_each_id(values: Sequence[Sequence[Any]]) -> list[Any]:
 _ESCAPED = str.maketrans(
     {"\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
 )
-# Those escaped characters but the tab and the backslash, which the quick check counts.
-_CONTROL = re.compile("[\b\n\v\f\r]")
+
+
+class _NotText(Exception):
+    """A value COPY's text format is not made of here."""
+
+
+def _field(value: Any) -> str:
+    """A value other than text, as COPY's text format writes it."""
+    if value is None:
+        return "\\N"
+    kind = type(value)
+    if kind is int or kind is float:
+        return repr(value)
+    raise _NotText
 
 
 def copy_text(rows: Sequence[Sequence[Any]]) -> bytes | None:
@@ -116,36 +127,31 @@ def copy_text(rows: Sequence[Sequence[Any]]) -> bytes | None:
     value is of a type other than text, integer, float or NULL (or text UTF-8 cannot encode):
     those rows go row by row through psycopg's own adaptation."""
     lines = []
-    for row in rows:
-        fields = []
-        nulls = 0
-        for value in row:
-            kind = type(value)
-            if kind is str:
-                fields.append(value)
-            elif value is None:
-                fields.append("\\N")
-                nulls += 1
-            elif kind is int or kind is float:
-                fields.append(repr(value))
-            else:
-                return None
-        line = "\t".join(fields)
-        # Most rows hold nothing to escape: found by counting, in C, over the whole line.
-        if (
-            line.count("\\") != nulls
-            or line.count("\t") != len(fields) - 1
-            or _CONTROL.search(line)
-        ):
-            line = "\t".join(
-                "\\N" if value is None else field.translate(_ESCAPED)
-                for value, field in zip(row, fields, strict=True)
-            )
-        lines.append(line)
-    lines.append("")
     try:
+        for row in rows:
+            fields = [value if type(value) is str else _field(value) for value in row]
+            line = "\t".join(fields)
+            # Most rows hold nothing to escape: found by counting, in C, over the whole line
+            # (each NULL's \N holds one backslash).
+            if (
+                line.count("\\") != row.count(None)
+                or line.count("\t") != len(fields) - 1
+                # The other escaped characters: a search each, which is quicker than one for a
+                # set of them.
+                or "\n" in line
+                or "\r" in line
+                or "\b" in line
+                or "\f" in line
+                or "\v" in line
+            ):
+                line = "\t".join(
+                    "\\N" if value is None else field.translate(_ESCAPED)
+                    for value, field in zip(row, fields, strict=True)
+                )
+            lines.append(line)
+        lines.append("")
         return "\n".join(lines).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: psycopg refuses that row on its own
+    except (_NotText, UnicodeEncodeError):  # a lone surrogate: psycopg refuses that row alone
         return None
 
 

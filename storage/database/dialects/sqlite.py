@@ -4,11 +4,12 @@ A write transaction begins with BEGIN IMMEDIATE (engine.py), so it holds the dat
 write lock from its first statement: there is no row lock to take.
 """
 
+import functools
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Executable, Table, bindparam
 from sqlalchemy.dialects import sqlite
 
 from storage.database.dialects.base import Dialect
@@ -21,17 +22,23 @@ class OnConflict(Dialect):
     module: ModuleType = sqlite
 
     def claim_fence(self, conn: Connection, cluster: str, epoch: int) -> bool:
+        # RETURNING rather than rowcount, which SQLAlchemy does not pass on for every INSERT.
+        return conn.execute(self._claim, {"cluster": cluster, "epoch": epoch}).first() is not None
+
+    @functools.cached_property
+    def _claim(self) -> Executable:
         # An upsert rather than a bare UPDATE, so a first writer needs no separate claim. On
         # PostgreSQL it locks the fence row until commit: a writer of an older epoch waits, then
-        # sees the newer epoch and matches nothing.
-        statement = self.module.insert(fence).values(cluster=cluster, epoch=epoch)
+        # sees the newer epoch and matches nothing. Built once: a batch only binds its values.
+        statement = self.module.insert(fence).values(
+            cluster=bindparam("cluster"), epoch=bindparam("epoch")
+        )
         statement = statement.on_conflict_do_update(
             index_elements=[fence.c.cluster],
             set_={"epoch": statement.excluded.epoch},
             where=fence.c.epoch <= statement.excluded.epoch,
         )
-        # RETURNING rather than rowcount, which SQLAlchemy does not pass on for every INSERT.
-        return conn.execute(statement.returning(fence.c.epoch)).first() is not None
+        return statement.returning(fence.c.epoch)
 
     def insert_many(
         self, conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str
@@ -45,12 +52,15 @@ class OnConflict(Dialect):
         return len(result.all())
 
     def upsert_positions(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        conn.execute(self._positions_upsert, rows)
+
+    @functools.cached_property
+    def _positions_upsert(self) -> Executable:
         statement = self.module.insert(journal_positions)
-        statement = statement.on_conflict_do_update(
+        return statement.on_conflict_do_update(
             index_elements=[journal_positions.c.journal, journal_positions.c.segment],
             set_={"byte": statement.excluded.byte},
         )
-        conn.execute(statement, rows)
 
 
 class SQLite(OnConflict):
