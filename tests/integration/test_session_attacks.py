@@ -1,0 +1,150 @@
+"""Attacks on the session's changes through the public interface: reports sent to the broker,
+a standalone server run on the harness's PostgreSQL or MariaDB, what the database holds read
+back and compared with what was sent.
+
+The changes attacked: the drainer's COPY as one write of pre-formatted text, a batch written
+whole without savepoints (isolated by bisection only after the database refused a row), and
+MariaDB's bulk INSERT with byte-for-byte keys.
+"""
+
+import json
+import random
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, create_engine, select
+
+from reporting.harness.flow import assert_exactly_once
+from reporting.harness.waiting import wait_until
+from reporting.samples import database_poison, sample_report
+from storage.database.schema import rejected_reports, reports
+from tests.integration.test_fast_path_attacks import send_bodies
+
+pytestmark = pytest.mark.integration
+
+
+def postgresql_fails(reason: str) -> pytest.MarkDecorator:
+    """Run on both databases, a known bug (strict xfail) on PostgreSQL."""
+    return pytest.mark.parametrize(
+        "database_name",
+        [
+            pytest.param("postgresql", marks=pytest.mark.xfail(strict=True, reason=reason)),
+            "mariadb",
+        ],
+        indirect=True,
+    )
+
+
+def _rows(db_url: str, table: Any, ids: list[str]) -> list[Any]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(table).where(table.c.report_id.in_(bindparam("ids", expanding=True))),
+                    {"ids": ids},
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def _rejected_counts(db_url: str, ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in _rows(db_url, rejected_reports, ids):
+        counts[row.report_id] = counts.get(row.report_id, 0) + 1
+    return counts
+
+
+def _good_sq(rng: random.Random) -> bytes:
+    return json.dumps(sample_report("sq", rng)).encode()
+
+
+def _started(standalone: Any) -> Any:
+    server = standalone()
+    server.start()
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the server to subscribe")
+    return server
+
+
+# -- a poison report in a batch that also holds a report twice --------------------------------
+
+
+@postgresql_fails(
+    "CopyRows keeps the first row of each id, so its rows no longer line up with the batch's "
+    "reports: bisection blames the wrong report and the poison is lost"
+)
+def test_poison_beside_a_report_sent_twice_in_one_batch(
+    standalone, activemq, db_url, queue_prefix
+) -> None:
+    """Queued before the server starts, so that they are drained together: groups of
+    (A, A again, poison P, B). Every A and B stored once, every P in rejected_reports once, no A
+    or B there."""
+    rng = random.Random(7)
+    token = uuid.uuid4().hex[:8]
+    destination = f"/queue/{queue_prefix}gvp.reporting.sq"
+    poison, why = database_poison(db_url, rng)
+    messages = []
+    good, poisons = [], []
+    for n in range(5):
+        a, p, b = f"a{n}-{token}", f"p{n}-{token}", f"b{n}-{token}"
+        body = _good_sq(rng)
+        messages += [
+            (destination, body, {"report-id": a}),
+            (destination, body, {"report-id": a}),
+            (destination, poison, {"report-id": p}),
+            (destination, _good_sq(rng), {"report-id": b}),
+        ]
+        good += [a, b]
+        poisons.append(p)
+    send_bodies(activemq.host, messages)
+    _started(standalone)
+    everything = good + poisons
+
+    def landed() -> bool:
+        stored = {row.report_id for row in _rows(db_url, reports, everything)}
+        return stored | set(_rejected_counts(db_url, everything)) >= set(everything)
+
+    try:
+        wait_until(landed, 30, "every report stored or rejected")
+    finally:
+        rejected = _rejected_counts(db_url, everything)
+        stored = [row.report_id for row in _rows(db_url, reports, everything)]
+        assert sorted(stored) == sorted(good), "stored: each good report once, no poison"
+        assert rejected == dict.fromkeys(poisons, 1), "rejected: each poison once, nothing else"
+    reasons = {row.reason for row in _rows(db_url, rejected_reports, poisons)}
+    assert all(reason.startswith(why) for reason in reasons), reasons
+
+
+@postgresql_fails(
+    "a COPY that failed on a poison row is isolated by plain COPY: a redelivered report alone "
+    "in its savepoint meets UniqueViolation, a row error, and is kept as refused"
+)
+def test_poison_before_a_redelivered_report_rejects_only_the_poison(
+    standalone, activemq, db_url, queue_prefix
+) -> None:
+    """A is stored; then P (poison) and A again (a redelivery or resend) are drained together,
+    P first. rejected_reports holds P only; A is stored once, and B sent after is stored."""
+    rng = random.Random(11)
+    token = uuid.uuid4().hex[:8]
+    destination = f"/queue/{queue_prefix}gvp.reporting.sq"
+    poison, _ = database_poison(db_url, rng)
+    a, p, b = f"a-{token}", f"p-{token}", f"b-{token}"
+    body = _good_sq(rng)
+    server = _started(standalone)
+    send_bodies(activemq.host, [(destination, body, {"report-id": a})])
+    assert_exactly_once(db_url, {a}, timeout_s=30)
+    server.stop()
+    send_bodies(
+        activemq.host,
+        [
+            (destination, poison, {"report-id": p}),
+            (destination, body, {"report-id": a}),
+        ],
+    )
+    server.start()
+    wait_until(lambda: _rejected_counts(db_url, [p]) == {p: 1}, 30, "the poison rejected")
+    send_bodies(activemq.host, [(destination, _good_sq(rng), {"report-id": b})])
+    assert_exactly_once(db_url, {a, b}, timeout_s=30)
+    assert _rejected_counts(db_url, [a, b, p]) == {p: 1}
