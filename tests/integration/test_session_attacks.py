@@ -233,3 +233,73 @@ def test_minus_zero_value_keeps_its_sign_on_mariadb(
         value = conn.scalar(text("SELECT value FROM reports WHERE report_id = :id"), {"id": rid})
     engine.dispose()
     assert value == 0.0 and math.copysign(1, value) == -1, value
+
+
+# -- PostgreSQL: COPY as one write of text made by the drainer ------------------------------------
+
+# Text that COPY's text format gives a meaning to, or that a quick check might miss, each as the
+# JSON escape a producer sends.
+_AWKWARD = [
+    "\t",
+    "\\",
+    "\\N",
+    "\\.",
+    "\n",
+    "\r",
+    "\r\n",
+    "\b",
+    "\f",
+    "\v",
+    "\x1c\x1f",
+    "\x7f",
+    "\u0085",
+    "\u2028\u2029",
+    "\U0001f600",
+    "a\\tb",
+    "\\\\N",
+    "end\\",
+]
+
+
+def test_copy_text_stores_awkward_text_as_sent(standalone, activemq, pg_url, queue_prefix) -> None:
+    """Typed text fields and ids holding tabs, backslashes, \\N, line ends, other controls,
+    U+2028 and non-BMP characters, drained in one COPY with nothing stored before: each typed
+    column, id and payload as sent."""
+    token = uuid.uuid4().hex[:6]
+    sent: dict[str, tuple[str, dict[str, Any]]] = {}
+    for n, awkward in enumerate(_AWKWARD):
+        payload = {
+            "call_id": f"c{awkward}",
+            "component": f"{awkward}{awkward}k",  # text fields must not be blank
+            "tenant": f"{awkward}t",
+            "ivr_profile": f"p{awkward}",
+            "start": "2024-01-01T00:00:00+00:00",
+            "end": "2024-01-01T00:01:00+00:00",
+            "x": [awkward, {awkward: awkward}],
+        }
+        sent[f"cdr{n}-{token}"] = ("cdr", payload)
+        sq = {"call_id": f"{awkward}c", "component": "x", "metric": f"{awkward}m", "value": 1e16}
+        sent[f"sq{n}-{token}"] = ("sq", sq)
+    for n, printable in enumerate(["\\N", "\\.", "a\\tb", "\\", "x\\N\\N", "\U0001f600\\"]):
+        payload = {"call_id": "\\N", "component": "\tx", "metric": "m", "value": -1.5e-300}
+        sent[f"{printable}{token}-{n}"] = ("sq", payload)
+    send_bodies(
+        activemq.host,
+        [
+            (f"/queue/{queue_prefix}gvp.reporting.{kind}", json.dumps(p).encode(), {"report-id": r})
+            for r, (kind, p) in sent.items()
+        ],
+    )
+    _started(standalone)
+    assert_exactly_once(pg_url, set(sent), timeout_s=60)
+    rows = {row.report_id: row for row in _rows(pg_url, reports, list(sent))}
+    problems = []
+    for rid, (kind, payload) in sent.items():
+        row = rows[rid]
+        if row.payload != payload:
+            problems.append(f"{rid!r}: payload {row.payload!r}")
+        for column, want in expected_columns(kind, payload).items():
+            if not _same(want, getattr(row, column)):
+                problems.append(f"{rid!r}: {column} {getattr(row, column)!r}, want {want!r}")
+    assert not problems, "\n".join(problems)
+    assert _rejected_counts(pg_url, list(sent)) == {}
