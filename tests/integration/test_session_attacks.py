@@ -303,3 +303,39 @@ def test_copy_text_stores_awkward_text_as_sent(standalone, activemq, pg_url, que
                 problems.append(f"{rid!r}: {column} {getattr(row, column)!r}, want {want!r}")
     assert not problems, "\n".join(problems)
     assert _rejected_counts(pg_url, list(sent)) == {}
+
+
+@pytest.mark.parametrize("database_name", ["mariadb"], indirect=True)
+def test_body_at_max_body_bytes_of_escapes_stored_on_mariadb(
+    standalone, activemq, db_url, queue_prefix
+) -> None:
+    """A body of exactly max_body_bytes (1 MiB), nearly all of it escapes the driver doubles
+    again (backslashes, quotes) and 4-byte characters, between ordinary reports in one batch:
+    all stored, the big payload byte for byte, the stream moving after it."""
+    token = uuid.uuid4().hex[:8]
+    head = b'{"call_id":"c","component":"x","metric":"m","value":1,"x":"'
+    unit = '\\\\\\"\U0001f600'.encode()  # \\ \" and an emoji: 8 bytes
+    room = (1 << 20) - len(head) - 2
+    fill = unit * (room // len(unit))
+    big = head + fill + b"a" * (room - len(fill)) + b'"}'
+    assert len(big) == 1 << 20
+    small = b'{"call_id":"c","component":"x","metric":"m","value":2}'
+    destination = f"/queue/{queue_prefix}gvp.reporting.sq"
+    ids = [f"before-{token}", f"big-{token}", f"after-{token}"]
+    bodies = [small, big, small]
+    send_bodies(
+        activemq.host,
+        [(destination, b, {"report-id": r}) for r, b in zip(ids, bodies, strict=True)],
+    )
+    _started(standalone)
+    assert_exactly_once(db_url, set(ids), timeout_s=60)
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        stored = conn.scalar(
+            text("SELECT payload FROM reports WHERE report_id = :id"), {"id": ids[1]}
+        )
+    engine.dispose()
+    assert stored.encode() == big
+    later = f"later-{token}"
+    send_bodies(activemq.host, [(destination, small, {"report-id": later})])
+    assert_exactly_once(db_url, {later}, timeout_s=30)
