@@ -66,13 +66,15 @@ def copy_values(reports: Sequence[Report]) -> list[list[Any]]:
 
 @dataclass(frozen=True)
 class CopyRows:
-    """A batch's rows for COPY (`copy_values`, the first row of each report id only) and, where
-    `copy_text` could make it, their COPY text: made with the rows, outside the transaction, so
-    that the COPY itself is one write. A part or a sum of them is rows alone (written row by row).
-    """
+    """A batch's rows for COPY (`copy_values`), one a report and in the batch's order, so that a
+    part of them is the same part of its reports; and, where `copy_text` could make it, the COPY
+    text of the first row of each report id (`unique` of them): made with the rows, outside the
+    transaction, so that the COPY itself is one write. A part or a sum of them is rows alone
+    (written row by row)."""
 
     rows: list[list[Any]]
     text: bytes | None = None
+    unique: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -86,8 +88,9 @@ class CopyRows:
 
 def copy_rows(reports: Sequence[Report]) -> CopyRows:
     """The reports' `CopyRows`, with their COPY text."""
-    rows = _first_of_each_id(copy_values(reports))
-    return CopyRows(rows, copy_text(rows))
+    rows = copy_values(reports)
+    first = _first_of_each_id(rows)
+    return CopyRows(rows, copy_text(first), len(first))
 
 
 def _first_of_each_id(values: Sequence[Sequence[Any]]) -> list[Any]:
@@ -176,7 +179,7 @@ def _on_driver(
     if not values:
         return 0
     if not isinstance(values, CopyRows):
-        values = CopyRows(_first_of_each_id(values))
+        values = CopyRows(list(values))
     driver = conn.connection.driver_connection  # psycopg.Connection, in this transaction
     assert driver is not None
     try:
@@ -189,14 +192,15 @@ def _on_driver(
 
 
 def _copy_new(driver: psycopg.Connection, values: CopyRows) -> int:
+    text = values.text if driver.info.encoding == "utf-8" else None
+    first = [] if text is not None else _first_of_each_id(values.rows)
     with driver.cursor() as cursor:
         with cursor.copy(f"COPY {reports.name} ({_COLUMN_LIST}) FROM STDIN") as copy:
-            if values.text is not None and driver.info.encoding == "utf-8":
-                copy.write(values.text)
-            else:
-                for row in values.rows:
-                    copy.write_row(row)
-    return len(values)
+            if text is not None:
+                copy.write(text)
+            for row in first:
+                copy.write_row(row)
+    return values.unique if text is not None else len(first)
 
 
 def _copy_staged(driver: psycopg.Connection, values: CopyRows) -> int:

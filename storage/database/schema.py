@@ -37,7 +37,7 @@ RowId = BigInteger().with_variant(Integer(), "sqlite")
 Payload = JSON().with_variant(JSONB(), "postgresql")
 Raw = LargeBinary().with_variant(BYTEA(), "postgresql").with_variant(LONGBLOB(), *_MYSQL)
 Time = DateTime(timezone=True).with_variant(DATETIME(fsp=6), *_MYSQL)
-Double = Float().with_variant(DOUBLE(), *_MYSQL)
+Double = Float().with_variant(DOUBLE(asdecimal=False), *_MYSQL)
 
 
 # Byte for byte and without padding, as text compares on PostgreSQL and SQLite: MariaDB's default

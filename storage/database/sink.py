@@ -341,7 +341,8 @@ class Sink:
             return 0, []
         try:
             with conn.begin_nested():
-                return self._dialect.insert_reports(conn, items, copy_rows), []
+                stored = self._dialect.insert_reports(conn, items, copy_rows, isolating=True)
+                return stored, []
         except Exception as error:
             # Only an error about the rows is isolated; one about the database ends the
             # transaction (it is retried whole, or split by the caller when it timed out).

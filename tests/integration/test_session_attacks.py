@@ -26,16 +26,8 @@ from tests.integration.test_fast_path_attacks import CASES, expected_columns, se
 pytestmark = pytest.mark.integration
 
 
-def postgresql_fails(reason: str) -> pytest.MarkDecorator:
-    """Run on both databases, a known bug (strict xfail) on PostgreSQL."""
-    return pytest.mark.parametrize(
-        "database_name",
-        [
-            pytest.param("postgresql", marks=pytest.mark.xfail(strict=True, reason=reason)),
-            "mariadb",
-        ],
-        indirect=True,
-    )
+# Both databases: the mechanisms differ (COPY on PostgreSQL, multi-row INSERT on MariaDB).
+on_both = pytest.mark.parametrize("database_name", ["postgresql", "mariadb"], indirect=True)
 
 
 def _rows(db_url: str, table: Any, ids: list[str]) -> list[Any]:
@@ -73,10 +65,7 @@ def _started(standalone: Any) -> Any:
 # -- a poison report in a batch that also holds a report twice --------------------------------
 
 
-@postgresql_fails(
-    "CopyRows keeps the first row of each id, so its rows no longer line up with the batch's "
-    "reports: bisection blames the wrong report and the poison is lost"
-)
+@on_both
 def test_poison_beside_a_report_sent_twice_in_one_batch(
     standalone, activemq, db_url, queue_prefix
 ) -> None:
@@ -121,10 +110,7 @@ def test_poison_beside_a_report_sent_twice_in_one_batch(
     assert all(reason.startswith(why) for reason in reasons), reasons
 
 
-@postgresql_fails(
-    "a COPY that failed on a poison row is isolated by plain COPY: a redelivered report alone "
-    "in its savepoint meets UniqueViolation, a row error, and is kept as refused"
-)
+@on_both
 def test_poison_before_a_redelivered_report_rejects_only_the_poison(
     standalone, activemq, db_url, queue_prefix
 ) -> None:
@@ -215,14 +201,11 @@ def test_edge_bodies_and_near_ids_on_mariadb_stored_as_sent(
 
 
 @pytest.mark.parametrize("database_name", ["mariadb"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="MariaDB's DOUBLE gives -0.0 (sent as the literal -0.0e0) back as 0: the typed value "
-    "loses the sign PostgreSQL keeps, and the README's differences do not list it",
-)
-def test_minus_zero_value_keeps_its_sign_on_mariadb(
+def test_minus_zero_value_is_zero_in_the_typed_column_on_mariadb_and_kept_in_the_payload(
     standalone, activemq, db_url, queue_prefix
 ) -> None:
+    # MariaDB's DOUBLE gives -0.0 (sent as the literal -0.0e0) back as 0, where PostgreSQL keeps
+    # the sign (README, Database): the payload, the report as sent, keeps it.
     rid = f"minus-zero-{uuid.uuid4().hex[:8]}"
     body = b'{"call_id":"c","component":"x","metric":"m","value":-0.0}'
     send_bodies(
@@ -232,9 +215,12 @@ def test_minus_zero_value_keeps_its_sign_on_mariadb(
     assert_exactly_once(db_url, {rid}, timeout_s=30)
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        value = conn.scalar(text("SELECT value FROM reports WHERE report_id = :id"), {"id": rid})
+        row = conn.execute(
+            text("SELECT value, payload FROM reports WHERE report_id = :id"), {"id": rid}
+        ).one()
     engine.dispose()
-    assert value == 0.0 and math.copysign(1, value) == -1, value
+    assert row.value == 0.0 and math.copysign(1, row.value) == 1, row.value
+    assert json.loads(row.payload)["value"] == -0.0 and '"value":-0.0' in row.payload
 
 
 # -- PostgreSQL: COPY as one write of text made by the drainer ------------------------------------

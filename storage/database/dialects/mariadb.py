@@ -103,7 +103,12 @@ class MariaDB(Dialect):
         ]
 
     def insert_reports(
-        self, conn: Connection, items: Sequence[Report], bulk: list[Any] | None
+        self,
+        conn: Connection,
+        items: Sequence[Report],
+        bulk: list[Any] | None,
+        *,
+        isolating: bool = False,
     ) -> int:
         if bulk is None:
             return super().insert_reports(conn, items, bulk)
