@@ -341,8 +341,7 @@ class Sink:
             return 0, []
         try:
             with conn.begin_nested():
-                stored = self._dialect.insert_reports(conn, items, copy_rows, isolating=True)
-                return stored, []
+                return self._dialect.insert_isolating(conn, items, copy_rows), []
         except Exception as error:
             # Only an error about the rows is isolated; one about the database ends the
             # transaction (it is retried whole, or split by the caller when it timed out).

@@ -132,15 +132,12 @@ class Dialect:
         batch to find a refused row, the drainer joins a batch and what followed it)."""
         return None
 
-    def insert_reports(
-        self,
-        conn: Connection,
-        items: Sequence[Report],
-        bulk: Any | None,
-        *,
-        isolating: bool = False,
-    ) -> int:
+    def insert_reports(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
         """Insert reports (with their `bulk_rows`), skipping stored report_ids; returns how many
-        were stored. `isolating`: the sink is looking for a row the database refuses, so no way
-        that fails on a stored report_id (rather than skipping it) may be taken."""
+        were stored."""
         return self.insert_many(conn, reports, [report_row(r) for r in items], "report_id")
+
+    def insert_isolating(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
+        """`insert_reports` while the sink looks for a row the database refuses: by no way that
+        fails on a stored report_id (rather than skipping it), which would pass for one."""
+        return self.insert_reports(conn, items, bulk)

@@ -103,12 +103,7 @@ class MariaDB(Dialect):
         ]
 
     def insert_reports(
-        self,
-        conn: Connection,
-        items: Sequence[Report],
-        bulk: list[Any] | None,
-        *,
-        isolating: bool = False,
+        self, conn: Connection, items: Sequence[Report], bulk: list[Any] | None
     ) -> int:
         if bulk is None:
             return super().insert_reports(conn, items, bulk)

@@ -22,20 +22,16 @@ class PostgreSQL(OnConflict):
     def bulk_rows(self, items: Sequence[Report]) -> insert.CopyRows:
         return insert.copy_rows(items)
 
-    def insert_reports(
-        self,
-        conn: Connection,
-        items: Sequence[Report],
-        bulk: Any | None,
-        *,
-        isolating: bool = False,
-    ) -> int:
+    def insert_isolating(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
+        if bulk is None:
+            return super().insert_isolating(conn, items, bulk)
+        # A part COPYed straight in would fail on a stored id as on a refused row, and be taken
+        # for one: the staged way skips stored ids.
+        return insert.copy_reports_staged(conn, bulk)
+
+    def insert_reports(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
         if bulk is None:
             return super().insert_reports(conn, items, bulk)
-        if isolating:
-            # A part COPYed straight in would fail on a stored id like on a refused row, and be
-            # taken for one: the staged way skips stored ids.
-            return insert.copy_reports_staged(conn, bulk)
         # Duplicates come in runs (a redelivery, a replay): after a batch with some, the next
         # goes the staged way at once rather than after a COPY that fails on the first one.
         copy = insert.copy_reports_staged if self._duplicates_seen else insert.copy_reports
