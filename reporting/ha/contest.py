@@ -26,23 +26,10 @@ from kazoo.retry import KazooRetry
 from kazoo.security import make_digest_acl
 
 from reporting.errors import ZooKeeperRefused, ZooKeeperUnreachable
+from reporting.ha import roles
 from reporting.ha.acl import check_nodes, no_access, open_parents
 from reporting.ha.delivery import Delivery
-from reporting.ha.roles import (
-    Connected,
-    Event,
-    Fenced,
-    Policy,
-    Released,
-    Role,
-    RoleChange,
-    Roles,
-    SessionLost,
-    Started,
-    Stopping,
-    Suspended,
-    describe,
-)
+from reporting.ha.roles import Event, Policy, Role, RoleChange, Roles, describe
 from reporting.logs import About
 
 log = logging.getLogger(__name__)
@@ -175,7 +162,7 @@ class Contest:
         """Every slot hears it is standby, with `reason`; then the session and rounds begin."""
         for slot in self.slots:
             slot.delivery.start()
-        self.broadcast(Started(reason))
+        self.broadcast(roles.Started(reason))
         # Asynchronous: a ZooKeeper that is down at start is waited for, not an error.
         self.client.start_async()
         self._thread.start()
@@ -195,7 +182,7 @@ class Contest:
             return
         self._interrupt()
         self._wake.set()
-        self.broadcast(Stopping())
+        self.broadcast(roles.Stopping())
         for slot in self.slots:
             slot.delivery.wait_delivered(STOP_DELIVERY_S)
         # The round thread may sit in a ZooKeeper call that waits for a reconnect; closing the
@@ -229,7 +216,7 @@ class Contest:
             # Checked and applied under one hold: a newer activation cannot slip in between.
             if epoch is not None and epoch < slot.roles.epoch:
                 return False
-            self._transition(slot, Fenced())
+            self._transition(slot, roles.Fenced())
         return True
 
     def unconfirmed(self, slot: Slot) -> bool:
@@ -261,16 +248,16 @@ class Contest:
     def _on_state(self, state: KazooState) -> None:
         # kazoo's connection thread: record and wake, never block.
         if state == KazooState.SUSPENDED:
-            changed = self.broadcast(Suspended())
+            changed = self.broadcast(roles.Suspended())
         elif state == KazooState.LOST:
             with self._mutex:
                 self._session += 1
-                changes = [self._transition(slot, SessionLost()) for slot in self.slots]
+                changes = [self._transition(slot, roles.SessionLost()) for slot in self.slots]
             changed = any(change is not None for change in changes)
             if self.client.client_state == KeeperState.AUTH_FAILED:
                 self._refuse(ZooKeeperRefused(self.hosts, self.cluster, no_access(self.auth)))
         else:
-            changed = self.broadcast(Connected())
+            changed = self.broadcast(roles.Connected())
         if not changed and not self._stopping.is_set():
             level = logging.INFO if state == KazooState.CONNECTED else logging.WARNING
             log.log(level, "%s: zookeeper %s; roles kept", self.name, _STATES[state])
@@ -356,7 +343,7 @@ class Contest:
                 return
             self.refusal = refusal
             for slot in self.slots:
-                self._transition(slot, Released(f"cannot take part: {refusal}"))
+                self._transition(slot, roles.Released(f"cannot take part: {refusal}"))
         log.error("%s: %s", self.name, refusal)
         self._wake.set()
         if self._on_refused is not None:
