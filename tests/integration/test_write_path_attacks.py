@@ -310,3 +310,36 @@ def test_a_poison_sharing_a_good_reports_id_ends_the_same_whatever_its_batch_hol
         outcome[name] = _rejected_counts(db_url, [rid]).get(rid, 0)
     assert _rejected_counts(db_url, [f"q-{token}"]) == {f"q-{token}": 1}
     assert outcome["x"] == outcome["y"] and outcome["x"] <= 1, outcome
+
+
+# -- a batch of nothing but poisons -----------------------------------------------------------
+
+
+@on_both
+def test_a_batch_of_nothing_but_poisons_keeps_the_stream_moving(
+    standalone, activemq, db_url, queue_prefix
+) -> None:
+    """A full batch (batch_records 500) of poisons of every kind, one good report behind it:
+    every poison isolated (about two savepoints each) and rejected once, the good report stored
+    within the test's time, the database `up` throughout."""
+    rng = random.Random(26)
+    token = uuid.uuid4().hex[:8]
+    poisons = {f"all-p{n}-{token}": KINDS[n % len(KINDS)] for n in range(500)}
+    behind = f"behind-{token}"
+    messages = [
+        (_to(queue_prefix, kind), _poison(kind, db_url, rng), {"report-id": rid})
+        for rid, kind in poisons.items()
+    ]
+    messages.append((_to(queue_prefix, "cdr"), _good("cdr", rng), {"report-id": behind}))
+    send_bodies(activemq.host, messages)
+    server = _started(standalone)
+    seen: set[str] = set()
+
+    def stored() -> bool:
+        seen.add(server.status()["database"])
+        return bool(_rows(db_url, reports, [behind]))
+
+    wait_until(stored, 60, "the report behind 500 poisons stored")
+    _check(db_url, {behind}, set(poisons))
+    _drained(server)
+    assert seen == {"up"}, seen
