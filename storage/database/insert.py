@@ -67,14 +67,17 @@ def copy_values(reports: Sequence[Report]) -> list[list[Any]]:
 @dataclass(frozen=True)
 class CopyRows:
     """A batch's rows for COPY (`copy_values`), one a report and in the batch's order, so that a
-    part of them is the same part of its reports; and, where `copy_text` could make it, the COPY
-    text of the first row of each report id (`unique` of them): made with the rows, outside the
-    transaction, so that the COPY itself is one write. A part or a sum of them is rows alone
-    (written row by row)."""
+    part of them is the same part of its reports; and, where `copy_text` could make it, their
+    COPY text: made with the rows, outside the transaction, so that the COPY itself is one
+    write. A part or a sum of them is rows alone (written row by row).
+
+    Every row goes to the database, a report sent twice in the batch too: it fails the COPY on
+    the unique key and the batch goes the staged way, which skips it. Dropped here instead, a
+    second copy the database would refuse (a poison under a stored id) would be a duplicate or
+    a refused report depending on the rest of its batch."""
 
     rows: list[list[Any]]
     text: bytes | None = None
-    unique: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -89,19 +92,7 @@ class CopyRows:
 def copy_rows(reports: Sequence[Report]) -> CopyRows:
     """The reports' `CopyRows`, with their COPY text."""
     rows = copy_values(reports)
-    first = _first_of_each_id(rows)
-    return CopyRows(rows, copy_text(first), len(first))
-
-
-def _first_of_each_id(values: Sequence[Sequence[Any]]) -> list[Any]:
-    # Of rows sharing an id the first is kept, as INSERT ... ON CONFLICT DO NOTHING would.
-    seen: set[str] = set()
-    rows = []
-    for row in values:
-        if row[0] not in seen:
-            seen.add(row[0])
-            rows.append(row)
-    return rows
+    return CopyRows(rows, copy_text(rows))
 
 
 # COPY's text format: a tab between values, a newline after each row, \N for NULL; a backslash
@@ -160,13 +151,14 @@ def copy_text(rows: Sequence[Sequence[Any]]) -> bytes | None:
 
 def copy_reports(conn: Connection, values: CopyRows | Sequence[Sequence[Any]]) -> int:
     """COPY `values` (`copy_rows`, or rows made by `copy_values`) straight into `reports`: an
-    IntegrityError (UniqueViolation) if a report_id is stored already, which leaves the
-    transaction to be rolled back. Of rows sharing an id, the first is kept."""
+    IntegrityError (UniqueViolation) if a report_id is stored already or twice among them, which
+    leaves the transaction to be rolled back."""
     return _on_driver(conn, "COPY reports", _copy_new, values)
 
 
 def copy_reports_staged(conn: Connection, values: CopyRows | Sequence[Sequence[Any]]) -> int:
-    """COPY into a session-local staging table, then one INSERT ... SELECT ... ON CONFLICT."""
+    """COPY into a session-local staging table, then one INSERT ... SELECT ... ON CONFLICT: of
+    rows sharing an id, the first is kept."""
     return _on_driver(conn, "COPY reports_in", _copy_staged, values)
 
 
@@ -193,14 +185,14 @@ def _on_driver(
 
 def _copy_new(driver: psycopg.Connection, values: CopyRows) -> int:
     text = values.text if driver.info.encoding == "utf-8" else None
-    first = [] if text is not None else _first_of_each_id(values.rows)
     with driver.cursor() as cursor:
         with cursor.copy(f"COPY {reports.name} ({_COLUMN_LIST}) FROM STDIN") as copy:
             if text is not None:
                 copy.write(text)
-            for row in first:
-                copy.write_row(row)
-    return values.unique if text is not None else len(first)
+            else:
+                for row in values.rows:
+                    copy.write_row(row)
+    return len(values)
 
 
 def _copy_staged(driver: psycopg.Connection, values: CopyRows) -> int:

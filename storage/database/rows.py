@@ -6,6 +6,7 @@ than its column's bound is stored as NULL; the payload keeps it as sent.
 """
 
 import hashlib
+import json
 from typing import Any
 
 from storage.reports import (
@@ -53,10 +54,20 @@ def refused_row(report: Report, reason: str) -> dict[str, Any]:
     except ValueError:  # an integer too long to print, a lone surrogate: keep what prints
         raw = repr(report).encode("utf-8", "backslashreplace")
     row = rejected_row(Rejected(report.report_id, report.queue, reason, raw, report.received_at))
-    # Keyed without the database's wording, which another statement path, server version or
-    # lc_messages may change: the same record refused again is the same row.
-    row["digest"] = digest(report.report_id, report.queue, "database refused", raw)
+    # Keyed by what the report is, without the database's wording (which another statement
+    # path, server version or lc_messages may change) and without the time it was received
+    # (which the record holds): the same report refused again, a replayed record or the message
+    # received again (resent, redelivered), is the same row.
+    row["digest"] = digest(report.report_id, report.queue, "database refused", _content(report))
     return row
+
+
+def _content(report: Report) -> bytes:
+    """The report as its producer sent it: its text, or (a record without it) its payload."""
+    if report.body is not None:
+        return report.body.encode("utf-8", "surrogatepass")
+    text = json.dumps(report.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text.encode("ascii")
 
 
 def digest(report_id: str, queue: str, reason: str, raw: bytes) -> str:

@@ -68,11 +68,6 @@ def _check(
 
 
 @on_both
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused report's digest is of its journal record, which holds received_at: the "
-    "same poison received again (a producer resend, a broker redelivery) is a second row",
-)
 def test_poison_sent_again_is_rejected_once(standalone, activemq, db_url, queue_prefix) -> None:
     """P (a poison) is rejected; P is sent again, same report-id and body, as a producer resend
     or a broker redelivery would: still one row in rejected_reports, as for a malformed message
@@ -263,23 +258,7 @@ def test_server_killed_in_an_isolating_pass_rejects_nothing_twice(
 # -- a poison carrying the id of a good report of its batch ---------------------------------
 
 
-@pytest.mark.parametrize(
-    "database_name",
-    [
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="PostgreSQL's whole pass COPYs only the first row of each id, so the "
-                "poison after a good report of its id is dropped as a duplicate; a poison "
-                "elsewhere in the batch sends it through the isolating pass, whose staged COPY "
-                "writes every row and refuses it",
-            ),
-        ),
-        "mariadb",
-    ],
-    indirect=True,
-)
+@on_both
 def test_a_poison_sharing_a_good_reports_id_ends_the_same_whatever_its_batch_holds(
     standalone, activemq, db_url, queue_prefix
 ) -> None:
