@@ -11,6 +11,7 @@ kept one row a report so that the bisection's halves match.
 import json
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -190,6 +191,24 @@ def _isolating(pg_url: str) -> bool:
     return bool(rows)
 
 
+def _mixed(
+    queue_prefix: str, db_url: str, rng: random.Random, count: int, poison: Callable[[int], bool]
+) -> tuple[list[Any], set[str], set[str]]:
+    """`count` messages of every kind, the n-th a poison where `poison(n)`: the messages, the
+    good reports' ids and the poisons' ids."""
+    token = uuid.uuid4().hex[:8]
+    good: set[str] = set()
+    poisons: set[str] = set()
+    messages = []
+    for n in range(count):
+        kind = KINDS[n % len(KINDS)]
+        rid = f"m{n}-{token}"
+        body = _poison(kind, db_url, rng) if poison(n) else _good(kind, rng)
+        messages.append((_to(queue_prefix, kind), body, {"report-id": rid}))
+        (poisons if poison(n) else good).add(rid)
+    return messages, good, poisons
+
+
 def test_database_killed_in_an_isolating_pass(
     standalone, activemq, postgres, pg_url, queue_prefix
 ) -> None:
@@ -197,21 +216,8 @@ def test_database_killed_in_an_isolating_pass(
     SIGKILLed; it is restarted. Nothing of the batch was committed: written again, each good
     report stored once, each poison rejected once, nothing stranded."""
     rng = random.Random(23)
-    token = uuid.uuid4().hex[:8]
-    good: set[str] = set()
-    poisons: set[str] = set()
-    messages = []
-    for n in range(500):
-        kind = KINDS[n % len(KINDS)]
-        rid = f"r{n}-{token}"
-        if n % 4 == 1 and len(poisons) < 120:
-            messages.append(
-                (_to(queue_prefix, kind), _poison(kind, pg_url, rng), {"report-id": rid})
-            )
-            poisons.add(rid)
-        else:
-            messages.append((_to(queue_prefix, kind), _good(kind, rng), {"report-id": rid}))
-            good.add(rid)
+    one_in_four = lambda n: n % 4 == 1 and n < 480  # noqa: E731 - 120 poisons
+    messages, good, poisons = _mixed(queue_prefix, pg_url, rng, 500, one_in_four)
     send_bodies(activemq.host, messages)
     server = _started(standalone)
     wait_until(lambda: _isolating(pg_url), 60, "the isolating pass", every_s=0.01)
@@ -230,20 +236,7 @@ def test_server_killed_in_an_isolating_pass_rejects_nothing_twice(
     what is sent after is stored."""
     rng = random.Random(24)
     token = uuid.uuid4().hex[:8]
-    good: set[str] = set()
-    poisons: set[str] = set()
-    messages = []
-    for n in range(400):
-        kind = KINDS[n % len(KINDS)]
-        rid = f"k{n}-{token}"
-        if n % 5 == 0:
-            messages.append(
-                (_to(queue_prefix, kind), _poison(kind, pg_url, rng), {"report-id": rid})
-            )
-            poisons.add(rid)
-        else:
-            messages.append((_to(queue_prefix, kind), _good(kind, rng), {"report-id": rid}))
-            good.add(rid)
+    messages, good, poisons = _mixed(queue_prefix, pg_url, rng, 400, lambda n: n % 5 == 0)
     send_bodies(activemq.host, messages)
     server = _started(standalone)
     wait_until(lambda: _isolating(pg_url), 60, "the isolating pass", every_s=0.01)
