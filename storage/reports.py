@@ -247,6 +247,14 @@ def _loads(data: bytes) -> Any:
     return value if json_members(value) >= 0 else json.loads(data)
 
 
+def payload_text(report: Report) -> str:
+    """The report's payload as JSON text: the producer's, where the report has it (a record
+    written before records carried it has the parsed payload alone)."""
+    if report.body is not None:
+        return report.body
+    return json.dumps(report.payload, separators=(",", ":"))
+
+
 def to_record(item: Report | Rejected) -> bytes:
     if isinstance(item, Report) and item.body is not None:
         head: dict[str, Any] = {"t": "R", "id": item.report_id, "k": item.kind, "q": item.queue}

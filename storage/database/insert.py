@@ -10,7 +10,6 @@ straight away after a batch that held duplicates. The other databases' ways are 
 storage.database.dialects.
 """
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 
 from storage.database.rows import REPORT_COLUMNS
 from storage.database.schema import reports
-from storage.reports import Report, typed_values, utc
+from storage.reports import Report, payload_text, typed_values, utc
 
 _STAGING = "reports_in"
 _STAGING_DDL = f"""
@@ -57,8 +56,7 @@ def copy_values(reports: Sequence[Report]) -> list[list[Any]]:
         received = report.received_at
         if received is not last_received[0]:
             last_received = (received, utc(received).isoformat())
-        body = report.body
-        payload = body if body is not None else json.dumps(report.payload, separators=(",", ":"))
+        payload = payload_text(report)
         head = [report.report_id, report.kind, report.queue, payload, last_received[1]]
         out.append(head + columns)
     return out

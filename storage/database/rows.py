@@ -6,7 +6,6 @@ than its column's bound is stored as NULL; the payload keeps it as sent.
 """
 
 import hashlib
-import json
 from typing import Any
 
 from storage.reports import (
@@ -14,6 +13,7 @@ from storage.reports import (
     TYPED_COLUMNS,
     Rejected,
     Report,
+    payload_text,
     to_record,
     typed_values,
     utc,
@@ -58,16 +58,9 @@ def refused_row(report: Report, reason: str) -> dict[str, Any]:
     # path, server version or lc_messages may change) and without the time it was received
     # (which the record holds): the same report refused again, a replayed record or the message
     # received again (resent, redelivered), is the same row.
-    row["digest"] = digest(report.report_id, report.queue, "database refused", _content(report))
+    content = payload_text(report).encode("utf-8", "surrogatepass")
+    row["digest"] = digest(report.report_id, report.queue, "database refused", content)
     return row
-
-
-def _content(report: Report) -> bytes:
-    """The report as its producer sent it: its text, or (a record without it) its payload."""
-    if report.body is not None:
-        return report.body.encode("utf-8", "surrogatepass")
-    text = json.dumps(report.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return text.encode("ascii")
 
 
 def digest(report_id: str, queue: str, reason: str, raw: bytes) -> str:

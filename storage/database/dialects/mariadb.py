@@ -19,7 +19,6 @@ committed epoch at any level; READ COMMITTED keeps InnoDB from taking gap locks 
 indexes of reports, which at REPEATABLE READ make two drainers' inserts deadlock.
 """
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ from sqlalchemy.dialects import mysql
 from storage.database.dialects.base import Dialect
 from storage.database.rows import REPORT_COLUMNS
 from storage.database.schema import fence, journal_positions, reports
-from storage.reports import Report, typed_values, utc
+from storage.reports import Report, payload_text, typed_values, utc
 
 # MariaDB's error numbers (its manual's "MariaDB Error Codes"). The row's fault: no retry can
 # fix it. NULL in a NOT NULL column, a duplicate key (only reachable through another unique
@@ -93,9 +92,7 @@ class MariaDB(Dialect):
                 report.report_id,
                 report.kind,
                 report.queue,
-                report.body
-                if report.body is not None
-                else json.dumps(report.payload, separators=(",", ":")),
+                payload_text(report),
                 utc(report.received_at),
                 *typed_values(report.kind, report.payload),
             )
