@@ -98,8 +98,9 @@ rejected_reports = Table(
     Column("raw", Raw, nullable=False),
     Column("received_at", Time, nullable=False),
     Column("stored_at", Time, nullable=False, server_default=func.now()),
-    # sha256 of (report_id, queue, reason, raw), of a fixed reason for a report the database
-    # refused: a rejected record drained again, in any process, is stored once.
+    # sha256 of (report_id, queue, reason, raw); for a report the database refused, of a fixed
+    # reason and its payload text instead of the record (which holds when it came): a rejected
+    # record drained again, in any process, or a refused report received again, is stored once.
     Column("digest", Key(64, exact=True), nullable=False),
     UniqueConstraint("digest", name="rejected_reports_digest_key"),
     Index("ix_rejected_reports_report_id", "report_id"),
