@@ -143,7 +143,9 @@ def parse_time(value: Any) -> datetime | None:
         return None
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A `number` field's typed column: the value as a float; None if it is not a number or is
+    an integer beyond a float's range."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
@@ -155,22 +157,56 @@ def _number(value: Any) -> float | None:
 def typed_values(kind: str, payload: dict[str, Any]) -> list[Any]:
     """The values of TYPED_COLUMNS for a report: copies of its payload's fields (times in UTC)."""
     values: list[Any] = [None] * len(TYPED_COLUMNS)
+    _copy(payload, values, _TEXT_FIELDS, _INT_FIELDS, _NUMBER_FIELDS)
     get = payload.get
-    for index, name, max_chars in _TEXT_FIELDS:
+    for index, name in _TIME_FIELDS.get(kind, ()):
+        values[index] = parse_time(get(name))
+    return values
+
+
+# Per kind, the copied fields that are not among its required ones (an event's tenant), with
+# their names, which a payload seldom holds.
+_OTHERS = {
+    kind: tuple(
+        tuple(f for f in group if f[1] not in {r.name for r in fields})
+        for group in (_TEXT_FIELDS, _INT_FIELDS, _NUMBER_FIELDS)
+    )
+    for kind, fields in FIELDS.items()
+}
+_OTHER_NAMES = {
+    kind: frozenset(f[1] for group in others for f in group) for kind, others in _OTHERS.items()
+}
+
+
+def copy_others(kind: str, payload: dict[str, Any], values: list[Any]) -> list[Any]:
+    """`values` (TYPED_COLUMNS, holding the copies of the kind's required fields, as the wire's
+    validation makes them once it has checked each) with the other copied fields filled in as
+    `typed_values` fills them: then the two lists are equal."""
+    if not _OTHER_NAMES[kind].isdisjoint(payload):
+        _copy(payload, values, *_OTHERS[kind])
+    return values
+
+
+def _copy(
+    payload: dict[str, Any],
+    values: list[Any],
+    texts: tuple[tuple[int, str, int], ...],
+    ints: tuple[tuple[int, str], ...],
+    numbers: tuple[tuple[int, str], ...],
+) -> None:
+    get = payload.get
+    for index, name, max_chars in texts:
         value = get(name)
         if isinstance(value, str) and len(value) <= max_chars:
             values[index] = value
-    for index, name in _INT_FIELDS:
+    for index, name in ints:
         # Passed through unbounded: a value beyond bigint is a row the database refuses, and so
         # lands in rejected_reports rather than being silently cut.
         value = get(name)
         if isinstance(value, int) and not isinstance(value, bool):
             values[index] = value
-    for index, name in _NUMBER_FIELDS:
-        values[index] = _number(get(name))
-    for index, name in _TIME_FIELDS.get(kind, ()):
-        values[index] = parse_time(get(name))
-    return values
+    for index, name in numbers:
+        values[index] = number(get(name))
 
 
 # -- what is stored and journalled ---------------------------------------------------------------
@@ -193,6 +229,8 @@ class Report:
     body: str | None = None
     # TYPED_COLUMNS as a journal record carries them (times as ISO 8601 text), when it does.
     columns: list[Any] | None = field(default=None, compare=False)
+    # TYPED_COLUMNS as `typed_values` gives them, made by the wire's validation with its checks.
+    typed: list[Any] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -258,11 +296,15 @@ def payload_text(report: Report) -> str:
 def to_record(item: Report | Rejected) -> bytes:
     if isinstance(item, Report) and item.body is not None:
         head: dict[str, Any] = {"t": "R", "id": item.report_id, "k": item.kind, "q": item.queue}
-        head["at"] = item.received_at.isoformat()
+        head["at"] = _isoformat(item.received_at)
         try:
             # The typed columns too, so that the drain copies them without reading the payload.
             columns = item.columns
-            head["c"] = typed_values(item.kind, item.payload) if columns is None else columns
+            if columns is None:
+                columns = item.typed
+                if columns is None:
+                    columns = typed_values(item.kind, item.payload)
+            head["c"] = columns
             text = orjson.dumps(head)
         except TypeError:  # an integer beyond 64 bits: the drain reads the payload for them
             del head["c"]
@@ -318,3 +360,15 @@ def _report(data: bytes, payload: bool) -> Report:
 
 # The records of one intake batch share their `at`, so a few parsed ones are kept.
 _received_at = functools.lru_cache(maxsize=4)(datetime.fromisoformat)
+# And the last one written (by identity: equal times may differ in their offset, and so text).
+_last_at: tuple[datetime | None, str] = (None, "")
+
+
+def _isoformat(at: datetime) -> str:
+    global _last_at
+    last = _last_at
+    if last[0] is at:
+        return last[1]
+    text = at.isoformat()
+    _last_at = (at, text)  # one assignment: another thread sees the old pair or this one
+    return text

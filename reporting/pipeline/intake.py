@@ -69,17 +69,8 @@ class Intake:
 
     def __call__(self, batch: Sequence[Message]) -> bool:
         now = datetime.now(UTC)
-        items = [
-            decode(
-                m.destination,
-                m.headers,
-                m.body,
-                queues=self.queues,
-                max_body_bytes=self.max_body_bytes,
-                now=now,
-            )
-            for m in batch
-        ]
+        queues, limit = self.queues, self.max_body_bytes
+        items = [decode(m.destination, m.headers, m.body, queues, limit, now) for m in batch]
         records = [to_record(item) for item in items]
         if not self._append(records):
             return False

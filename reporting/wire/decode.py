@@ -16,6 +16,7 @@ Letting those through would only make the database refuse the row later.
 
 import functools
 import hashlib
+import inspect
 import json
 import math
 from collections.abc import Callable, Collection, Mapping
@@ -27,12 +28,16 @@ import orjson
 from storage.reports import (
     FIELDS,
     MAX_COUNT,
+    TYPED_COLUMNS,
     Field,
     FieldType,
     Rejected,
     Report,
+    copy_others,
     json_members,
     kind_of,
+    number,
+    utc,
 )
 
 DESTINATION_PREFIX = "/queue/"
@@ -97,11 +102,46 @@ def _check_of(field: Field) -> _Check:
     return bounded
 
 
-# Each kind's required fields with their checks, from the contract's table.
-_CHECKS: dict[str, tuple[tuple[str, _Check], ...]] = {
-    kind: tuple((field.name, _check_of(field)) for field in fields)
+# Each kind's required fields, from the contract's table: the name, the type, the bound on its
+# length, the index of its typed column in TYPED_COLUMNS (None: the payload only) and the check
+# that names what is wrong with a value.
+_CHECKS: dict[str, tuple[tuple[str, FieldType, int | None, int | None, _Check], ...]] = {
+    kind: tuple(
+        (
+            field.name,
+            field.type,
+            field.max_chars,
+            None if field.column is None else TYPED_COLUMNS.index(field.column),
+            _check_of(field),
+        )
+        for field in fields
+    )
     for kind, fields in FIELDS.items()
 }
+
+
+def _checked(type_: FieldType, limit: int | None, value: Any) -> tuple[bool, Any]:
+    """Whether `value` passes its field's check, and if so its copy in the typed column (as
+    `storage.reports.typed_values` makes it): the checks above, made in one step for the
+    values that pass them."""
+    if type_ == "text":
+        fine = type(value) is str and value and not value.isspace()
+        return bool(fine and (limit is None or len(value) <= limit)), value
+    if type_ == "time":
+        if type(value) is not str:
+            return False, None
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            return False, None
+        try:
+            return True, utc(at)
+        except OverflowError:  # a time UTC cannot hold: NULL, as typed_values has it
+            return True, None
+    if type_ == "count":
+        return type(value) is int and 0 <= value <= MAX_COUNT, value
+    kind = type(value)
+    return kind is int or kind is float, number(value)
 
 
 class _BadPayload(ValueError):
@@ -224,18 +264,20 @@ def _valid_id(value: str) -> bool:
 def _never_raising(
     decode: Callable[..., Report | Rejected],
 ) -> Callable[..., Report | Rejected]:
-    """`decode`, with any exception it raises turned into a Rejected of the message."""
+    """`decode`, with any exception it raises turned into a Rejected of the message. Its
+    arguments pass through as given: the intake passes them by position, which costs less."""
+    signature = inspect.signature(decode)
 
     @functools.wraps(decode)
-    def never_raising(
-        destination: str, headers: Mapping[str, str], body: bytes, *, now: datetime, **limits: Any
-    ) -> Report | Rejected:
+    def never_raising(*args: Any, **kwargs: Any) -> Report | Rejected:
         try:
-            return decode(destination, headers, body, now=now, **limits)
+            return decode(*args, **kwargs)
         except Exception as exc:  # a bug here must not stop the stream: keep it as rejected
+            given = signature.bind(*args, **kwargs).arguments
+            body, destination = given["body"], given["destination"]
             raw = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else b""
             reason = f"undecodable: {type(exc).__name__}"
-            return Rejected(body_id(raw), _printable(str(destination)), reason, raw, now)
+            return Rejected(body_id(raw), _printable(str(destination)), reason, raw, given["now"])
 
     return never_raising
 
@@ -245,7 +287,6 @@ def decode(
     destination: str,
     headers: Mapping[str, str],
     body: bytes,
-    *,
     queues: Collection[str],
     max_body_bytes: int,
     now: datetime,
@@ -309,10 +350,16 @@ def decode(
         problem = _check_strings(payload)
         if problem is not None:
             return rejected(f"body {problem}")
-    for name, check in _CHECKS[kind]:
+    # The typed columns are copied as each field is checked: the intake's record carries them.
+    typed: list[Any] = [None] * len(TYPED_COLUMNS)
+    for name, type_, limit, index, check in _CHECKS[kind]:
         if name not in payload:
             return rejected(f"field {name} is missing ({kind} report)")
-        problem = check(payload[name])
-        if problem is not None:
-            return rejected(f"field {name} {problem}")
-    return Report(report_id, kind, queue, payload, now, text)
+        value = payload[name]
+        fine, copied = _checked(type_, limit, value)
+        if not fine:
+            return rejected(f"field {name} {check(value)}")
+        if index is not None:
+            typed[index] = copied
+    typed = copy_others(kind, payload, typed)
+    return Report(report_id, kind, queue, payload, now, text, None, typed)

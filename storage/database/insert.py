@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg._copy_base import format_row_text
+from psycopg.adapt import Transformer
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
@@ -93,58 +95,18 @@ def copy_rows(reports: Sequence[Report]) -> CopyRows:
     return CopyRows(rows, copy_text(rows))
 
 
-# COPY's text format: a tab between values, a newline after each row, \N for NULL; a backslash
-# or a control character that has an escape is written escaped inside a value (as psycopg does).
-_ESCAPED = str.maketrans(
-    {"\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
-)
-
-
-class _NotText(Exception):
-    """A value COPY's text format is not made of here."""
-
-
-def _field(value: Any) -> str:
-    """A value other than text, as COPY's text format writes it."""
-    if value is None:
-        return "\\N"
-    kind = type(value)
-    if kind is int or kind is float:
-        return repr(value)
-    raise _NotText
-
-
 def copy_text(rows: Sequence[Sequence[Any]]) -> bytes | None:
-    """`rows` in COPY's text format (UTF-8), as psycopg's `write_row` would send them; None if a
-    value is of a type other than text, integer, float or NULL (or text UTF-8 cannot encode):
-    those rows go row by row through psycopg's own adaptation."""
-    lines = []
+    """`rows` in COPY's text format (UTF-8), made by psycopg's own row formatting (in C in its
+    binary build), which `write_row` uses too; None if psycopg cannot adapt a value (a dict, or
+    text UTF-8 cannot encode): those rows go row by row, and psycopg refuses that one alone."""
+    out = bytearray()
+    transformer = Transformer()  # no connection: UTF-8, the only encoding the text is used for
     try:
         for row in rows:
-            fields = [value if type(value) is str else _field(value) for value in row]
-            line = "\t".join(fields)
-            # Most rows hold nothing to escape: found by counting, in C, over the whole line
-            # (each NULL's \N holds one backslash).
-            if (
-                line.count("\\") != row.count(None)
-                or line.count("\t") != len(fields) - 1
-                # The other escaped characters: a search each, which is quicker than one for a
-                # set of them.
-                or "\n" in line
-                or "\r" in line
-                or "\b" in line
-                or "\f" in line
-                or "\v" in line
-            ):
-                line = "\t".join(
-                    "\\N" if value is None else field.translate(_ESCAPED)
-                    for value, field in zip(row, fields, strict=True)
-                )
-            lines.append(line)
-        lines.append("")
-        return "\n".join(lines).encode("utf-8")
-    except (_NotText, UnicodeEncodeError):  # a lone surrogate: psycopg refuses that row alone
+            format_row_text(row, transformer, out)
+    except (psycopg.Error, UnicodeEncodeError):
         return None
+    return bytes(out)
 
 
 def copy_reports(conn: Connection, values: CopyRows | Sequence[Sequence[Any]]) -> int:

@@ -66,6 +66,11 @@ FIELD_VALUES |= {
 def valid_reports(draw):
     kind = draw(st.sampled_from(sorted(reports.FIELDS)))
     payload = draw(st.dictionaries(clean_text, json_values, max_size=4))
+    # Fields other kinds require, which are copied into the typed columns too (or not, when
+    # they have the wrong type or length).
+    others = st.sampled_from(sorted(FIELD_VALUES))
+    for name in draw(st.lists(others, max_size=3)):
+        payload[name] = draw(FIELD_VALUES[name] | json_values)
     for field in reports.FIELDS[kind]:
         payload[field.name] = draw(FIELD_VALUES.get(field.name, non_blank))
     return kind, payload
@@ -87,6 +92,8 @@ def test_valid_reports_decode_to_their_payload(report, report_id, ascii_only):
     assert isinstance(item, reports.Report), item
     assert (item.report_id, item.kind, item.payload) == (report_id, kind, payload)
     assert reports.from_record(reports.to_record(item)) == item
+    # The typed columns, copied while the fields were checked, are what the payload gives.
+    assert item.typed == reports.typed_values(kind, payload)
 
 
 @st.composite
@@ -109,8 +116,10 @@ def test_a_broken_field_is_named_in_the_reason(mutated):
     # The replacement may happen to be valid (any string for a name field, say).
     if isinstance(item, reports.Rejected):
         assert item.reason.startswith(f"field {name} "), item.reason
+        assert not item.reason.endswith(" None"), item.reason
     else:
         assert item.payload == payload
+        assert item.typed == reports.typed_values(kind, payload)
 
 
 destinations = st.sampled_from([f"/queue/{q}" for q in reports.DEFAULT_QUEUES]) | st.text()
@@ -136,3 +145,18 @@ def test_anything_decodes_without_raising_and_survives_the_journal(destination, 
     if isinstance(item, reports.Rejected):
         assert item.reason and item.report_id and item.report_id.isprintable()
         assert len(item.raw) <= LIMIT and body.startswith(item.raw)
+
+
+def test_a_bug_in_decoding_is_a_rejected_message_however_it_is_called():
+    class Broken(dict):
+        def get(self, *args):
+            raise RuntimeError("broken headers")
+
+    body = json.dumps({"a": 1}).encode()
+    queues, destination = reports.DEFAULT_QUEUES, "/queue/gvp.reporting.cdr"
+    by_name = decode(destination, Broken(), body, queues=queues, max_body_bytes=LIMIT, now=NOW)
+    by_position = decode(destination, Broken(), body, queues, LIMIT, NOW)
+    for item in (by_name, by_position):
+        assert isinstance(item, reports.Rejected)
+        assert item.reason == "undecodable: RuntimeError" and item.raw == body
+        assert item.received_at == NOW and item.queue == destination
