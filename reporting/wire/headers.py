@@ -9,8 +9,10 @@ without the `copy` module. `install()` puts them in place of stomp.py's.
 """
 
 import re
+import ssl
 from typing import Any
 
+import stomp.exception
 import stomp.transport
 import stomp.utils
 from stomp.utils import Frame
@@ -74,8 +76,97 @@ def parse_frame(frame: bytes) -> Frame | None:
     return made
 
 
+_CONTENT_LENGTH = stomp.transport.BaseTransport._BaseTransport__content_length_re  # type: ignore[attr-defined]
+
+
+def _content_length(buffer: bytes, start: int, end: int) -> int | None:
+    """The content-length the headers in buffer[start:end] give, found as stomp.py's regular
+    expression finds it (the first line that begins `content-length:`, blanks, digits), which
+    runs only where the name is."""
+    at = buffer.find(b"content-length", start, end)
+    while at >= 0:
+        if at == start or buffer[at - 1] == 10:  # at the beginning of a line
+            found = _CONTENT_LENGTH.match(buffer[at:end])
+            if found:
+                return int(found.group("value"))
+        at = buffer.find(b"content-length", at + 1, end)
+    return None
+
+
+def read(transport: Any) -> list[bytes]:
+    """stomp.py's `BaseTransport.__read`: the next frames from the socket. stomp.py keeps what
+    is left of its buffer by copying it after every frame (for a read of many small frames, a
+    copy of most of the read per frame) and gathers a read in a BytesIO; this finds the frames
+    at offsets in one buffer and keeps the rest once. The same frames and the same buffer left
+    for any reads (tests check that)."""
+    chunks = []
+    eol = transport._BaseTransport__is_eol
+    while transport.running:
+        try:
+            try:
+                c = transport.receive()
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLWantWriteError:
+                break
+            except stomp.exception.InterruptedException:
+                continue
+        except Exception:
+            c = b""
+        if c is None or len(c) == 0:
+            if not transport.blocking:
+                break
+            raise stomp.exception.ConnectionClosedException()
+        if eol(c) and not transport._BaseTransport__recvbuf and not chunks:
+            return [c]  # a heartbeat
+        chunks.append(c)
+        if b"\x00" in c:
+            break
+    buffer = transport._BaseTransport__recvbuf + b"".join(chunks)
+    result: list[bytes] = []
+    if buffer and transport.running:
+        start = 0
+        size = len(buffer)
+        while True:
+            end = buffer.find(b"\x00", start)
+            if end < 0:
+                break
+            # The end of the headers: the first blank line (stomp.py's PREAMBLE_END_RE).
+            lf = buffer.find(b"\n\n", start, end)
+            crlf = buffer.find(b"\r\n\r\n", start, end)
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                length = _content_length(buffer, start, crlf)
+                body_start = crlf + 4
+            elif lf >= 0:
+                length = _content_length(buffer, start, lf)
+                body_start = lf + 2
+            else:
+                length = None
+            if length is not None:
+                # A body of content-length bytes may hold NULs: the frame ends after it.
+                frame_end = body_start + length
+                if frame_end > end:
+                    if frame_end >= size:
+                        break  # the rest of it is still to come
+                    end = frame_end
+            result.append(buffer[start:end])
+            start = end + 1
+            # Optional EOLs after a frame.
+            while True:
+                if eol(buffer[start : start + 1]):
+                    start += 1
+                elif eol(buffer[start : start + 2]):
+                    start += 2
+                else:
+                    break
+        buffer = buffer[start:]
+    transport._BaseTransport__recvbuf = buffer
+    return result
+
+
 _original_headers = stomp.utils.parse_headers
 _original_frame = stomp.utils.parse_frame
+_original_read = stomp.transport.BaseTransport._BaseTransport__read  # type: ignore[attr-defined]
 
 
 def install() -> None:
@@ -83,3 +174,4 @@ def install() -> None:
     stomp.utils.parse_frame = parse_frame
     # The transport took its own name for it (`from stomp.utils import *`).
     stomp.transport.parse_frame = parse_frame
+    stomp.transport.BaseTransport._BaseTransport__read = read  # type: ignore[attr-defined]
