@@ -30,7 +30,7 @@ MEASUREMENTS = ("throughput", "scaling", "replay", "failover", "memory", "latenc
 # well before that) and --quick 10,000.
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
-        "throughput": {"count": 50_000, "naive_count": 10_000, "naive_s": 30.0},
+        "throughput": {"count": 50_000, "naive_count": 10_000, "naive_s": 30.0, "rounds": 3},
         "scaling": {"count": 50_000},
         "replay": {"count": 1_000_000},
         "failover": {"rounds": 20},

@@ -7,8 +7,10 @@ storage.database.dialects.
 
 import contextlib
 import enum
+import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +28,8 @@ IDLE_IN_TRANSACTION_TIMEOUT_S = 5
 # A database that accepts connections but does not answer is an outage, not a wait for ever.
 STATEMENT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_S = 5
+# A pooled connection idle longer than this is pinged before it is used again.
+PING_IDLE_S = 1.0
 REASON_MAX_CHARS = 300
 # The connection parameters libpq itself keeps out of sight (its "*" display flag).
 SECRET_PARAMETERS = frozenset({"password", "sslpassword", "oauth_client_secret"})
@@ -86,15 +90,16 @@ def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
         "keepalives_interval": 5,
         "keepalives_count": 3,
     }
-    return create_engine(
+    engine = create_engine(
         parsed,
         connect_args=connect_args,
-        pool_pre_ping=True,
         pool_size=2,
         max_overflow=2,
         # A report's values never reach an error message or a log line.
         hide_parameters=True,
     )
+    _ping_when_idle(engine)
+    return engine
 
 
 def _mariadb_engine(url: str, timeout_s: float | None) -> Engine:
@@ -126,11 +131,12 @@ def _mariadb_engine(url: str, timeout_s: float | None) -> Engine:
             "init_command": init,
         },
         isolation_level="READ COMMITTED",
-        pool_pre_ping=True,
         pool_size=2,
         max_overflow=2,
         hide_parameters=True,
     )
+
+    _ping_when_idle(engine)
 
     @event.listens_for(engine, "do_connect")
     def _without_found_rows(_dialect: Any, _record: Any, _args: Any, params: Any) -> None:
@@ -139,6 +145,32 @@ def _mariadb_engine(url: str, timeout_s: float | None) -> Engine:
         params["client_flag"] = params.get("client_flag", 0) & ~CLIENT.FOUND_ROWS
 
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """A pooled connection is pinged before it is used again only if it has been idle longer
+    than PING_IDLE_S (SQLAlchemy's pool_pre_ping pings every time: a round trip more for every
+    batch the drainer writes). A database restarted meanwhile leaves the connection dead: the
+    ping fails and the pool connects again. One that died within the moment fails its first
+    statement instead, which invalidates the pool, and the caller retries, as after any outage."""
+
+    def used(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    event.listen(engine, "connect", used)
+    event.listen(engine, "checkin", used)
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("used_at", -math.inf) <= PING_IDLE_S:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception:  # whatever the driver raises, the connection is not to be used
+            alive = False
+        if not alive:
+            raise exc.DisconnectionError("the database did not answer a ping")
+        record.info["used_at"] = time.monotonic()
 
 
 def _sqlite_engine(url: str, timeout_s: float | None) -> Engine:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from reporting.harness import MariaDB, Postgres
 from reporting.harness.waiting import wait_until
 from storage.database import Sink, insert
+from storage.database import engine as engine_module
 from storage.database.schema import fence, rejected_reports, reports
 from storage.errors import DatabaseUnavailable, StaleEpoch
 from storage.reports import MAX_TEXT_CHARS, Rejected, Report, from_record
@@ -465,3 +466,49 @@ def test_database_killed_during_a_stream_of_batches(tmp_path: Path, server_class
         stop.set()  # a failed assertion must not leave the writer retrying for ever
         sink.close()
         pg.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("server_class", [Postgres, MariaDB], ids=["postgresql", "mariadb"])
+def test_a_pooled_connection_the_database_dropped_is_replaced(
+    tmp_path: Path, server_class: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection used a moment ago is not pinged before its next batch: when the database
+    # was restarted within that moment, the batch's first statement fails and it is retried.
+    # One idle longer is pinged, found dead and replaced before the batch, with no retry.
+    server = server_class(tmp_path / "db")
+    server.start()
+    sink = Sink(server.create_database("drop"), cluster="/pair", journal="rs-a")
+    stop = threading.Event()
+    retries: list[int] = []
+
+    def write(number: int) -> None:
+        sink.write_batch_retrying(
+            [cdr(f"drop-{number}")],
+            positions={"00000001": number},
+            epoch=1,
+            stop=stop,
+            on_retry=lambda attempt, _error: retries.append(attempt),
+        )
+
+    try:
+        sink.upgrade()
+        write(1)
+        monkeypatch.setattr(engine_module, "PING_IDLE_S", 3600.0)
+        server.kill()
+        server.restart()
+        write(2)
+        assert retries, "the dead connection's batch was not retried"
+        retried = len(retries)
+        monkeypatch.setattr(engine_module, "PING_IDLE_S", 0.0)
+        server.kill()
+        server.restart()
+        write(3)
+        assert len(retries) == retried, "the ping did not replace the dead connection"
+        assert sink.count_reports() == 3
+        assert sink.positions() == {"00000001": 3}
+    finally:
+        stop.set()
+        sink.close()
+        server.stop()
