@@ -29,7 +29,6 @@ from storage.reports import (
     FIELDS,
     MAX_COUNT,
     TYPED_COLUMNS,
-    Field,
     FieldType,
     Rejected,
     Report,
@@ -48,100 +47,69 @@ _SHOWN_CHARS = 200
 MAX_DEPTH = 32
 
 
-def _is_text(value: Any) -> str | None:
+# A required field's check: what is wrong with the value (None if nothing), and the value's copy
+# in its typed column as `storage.reports.typed_values` makes it. One step for both, so that a
+# time is parsed once.
+_Checked = tuple[str | None, Any]
+
+
+def _text(value: Any, limit: int | None) -> _Checked:
     if not isinstance(value, str) or not value.strip():
-        return "must be a non-empty string"
-    return None
+        return "must be a non-empty string", None
+    if limit is not None and len(value) > limit:
+        # Past the bound the database could not index it: refused here, with a reason.
+        return f"is longer than {limit} characters ({len(value)})", None
+    return None, value
 
 
-def _is_time(value: Any) -> str | None:
+def _time(value: Any, _limit: int | None) -> _Checked:
     if not isinstance(value, str):
-        return "must be an ISO 8601 time string"
+        return "must be an ISO 8601 time string", None
     try:
-        datetime.fromisoformat(value)
+        at = datetime.fromisoformat(value)
     except ValueError:
-        return "is not an ISO 8601 time"
-    return None
+        return "is not an ISO 8601 time", None
+    try:
+        return None, utc(at)
+    except OverflowError:  # a time UTC cannot hold: NULL, as typed_values has it
+        return None, None
 
 
-def _is_count(value: Any) -> str | None:
+def _count(value: Any, _limit: int | None) -> _Checked:
     # bool is a subclass of int; true/false are not counts.
     if type(value) is not int or not 0 <= value <= MAX_COUNT:
-        return "must be an integer >= 0"
-    return None
+        return "must be an integer >= 0", None
+    return None, value
 
 
-def _is_number(value: Any) -> str | None:
+def _number(value: Any, _limit: int | None) -> _Checked:
     if type(value) not in (int, float):
-        return "must be a number"
-    return None
+        return "must be a number", None
+    return None, number(value)
 
 
-_Check = Callable[[Any], str | None]
+_Check = Callable[[Any, int | None], _Checked]
 _TYPE_CHECKS: dict[FieldType, _Check] = {
-    "text": _is_text,
-    "time": _is_time,
-    "count": _is_count,
-    "number": _is_number,
+    "text": _text,
+    "time": _time,
+    "count": _count,
+    "number": _number,
 }
 
-
-def _check_of(field: Field) -> _Check:
-    check = _TYPE_CHECKS[field.type]
-    limit = field.max_chars
-    if limit is None:
-        return check
-
-    def bounded(value: Any) -> str | None:
-        # Past the bound the database could not index it: refused here, with a reason.
-        problem = check(value)
-        if problem is None and len(value) > limit:
-            return f"is longer than {limit} characters ({len(value)})"
-        return problem
-
-    return bounded
-
-
-# Each kind's required fields, from the contract's table: the name, the type, the bound on its
-# length, the index of its typed column in TYPED_COLUMNS (None: the payload only) and the check
-# that names what is wrong with a value.
-_CHECKS: dict[str, tuple[tuple[str, FieldType, int | None, int | None, _Check], ...]] = {
+# Each kind's required fields, from the contract's table: the name, its check, the bound on its
+# length, and the index of its typed column in TYPED_COLUMNS (None: the payload only).
+_CHECKS: dict[str, tuple[tuple[str, _Check, int | None, int | None], ...]] = {
     kind: tuple(
         (
             field.name,
-            field.type,
+            _TYPE_CHECKS[field.type],
             field.max_chars,
             None if field.column is None else TYPED_COLUMNS.index(field.column),
-            _check_of(field),
         )
         for field in fields
     )
     for kind, fields in FIELDS.items()
 }
-
-
-def _checked(type_: FieldType, limit: int | None, value: Any) -> tuple[bool, Any]:
-    """Whether `value` passes its field's check, and if so its copy in the typed column (as
-    `storage.reports.typed_values` makes it): the checks above, made in one step for the
-    values that pass them."""
-    if type_ == "text":
-        fine = type(value) is str and value and not value.isspace()
-        return bool(fine and (limit is None or len(value) <= limit)), value
-    if type_ == "time":
-        if type(value) is not str:
-            return False, None
-        try:
-            at = datetime.fromisoformat(value)
-        except ValueError:
-            return False, None
-        try:
-            return True, utc(at)
-        except OverflowError:  # a time UTC cannot hold: NULL, as typed_values has it
-            return True, None
-    if type_ == "count":
-        return type(value) is int and 0 <= value <= MAX_COUNT, value
-    kind = type(value)
-    return kind is int or kind is float, number(value)
 
 
 class _BadPayload(ValueError):
@@ -352,13 +320,12 @@ def decode(
             return rejected(f"body {problem}")
     # The typed columns are copied as each field is checked: the intake's record carries them.
     typed: list[Any] = [None] * len(TYPED_COLUMNS)
-    for name, type_, limit, index, check in _CHECKS[kind]:
+    for name, check, limit, index in _CHECKS[kind]:
         if name not in payload:
             return rejected(f"field {name} is missing ({kind} report)")
-        value = payload[name]
-        fine, copied = _checked(type_, limit, value)
-        if not fine:
-            return rejected(f"field {name} {check(value)}")
+        problem, copied = check(payload[name], limit)
+        if problem is not None:
+            return rejected(f"field {name} {problem}")
         if index is not None:
             typed[index] = copied
     typed = copy_others(kind, payload, typed)

@@ -47,16 +47,22 @@ def _unescape(text: str, unescape: Any) -> str:
     return _ESCAPE.sub(unescape, text)
 
 
+def _blank_line(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """Where the headers of the frame in data[start:end] end and its body begins: at the first
+    blank line (LF LF, or CR LF CR LF; stomp.py's PREAMBLE_END_RE); (-1, -1) without one."""
+    lf = data.find(b"\n\n", start, end)
+    crlf = data.find(b"\r\n\r\n", start, end)
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 4
+    if lf >= 0:
+        return lf, lf + 2
+    return -1, -1
+
+
 def parse_frame(frame: bytes) -> Frame | None:
     """stomp.py's `parse_frame`: a frame's command, headers and body."""
-    # The first blank line (LF LF, or CR LF CR LF) ends the headers.
-    lf = frame.find(b"\n\n")
-    crlf = frame.find(b"\r\n\r\n")
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        preamble_end, body_start = crlf, crlf + 4
-    elif lf >= 0:
-        preamble_end, body_start = lf, lf + 2
-    else:
+    preamble_end, body_start = _blank_line(frame, 0, len(frame))
+    if preamble_end < 0:
         preamble_end = body_start = len(frame)
     preamble = frame[:preamble_end].decode("utf-8", errors="replace")
     if "\r" in preamble:
@@ -131,17 +137,8 @@ def read(transport: Any) -> list[bytes]:
             end = buffer.find(b"\x00", start)
             if end < 0:
                 break
-            # The end of the headers: the first blank line (stomp.py's PREAMBLE_END_RE).
-            lf = buffer.find(b"\n\n", start, end)
-            crlf = buffer.find(b"\r\n\r\n", start, end)
-            if crlf >= 0 and (lf < 0 or crlf < lf):
-                length = _content_length(buffer, start, crlf)
-                body_start = crlf + 4
-            elif lf >= 0:
-                length = _content_length(buffer, start, lf)
-                body_start = lf + 2
-            else:
-                length = None
+            preamble_end, body_start = _blank_line(buffer, start, end)
+            length = None if preamble_end < 0 else _content_length(buffer, start, preamble_end)
             if length is not None:
                 # A body of content-length bytes may hold NULs: the frame ends after it.
                 frame_end = body_start + length
