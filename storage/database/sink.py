@@ -232,9 +232,7 @@ class Sink:
         isolating: bool,
     ) -> WriteResult:
         with translated(self.url), self._engine.begin() as conn:
-            self._check_fence(conn, epoch)
-            if committed:
-                self._check_positions(conn, committed)
+            self._open_batch(conn, epoch, positions, committed or {})
             if isolating:
                 stored, refused = self._insert_isolating(conn, batch.reports, batch.copy_rows)
             else:
@@ -246,7 +244,6 @@ class Sink:
             )
             refused_rows = [refused_row(report, why) for report, why in refused]
             new_refused = self._dialect.insert_many(conn, rejected_reports, refused_rows, "digest")
-            self._dialect.store_positions(conn, self.journal, positions)
         if refused:
             log.warning(
                 "database %s: refused %d report(s), kept as rejected: %s",
@@ -357,12 +354,25 @@ class Sink:
         stored_b, refused_b = self._insert_isolating(conn, items[middle:], second)
         return stored_a + stored_b, refused_a + refused_b
 
-    def _check_positions(self, conn: Connection, committed: Mapping[str, int]) -> None:
-        query = select(journal_positions.c.segment, journal_positions.c.byte).where(
-            journal_positions.c.journal == self.journal,
-            journal_positions.c.segment.in_(bindparam("names", expanding=True)),
+    def _open_batch(
+        self,
+        conn: Connection,
+        epoch: int,
+        positions: Mapping[str, int],
+        committed: Mapping[str, int],
+    ) -> None:
+        """The fence, the positions and their check, ahead of the batch's rows; StaleEpoch or
+        PositionsLost (the transaction is then rolled back) if either does not hold."""
+        stored = self._dialect.open_batch(
+            conn,
+            cluster=self.cluster,
+            epoch=epoch,
+            journal=self.journal,
+            positions=positions,
+            check=list(committed),
         )
-        stored = dict(conn.execute(query, {"names": sorted(committed)}).all())
+        if stored is None:
+            raise StaleEpoch(self.cluster, epoch)
         for segment, byte in sorted(committed.items()):
             if stored.get(segment, 0) < byte:
                 raise PositionsLost(self.journal, segment, stored.get(segment, 0), byte)

@@ -15,7 +15,7 @@ from reporting.harness.waiting import wait_until
 from storage.database import Sink, insert
 from storage.database import engine as engine_module
 from storage.database.schema import fence, rejected_reports, reports
-from storage.errors import DatabaseUnavailable, StaleEpoch
+from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
 from storage.reports import MAX_TEXT_CHARS, Rejected, Report, from_record
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -170,6 +170,31 @@ def test_stale_epoch_is_refused_and_stores_nothing(sink: Sink) -> None:
     assert sink.fence_epoch() == 5
 
 
+def test_positions_behind_what_was_committed_store_nothing(sink: Sink) -> None:
+    # A database that lost commits (a restore, an asynchronous standby promoted) is found by the
+    # batch's first statement: the positions stored are older than those the drainer committed.
+    sink.write_batch([cdr("a")], positions={"00000001": 100, "00000002": 5}, epoch=1)
+    with pytest.raises(PositionsLost) as raised:
+        sink.write_batch(
+            [cdr("b")],
+            positions={"00000001": 300},
+            epoch=2,
+            committed={"00000001": 200, "00000002": 5},
+        )
+    assert (raised.value.segment, raised.value.stored, raised.value.committed) == (
+        "00000001",
+        100,
+        200,
+    )
+    assert sink.report_id_counts(["b"]) == {"b": 0}
+    assert sink.positions() == {"00000001": 100, "00000002": 5}
+    assert sink.fence_epoch() == 1
+    # Where the stored positions are what was committed, the same batch goes in.
+    sink.write_batch([cdr("b")], positions={"00000001": 300}, epoch=2, committed={"00000001": 100})
+    assert sink.positions() == {"00000001": 300, "00000002": 5}
+    assert sink.report_id_counts(["b"]) == {"b": 1}
+
+
 def test_claim_epoch_moves_forward_only(sink: Sink) -> None:
     sink.claim_epoch(3)
     sink.claim_epoch(3)
@@ -319,13 +344,13 @@ def test_batches_are_written_at_read_committed(server_url: str) -> None:
     sink = Sink(server_url, cluster="c", journal="j")
     sink.upgrade()
     seen: list[str] = []
-    claim = sink._check_fence
+    open_batch = sink._open_batch
 
-    def check_fence(conn, epoch: int) -> None:
+    def opening(conn, *args) -> None:
         seen.append(conn.get_isolation_level())
-        claim(conn, epoch)
+        open_batch(conn, *args)
 
-    sink._check_fence = check_fence  # type: ignore[method-assign]
+    sink._open_batch = opening  # type: ignore[method-assign]
     try:
         sink.write_batch([cdr("a")], positions={"s": 1}, epoch=1)
     finally:
@@ -384,9 +409,42 @@ def test_stale_writer_waits_for_the_fence_then_is_refused(server_url: str) -> No
         old.close()
 
 
-def _try_write(sink: Sink, items: list[Report], *, epoch: int) -> BaseException | None:
+@pytest.mark.integration
+def test_a_stale_writer_locks_no_position_before_the_fence(server_url: str) -> None:
+    # Every writer of a journal takes the fence row first, then its positions rows. A stale
+    # writer that locked a position first would wait on the fence while holding it, and the
+    # fence's holder, storing that position, would wait on it: a deadlock, one batch lost to it.
+    new, old = (Sink(server_url, cluster="/pair", journal="shared") for _ in range(2))
+    new.upgrade()
+    old.write_batch([cdr("first")], positions={"s": 1}, epoch=1)
     try:
-        sink.write_batch(items, positions={}, epoch=epoch)
+        with new._engine.begin() as conn:
+            new._open_batch(conn, 2, {"s": 2}, {})
+            outcome: list[BaseException | None] = []
+            writer = threading.Thread(
+                target=lambda: outcome.append(
+                    _try_write(old, [cdr("late")], epoch=1, positions={"t": 9})
+                )
+            )
+            writer.start()
+            writer.join(timeout=0.5)
+            assert writer.is_alive(), "the stale writer did not wait for the fence row"
+            # The holder stores a position the stale writer named: it must not wait.
+            new._dialect.store_positions(conn, "shared", {"t": 3})
+        writer.join()
+        assert isinstance(outcome[0], StaleEpoch)
+        assert new.positions() == {"s": 2, "t": 3}
+        assert new.report_id_counts(["late"]) == {"late": 0}
+    finally:
+        new.close()
+        old.close()
+
+
+def _try_write(
+    sink: Sink, items: list[Report], *, epoch: int, positions: dict[str, int] | None = None
+) -> BaseException | None:
+    try:
+        sink.write_batch(items, positions=positions or {}, epoch=epoch)
     except BaseException as error:  # returned to the test thread
         return error
     return None

@@ -95,6 +95,33 @@ class Dialect:
         a concurrent insert of the same key to wait rather than fail; as it is here."""
         return probe
 
+    # -- a batch's first statements -----------------------------------------------------------
+
+    def open_batch(
+        self,
+        conn: Connection,
+        *,
+        cluster: str,
+        epoch: int,
+        journal: str,
+        positions: Mapping[str, int],
+        check: Sequence[str],
+    ) -> dict[str, int] | None:
+        """Claim the fence (`claim_fence`), then store `journal`'s `positions` and return the
+        positions stored before for the segments in `check`; None, with nothing stored, if a
+        newer epoch holds the fence. The rows of the batch follow in the same transaction."""
+        if not self.claim_fence(conn, cluster, epoch):
+            return None
+        stored: dict[str, int] = {}
+        if check:
+            query = select(journal_positions.c.segment, journal_positions.c.byte).where(
+                journal_positions.c.journal == journal,
+                journal_positions.c.segment.in_(bindparam("names", expanding=True)),
+            )
+            stored = dict(conn.execute(query, {"names": sorted(check)}).all())
+        self.store_positions(conn, journal, positions)
+        return stored
+
     # -- positions ----------------------------------------------------------------------------
 
     def store_positions(self, conn: Connection, journal: str, positions: Mapping[str, int]) -> None:

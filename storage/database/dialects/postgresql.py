@@ -1,10 +1,10 @@
 """PostgreSQL: `ON CONFLICT` as SQLite, and COPY as the bulk path for reports (insert.py)."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, exc
+from sqlalchemy import Connection, exc, text
 from sqlalchemy.dialects import postgresql
 
 from storage.database import insert
@@ -18,6 +18,36 @@ class PostgreSQL(OnConflict):
 
     def __init__(self) -> None:
         self._duplicates_seen = False
+
+    def open_batch(
+        self,
+        conn: Connection,
+        *,
+        cluster: str,
+        epoch: int,
+        journal: str,
+        positions: Mapping[str, int],
+        check: Sequence[str],
+    ) -> dict[str, int] | None:
+        # One statement, one round trip, where the portable way takes three: the fence's upsert,
+        # the positions' upsert (only once the fence is held, so that it never waits on a
+        # positions row while holding nothing, the order every writer takes the locks in), and
+        # the read of the positions as they were before this statement.
+        segments = sorted(positions)
+        claimed, names, bytes_ = conn.execute(
+            _OPEN_BATCH,
+            {
+                "cluster": cluster,
+                "epoch": epoch,
+                "journal": journal,
+                "segments": segments,
+                "bytes": [positions[segment] for segment in segments],
+                "check": sorted(check),
+            },
+        ).one()
+        if not claimed:
+            return None
+        return dict(zip(names or [], bytes_ or [], strict=True))
 
     def bulk_rows(self, items: Sequence[Report]) -> insert.CopyRows:
         return insert.copy_rows(items)
@@ -45,3 +75,27 @@ class PostgreSQL(OnConflict):
             raise
         self._duplicates_seen = stored < len(bulk)
         return stored
+
+
+_OPEN_BATCH = text(
+    """
+    WITH claim AS (
+        INSERT INTO fence (cluster, epoch) VALUES (:cluster, :epoch)
+        ON CONFLICT (cluster) DO UPDATE SET epoch = excluded.epoch
+        WHERE fence.epoch <= excluded.epoch
+        RETURNING epoch
+    ), moved AS (
+        INSERT INTO journal_positions (journal, segment, byte)
+        SELECT :journal, p.segment, p.byte
+        FROM unnest(CAST(:segments AS text[]), CAST(:bytes AS bigint[])) AS p (segment, byte)
+        WHERE EXISTS (SELECT FROM claim)
+        ON CONFLICT (journal, segment) DO UPDATE SET byte = excluded.byte
+    )
+    SELECT
+        EXISTS (SELECT FROM claim),
+        array_agg(segment ORDER BY segment),
+        array_agg(byte ORDER BY segment)
+    FROM journal_positions
+    WHERE journal = :journal AND segment = ANY (CAST(:check AS text[]))
+    """
+)
