@@ -32,7 +32,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "throughput": {"count": 50_000, "naive_count": 10_000, "naive_s": 30.0, "rounds": 3},
         "scaling": {"count": 50_000},
-        "replay": {"count": 1_000_000},
+        "replay": {"count": 1_000_000, "rounds": 3},
         "failover": {"rounds": 20},
         "memory": {"backlogs": (100_000, 1_000_000), "live": 20_000},
         "latency": {"seconds": 30.0},
@@ -41,7 +41,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "throughput": {"count": 10_000, "naive_count": 3_000, "naive_s": 10.0},
         "scaling": {"count": 20_000},
-        "replay": {"count": 100_000},
+        "replay": {"count": 100_000, "rounds": 1},
         "failover": {"rounds": 3},
         "memory": {"backlogs": (20_000, 100_000), "live": 5_000},
         "latency": {"seconds": 10.0},
