@@ -11,7 +11,8 @@ def _rate(figure: dict[str, Any], key: str = "reports_per_s") -> str:
 def _cpu(figure: dict[str, Any]) -> str:
     if "cpu_us_per_report" not in figure:
         return ""
-    return f", {figure['cpu_us_per_report']:.0f} µs CPU/report"
+    cores = f", {figure['cores']:.2f} cores" if "cores" in figure else ""
+    return f", {figure['cpu_us_per_report']:.0f} µs CPU/report{cores}"
 
 
 def _cpu_ratio(figure: dict[str, Any], raw: dict[str, Any]) -> str:

@@ -39,29 +39,33 @@ def _drain_rate(instances: list[Instance], count: int, timeout_s: float) -> dict
 
     CPU per report: the servers' CPU time from the first poll that every instance answers (its
     start-up done) to the end, over the reports taken in that span (those journalled before it
-    are left out; their drain is counted, so the figure errs high, by little)."""
+    are left out; their drain is counted, so the figure errs high, by little). Cores: that CPU
+    time over the wall time of the same span, what of the machine the server took."""
     deadline = time.monotonic() + timeout_s
     first_at = first_stored = None
-    cpu_from: tuple[float, int] | None = None
+    cpu_from: tuple[float, int, float] | None = None
     last_said = time.monotonic()
     while time.monotonic() < deadline:
         statuses = [i.try_status() for i in instances]
         stored = sum((st or {}).get("stored", 0) for st in statuses)
         if cpu_from is None and all(statuses):
-            cpu_from = (_cpu(instances), sum(_taken(st) for st in statuses if st))
+            taken = sum(_taken(st) for st in statuses if st)
+            cpu_from = (_cpu(instances), taken, time.monotonic())
         now = time.monotonic()
         if stored and first_at is None:
             first_at, first_stored = now, stored
         if stored >= count and cpu_from is not None and first_at is not None:
             seconds = now - first_at
             done = count - first_stored
-            cpu_s, taken_before = cpu_from
+            cpu_s, taken_before, cpu_at = cpu_from
+            cpu_used = _cpu(instances) - cpu_s
             return {
                 "reports": count,
                 "seconds": seconds,
                 "reports_per_s": done / seconds,
-                "cpu_us_per_report": (_cpu(instances) - cpu_s) / (count - taken_before) * 1e6,
+                "cpu_us_per_report": cpu_used / (count - taken_before) * 1e6,
                 "cpu_reports": count - taken_before,
+                "cores": cpu_used / (time.monotonic() - cpu_at),
             }
         if now - last_said >= 5:
             last_said = now
