@@ -25,6 +25,10 @@ def _limit(figure: dict[str, Any]) -> str:
     return f", server/limit {figure['ratio_to_limit']:.2f}" if "ratio_to_limit" in figure else ""
 
 
+# At half the end-to-end maximum rate.
+LATENCY_P99_MS = 250
+
+
 def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -140,7 +144,8 @@ def _latency(m: dict[str, Any]) -> list[str]:
     return [
         f"| latency send to stored at {m['achieved_send_rate_reports_per_s']:,.0f}/s "
         f"(half of the {m['max_rate_reports_per_s']:,.0f}/s end-to-end maximum) "
-        f"| p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms | max {m['max_ms']:.0f} ms | - | - |"
+        f"| p50 {m['p50_ms']:.0f} ms, p99 {m['p99_ms']:.0f} ms | max {m['max_ms']:.0f} ms "
+        f"| p99 <= {LATENCY_P99_MS} ms | {_met(m['p99_ms'] <= LATENCY_P99_MS)} |"
     ]
 
 
