@@ -12,23 +12,11 @@ import pytest
 from storage.database import Sink
 from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
 from storage.reports import Report
+from tests.integration.test_sink import cdr
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 BIG = 2**63 - 1
 SMALL = -(2**63)
-
-
-def cdr(report_id: str, **fields: object) -> Report:
-    payload = {
-        "call_id": f"call-{report_id}",
-        "component": "mcp-1",
-        "tenant": "t1",
-        "ivr_profile": "default",
-        "start": "2024-05-01T12:00:00+02:00",
-        "end": "2024-05-01T12:01:30+02:00",
-        **fields,
-    }
-    return Report(report_id, "cdr", "gvp.reporting.cdr", payload, AT)
 
 
 @pytest.fixture(
@@ -323,16 +311,29 @@ def test_first_writers_race_on_a_missing_fence_row(server_url: str) -> None:
     try:
         for r in range(25):
             cluster, journal = f"/race/{r}", f"j{r}"
-            old, new = a.view(cluster=cluster, journal=journal), b.view(cluster=cluster, journal=journal)
+            old, new = (
+                a.view(cluster=cluster, journal=journal),
+                b.view(cluster=cluster, journal=journal),
+            )
             shared = [f"r{r}-{i}" for i in range(30)]
             old_items = [cdr(x) for x in shared] + [cdr(f"r{r}-old-{i}") for i in range(5)]
-            new_items = [cdr(x) for x in reversed(shared)] + [cdr(f"r{r}-new-{i}") for i in range(5)]
+            new_items = [cdr(x) for x in reversed(shared)] + [
+                cdr(f"r{r}-new-{i}") for i in range(5)
+            ]
             old_pos = {"s1": 100, "s2": 100, f"o{r}": 1} if r % 2 else {f"only-old-{r}": 3}
             new_pos = {"s2": 200, "s1": 200, "s3": 200}
             barrier = threading.Barrier(2)
             out: dict[str, BaseException | None] = {}
 
-            def go(name: str, sink: Sink, items: list[Report], pos: dict[str, int], epoch: int) -> None:
+            def go(
+                name: str,
+                sink: Sink,
+                items: list[Report],
+                pos: dict[str, int],
+                epoch: int,
+                barrier: threading.Barrier = barrier,
+                out: dict[str, BaseException | None] = out,
+            ) -> None:
                 barrier.wait()
                 out[name] = _attempt(sink, items, positions=pos, epoch=epoch)
 

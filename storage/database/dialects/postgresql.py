@@ -29,24 +29,23 @@ class PostgreSQL(OnConflict):
         positions: Mapping[str, int],
         check: Sequence[str],
     ) -> dict[str, int] | None:
-        # One statement, one round trip, where the portable way takes three: the fence's upsert,
-        # the positions' upsert (only once the fence is held, so that it never waits on a
-        # positions row while holding nothing, the order every writer takes the locks in), and
-        # the read of the positions as they were before this statement.
+        # The fence first, on its own: a writer may wait on its row for the holder's commit, and
+        # what is read after the wait must be read by a statement begun after it (at READ
+        # COMMITTED a statement sees what was committed when it began). Then one statement, where
+        # the portable way takes two: the positions' upsert, and the read of the checked ones as
+        # they were before it. Every writer so takes the fence before any position row.
+        if not self.claim_fence(conn, cluster, epoch):
+            return None
         segments = sorted(positions)
-        claimed, names, bytes_ = conn.execute(
-            _OPEN_BATCH,
+        names, bytes_ = conn.execute(
+            _MOVE_POSITIONS,
             {
-                "cluster": cluster,
-                "epoch": epoch,
                 "journal": journal,
                 "segments": segments,
                 "bytes": [positions[segment] for segment in segments],
                 "check": sorted(check),
             },
         ).one()
-        if not claimed:
-            return None
         return dict(zip(names or [], bytes_ or [], strict=True))
 
     def bulk_rows(self, items: Sequence[Report]) -> insert.CopyRows:
@@ -77,24 +76,15 @@ class PostgreSQL(OnConflict):
         return stored
 
 
-_OPEN_BATCH = text(
+_MOVE_POSITIONS = text(
     """
-    WITH claim AS (
-        INSERT INTO fence (cluster, epoch) VALUES (:cluster, :epoch)
-        ON CONFLICT (cluster) DO UPDATE SET epoch = excluded.epoch
-        WHERE fence.epoch <= excluded.epoch
-        RETURNING epoch
-    ), moved AS (
+    WITH moved AS (
         INSERT INTO journal_positions (journal, segment, byte)
         SELECT :journal, p.segment, p.byte
         FROM unnest(CAST(:segments AS text[]), CAST(:bytes AS bigint[])) AS p (segment, byte)
-        WHERE EXISTS (SELECT FROM claim)
         ON CONFLICT (journal, segment) DO UPDATE SET byte = excluded.byte
     )
-    SELECT
-        EXISTS (SELECT FROM claim),
-        array_agg(segment ORDER BY segment),
-        array_agg(byte ORDER BY segment)
+    SELECT array_agg(segment ORDER BY segment), array_agg(byte ORDER BY segment)
     FROM journal_positions
     WHERE journal = :journal AND segment = ANY (CAST(:check AS text[]))
     """
