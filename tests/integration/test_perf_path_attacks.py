@@ -27,6 +27,7 @@ from reporting.harness.waiting import wait_until
 from reporting.samples import sample_report
 from storage.database.schema import rejected_reports, reports
 from storage.reports import KINDS
+from tests.conftest import on_databases
 from tests.integration.test_fast_path_attacks import send_bodies, standard_decision
 from tests.integration.test_session_attacks import (
     _rejected_counts,
@@ -446,7 +447,7 @@ def _no_good_rejected(db_url: str, ids: set[str]) -> None:
     assert not rejected, f"receipted reports in rejected_reports: {sorted(rejected)[:5]}"
 
 
-@on_both
+@on_databases(mariadb_marks=pytest.mark.mariadb)
 @pytest.mark.timeout(240)
 def test_database_connections_torn_down_at_intervals_around_the_idle_ping(
     standalone, db_url, flowing
@@ -472,7 +473,7 @@ def test_database_connections_torn_down_at_intervals_around_the_idle_ping(
         proxy.stop()
 
 
-@on_both
+@on_databases(mariadb_marks=pytest.mark.mariadb)
 @pytest.mark.timeout(240)
 def test_database_killed_and_restarted_between_and_in_batches(
     standalone, database, db_url, flowing

@@ -37,7 +37,7 @@ def test_ten_thousand_reports_round_trip_exactly_once(standalone, db_url, send_a
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
 
 
-@on_databases()
+@on_databases(mariadb_marks=pytest.mark.mariadb)
 def test_database_killed_for_twenty_seconds(standalone, database, db_url, flowing) -> None:
     server = standalone()
     server.start()
