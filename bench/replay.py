@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from bench.backlog import build, template
-from bench.servers import Servers, say
+from bench.servers import Servers, best_of, say
 from reporting.commands.run import collect_rarely
 from reporting.config import DatabaseConfig
 from reporting.pipeline import Drainer
@@ -112,12 +112,6 @@ def _plain_copy(servers: Servers, count: int) -> dict[str, float]:
     return {"records": copied, "seconds": seconds, "records_per_s": copied / seconds}
 
 
-def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The least disturbed of one measurement's runs (a busy or slowed machine only ever makes
-    one slower), with every run kept."""
-    return dict(max(runs, key=lambda run: run["records_per_s"])) | {"runs": runs}
-
-
 def run(servers: Servers, *, count: int, rounds: int = 1) -> dict[str, Any]:
     # The drain and the plain COPY one after the other, `rounds` times, so that a machine whose
     # speed drifts slows each alike; each figure is the best of its runs.
@@ -128,6 +122,10 @@ def run(servers: Servers, *, count: int, rounds: int = 1) -> dict[str, Any]:
         say(f"  drainer: {drains[-1]['records_per_s']:,.0f} records/s")
         copies.append(_plain_copy(servers, count))
         say(f"  plain COPY: {copies[-1]['records_per_s']:,.0f} records/s")
-    result: dict[str, Any] = {"rounds": rounds, "drain": _best(drains), "copy": _best(copies)}
+    result: dict[str, Any] = {
+        "rounds": rounds,
+        "drain": best_of(drains, "records_per_s"),
+        "copy": best_of(copies, "records_per_s"),
+    }
     result["ratio_to_copy"] = result["drain"]["records_per_s"] / result["copy"]["records_per_s"]
     return result

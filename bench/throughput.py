@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import naive_drain, preload, raw_drain, raw_drain_per_queue
-from bench.servers import Servers, role_of, say
+from bench.servers import Servers, best_of, role_of, say
 from reporting.config import BrokerConfig
 from reporting.harness.instance import Instance
 from reporting.harness.processes import cpu_seconds
@@ -140,16 +140,6 @@ def _raw_drain(
     return result
 
 
-def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Of one measurement's runs, the least disturbed: the best rate, and beside it the lowest
-    CPU per report (a busy or slowed machine only ever adds to either), with every run kept."""
-    best = dict(max(runs, key=lambda run: run["reports_per_s"]))
-    cpu = [run["cpu_us_per_report"] for run in runs if "cpu_us_per_report" in run]
-    if cpu:
-        best["cpu_us_per_report"] = min(cpu)
-    return best | {"runs": runs}
-
-
 def run(
     servers: Servers,
     *,
@@ -187,7 +177,7 @@ def run(
             )
     runs["raw"].append(raw(servers, count, broker))
     for name, measured in runs.items():
-        results[name] = _best(measured)
+        results[name] = best_of(measured)
     results["limit"] = limit(servers, count, broker)
 
     prefix = servers.prefix()

@@ -236,3 +236,29 @@ def segregated_pair(
 ) -> Callable[..., Pair]:
     """A segregated primary (the session's broker) and backup (its own)."""
     return pair_builder("segregated", [activemq, backup_broker], tmp_path, request)
+
+
+# -- database URLs for the sink's own tests ----------------------------------------------------
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.integration),
+        pytest.param("mariadb", marks=pytest.mark.integration),
+    ],
+)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database's URL, once per database: SQLite, then the session's PostgreSQL and
+    MariaDB."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'reports.db'}"
+    if request.param == "mariadb":
+        return request.getfixturevalue("maria_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database's URL on each database server (PostgreSQL, MariaDB), not SQLite."""
+    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "maria_url")

@@ -5,6 +5,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -32,21 +33,6 @@ def cdr(report_id: str, **fields: object) -> Report:
         **fields,
     }
     return Report(report_id, "cdr", "gvp.reporting.cdr", payload, AT)
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.integration),
-        pytest.param("mariadb", marks=pytest.mark.integration),
-    ],
-)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'reports.db'}"
-    if request.param == "mariadb":
-        return request.getfixturevalue("maria_url")
-    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
@@ -329,12 +315,7 @@ def _rejected(sink: Sink) -> dict[str, tuple[str, bytes]]:
         return {row.report_id: (row.reason, bytes(row.raw)) for row in conn.execute(query)}
 
 
-# -- the servers (PostgreSQL, MariaDB) ---------------------------------------------------------
-
-
-@pytest.fixture(params=["postgresql", "mariadb"])
-def server_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "maria_url")
+# -- the servers (PostgreSQL, MariaDB: `server_url`) ------------------------------------------
 
 
 @pytest.mark.integration
@@ -394,15 +375,8 @@ def test_stale_writer_waits_for_the_fence_then_is_refused(server_url: str) -> No
         # for it and then see the newer epoch, not slip in beside it.
         with new._engine.begin() as conn:
             new._check_fence(conn, 2)
-            outcome: list[BaseException | None] = []
-            writer = threading.Thread(
-                target=lambda: outcome.append(_try_write(old, [cdr("late")], epoch=1))
-            )
-            writer.start()
-            writer.join(timeout=0.5)
-            assert writer.is_alive(), "the stale writer did not wait for the fence row"
-        writer.join()
-        assert isinstance(outcome[0], StaleEpoch)
+            writer = Write(old, [cdr("late")], positions={}, epoch=1).waiting()
+        assert isinstance(writer.outcome(), StaleEpoch)
         assert old.report_id_counts(["late"]) == {"late": 0}
     finally:
         new.close()
@@ -420,19 +394,10 @@ def test_a_stale_writer_locks_no_position_before_the_fence(server_url: str) -> N
     try:
         with new._engine.begin() as conn:
             new._open_batch(conn, 2, {"s": 2}, {})
-            outcome: list[BaseException | None] = []
-            writer = threading.Thread(
-                target=lambda: outcome.append(
-                    _try_write(old, [cdr("late")], epoch=1, positions={"t": 9})
-                )
-            )
-            writer.start()
-            writer.join(timeout=0.5)
-            assert writer.is_alive(), "the stale writer did not wait for the fence row"
+            writer = Write(old, [cdr("late")], positions={"t": 9}, epoch=1).waiting()
             # The holder stores a position the stale writer named: it must not wait.
             new._dialect.store_positions(conn, "shared", {"t": 3})
-        writer.join()
-        assert isinstance(outcome[0], StaleEpoch)
+        assert isinstance(writer.outcome(), StaleEpoch)
         assert new.positions() == {"s": 2, "t": 3}
         assert new.report_id_counts(["late"]) == {"late": 0}
     finally:
@@ -440,14 +405,39 @@ def test_a_stale_writer_locks_no_position_before_the_fence(server_url: str) -> N
         old.close()
 
 
-def _try_write(
-    sink: Sink, items: list[Report], *, epoch: int, positions: dict[str, int] | None = None
-) -> BaseException | None:
+def attempt_write(sink: Sink, items: list[Report], **write: Any) -> BaseException | None:
+    """`sink.write_batch(items, **write)`: None, or what it raised."""
     try:
-        sink.write_batch(items, positions=positions or {}, epoch=epoch)
+        sink.write_batch(items, **write)
     except BaseException as error:  # returned to the test thread
         return error
     return None
+
+
+class Write(threading.Thread):
+    """`attempt_write` in a thread of its own."""
+
+    def __init__(self, sink: Sink, items: list[Report], **write: Any) -> None:
+        super().__init__(daemon=True)
+        self._write = (sink, items, write)
+        self._outcome: list[BaseException | None] = []
+
+    def run(self) -> None:
+        sink, items, write = self._write
+        self._outcome.append(attempt_write(sink, items, **write))
+
+    def waiting(self) -> "Write":
+        """Started, and still waiting after half a second (on a row the caller's open
+        transaction holds)."""
+        self.start()
+        self.join(timeout=0.5)
+        assert self.is_alive(), "the writer did not wait for the fence row"
+        return self
+
+    def outcome(self, timeout_s: float = 30) -> BaseException | None:
+        self.join(timeout_s)
+        assert self._outcome, "the writer did not end"
+        return self._outcome[0]
 
 
 @pytest.mark.integration
