@@ -11,9 +11,10 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from reporting.logs import About
 from reporting.status.metrics import Metrics
@@ -28,11 +29,13 @@ from storage.journal import Entry, Journal
 from storage.reports import Rejected, Report, from_record
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # An idle drainer checks this often that the database still holds what it committed.
 VERIFY_IDLE_S = 5.0
-# The read-ahead decodes this many records between chances for the drainer to take the
-# interpreter lock back (a thread that holds it keeps it for up to 5 ms).
+# The read-ahead reads and decodes this many records between chances for the drainer to take the
+# interpreter lock back (a thread that holds it keeps it for up to 5 ms, and the drainer needs it
+# after each of its round trips to the database).
 _YIELD_RECORDS = 20
 # A drain batch holds at most this many bytes of records (beside `batch_records`), so that large
 # reports neither take memory by the batch-full nor make one transaction run long; a single
@@ -64,6 +67,14 @@ def _decode_record(data: bytes, payload: bool = True) -> Report | Rejected:
     return Rejected(
         f"undecodable-{digest}", "", "undecodable journal record", data, datetime.now(UTC)
     )
+
+
+def _paced(items: Iterable[T], every: int) -> Iterator[T]:
+    """`items`, letting another thread take the interpreter lock after every `every` of them."""
+    for count, item in enumerate(items, 1):
+        yield item
+        if count % every == 0:
+            time.sleep(0)
 
 
 def _reached(entries: list[Entry]) -> dict[str, int]:
@@ -264,19 +275,15 @@ class Drainer:
         entries: list[Entry] = []
         size = 0
         records = self.journal().read(positions, max_records=max_records)
-        for entry in records:
+        for entry in _paced(records, _YIELD_RECORDS):
             size += len(entry.data)
             if size > max_bytes and (entries or more):
                 break
             entries.append(entry)
         del records  # closes the segment it stopped in
-        items = []
         # COPY takes a report's text and typed columns; only the other ways parse its payload.
         payload = not self.sink.copies
-        for start in range(0, len(entries), _YIELD_RECORDS):
-            part = entries[start : start + _YIELD_RECORDS]
-            items.extend(_decode_record(e.data, payload) for e in part)
-            time.sleep(0)
+        items = [_decode_record(e.data, payload) for e in _paced(entries, _YIELD_RECORDS)]
         return entries, self.sink.prepare(items)
 
     def _next_batch(self, positions: dict[str, int]) -> tuple[list[Entry], Batch]:
@@ -301,7 +308,7 @@ class Drainer:
                 more=True,
             )
             entries += more
-            batch += more_batch
+            batch = self.sink.join([batch, more_batch])
         return entries, batch
 
     def _write(self, entries: list[Entry], batch: Batch, positions: dict[str, int]) -> bool:

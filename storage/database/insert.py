@@ -69,7 +69,7 @@ class CopyRows:
     """A batch's rows for COPY (`copy_values`), one a report and in the batch's order, so that a
     part of them is the same part of its reports; and, where `copy_text` could make it, their
     COPY text: made with the rows, outside the transaction, so that the COPY itself is one
-    write. A part or a sum of them is rows alone (written row by row).
+    write. A part of them is rows alone (written row by row); joined ones keep their text.
 
     Every row goes to the database, a report sent twice in the batch too: it fails the COPY on
     the unique key and the batch goes the staged way, which skips it. Dropped here instead, a
@@ -85,8 +85,13 @@ class CopyRows:
     def __getitem__(self, part: slice) -> "CopyRows":
         return CopyRows(self.rows[part])
 
-    def __add__(self, other: "CopyRows") -> "CopyRows":
-        return CopyRows(self.rows + other.rows)
+    @staticmethod
+    def join(parts: Sequence["CopyRows"]) -> "CopyRows":
+        """The rows of `parts` in their order, with their COPY text where each has one (a row
+        of COPY text ends with its newline, so the texts join as they are)."""
+        texts = [part.text for part in parts]
+        text = None if any(t is None for t in texts) else b"".join(texts)  # type: ignore[arg-type]
+        return CopyRows([row for part in parts for row in part.rows], text)
 
 
 def copy_rows(reports: Sequence[Report]) -> CopyRows:

@@ -73,17 +73,6 @@ class Batch:
     copy_rows: Any | None
     rejected_rows: list[dict[str, Any]]
 
-    def __add__(self, other: "Batch") -> "Batch":
-        copy_rows = None
-        if self.copy_rows is not None and other.copy_rows is not None:
-            copy_rows = self.copy_rows + other.copy_rows
-        return Batch(
-            [*self.items, *other.items],
-            self.reports + other.reports,
-            copy_rows,
-            self.rejected_rows + other.rejected_rows,
-        )
-
 
 class _RowRefused(Exception):
     """The database refused a row of a batch written whole: written again, isolating it."""
@@ -137,6 +126,19 @@ class Sink:
             report_items,
             copy_rows,
             [rejected_row(item) for item in items if isinstance(item, Rejected)],
+        )
+
+    def join(self, parts: Sequence[Batch]) -> Batch:
+        """One batch of `parts` (each from `prepare`), in their order: a caller may prepare a
+        batch a part at a time."""
+        if len(parts) == 1:
+            return parts[0]
+        bulks = [part.copy_rows for part in parts]
+        return Batch(
+            [item for part in parts for item in part.items],
+            [report for part in parts for report in part.reports],
+            None if any(bulk is None for bulk in bulks) else self._dialect.join_bulk(bulks),
+            [row for part in parts for row in part.rejected_rows],
         )
 
     def __repr__(self) -> str:

@@ -155,9 +155,13 @@ class Dialect:
 
     def bulk_rows(self, items: Sequence[Report]) -> Any | None:
         """The reports as the bulk path takes them, built outside the transaction; None where
-        the dialect inserts `report_row`s. Sliced and added as a list is (the sink splits a
-        batch to find a refused row, the drainer joins a batch and what followed it)."""
+        the dialect inserts `report_row`s. Sliced as a list is (the sink splits a batch to find
+        a refused row) and joined by `join_bulk` (the drainer prepares a batch in parts)."""
         return None
+
+    def join_bulk(self, parts: Sequence[Any]) -> Any:
+        """`bulk_rows` of several parts as one, in their order."""
+        return [row for part in parts for row in part]
 
     def insert_reports(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
         """Insert reports (with their `bulk_rows`), skipping stored report_ids; returns how many

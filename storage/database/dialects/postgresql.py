@@ -51,6 +51,9 @@ class PostgreSQL(OnConflict):
     def bulk_rows(self, items: Sequence[Report]) -> insert.CopyRows:
         return insert.copy_rows(items)
 
+    def join_bulk(self, parts: Sequence[insert.CopyRows]) -> insert.CopyRows:
+        return insert.CopyRows.join(parts)
+
     def insert_isolating(self, conn: Connection, items: Sequence[Report], bulk: Any | None) -> int:
         if bulk is None:
             return super().insert_isolating(conn, items, bulk)

@@ -63,4 +63,14 @@ def test_rows_and_text_stay_one_a_report() -> None:
     assert [row[0] for row in rows.rows] == ["a", "b", "a"]
     assert rows.text == psycopg_text(rows.rows)
     assert rows[:1] == CopyRows(rows.rows[:1]) and rows[:1].text is None
-    assert (rows + rows).text is None and len(rows + rows) == 6
+
+
+def test_joined_rows_keep_their_text() -> None:
+    # The drainer joins a read-ahead batch and the records appended after it: the joined batch
+    # must still go in as one COPY text, the text of all its rows.
+    first, second = copy_rows([report("a"), report("b")]), copy_rows([report("c")])
+    joined = CopyRows.join([first, second])
+    assert [row[0] for row in joined.rows] == ["a", "b", "c"]
+    assert joined.text == psycopg_text(joined.rows)
+    # Rows without text (a value COPY text cannot carry) leave the whole join row by row.
+    assert CopyRows.join([first, CopyRows(second.rows)]).text is None
