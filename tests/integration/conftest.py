@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from reporting.harness.activemq import PRODUCER, SERVER, ActiveMQ
 from reporting.harness.flow import Flow
@@ -262,3 +263,24 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def server_url(request: pytest.FixtureRequest) -> str:
     """A fresh database's URL on each database server (PostgreSQL, MariaDB), not SQLite."""
     return request.getfixturevalue("pg_url" if request.param == "postgresql" else "maria_url")
+
+
+def slow_when_many(conn: Any, *, rows: int, seconds: float) -> None:
+    """On PostgreSQL, in `conn`'s transaction: a statement storing more than `rows` reports
+    sleeps `seconds` in a trigger (beyond the statement timeout a test sets, it meets it)."""
+    conn.execute(
+        text(
+            f"""
+            CREATE FUNCTION slow_when_many() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF (SELECT count(*) FROM stored) > {int(rows)} THEN
+                    PERFORM pg_sleep({float(seconds)});
+                END IF;
+                RETURN NULL;
+            END $$;
+            CREATE TRIGGER slow_when_many AFTER INSERT ON reports
+            REFERENCING NEW TABLE AS stored FOR EACH STATEMENT
+            EXECUTE FUNCTION slow_when_many();
+            """
+        )
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 import storage.database.engine as engine_module
 from reporting.config import BrokerConfig, record_bytes
@@ -33,6 +33,7 @@ from storage.database.schema import rejected_reports, reports
 from storage.journal import Journal
 from storage.reports import MAX_TEXT_CHARS, Report, to_record
 from tests.conftest import on_databases
+from tests.integration.conftest import slow_when_many
 
 pytestmark = pytest.mark.integration
 
@@ -151,20 +152,7 @@ def test_a_batch_that_meets_the_statement_timeout_is_split(
     sink = Sink(pg_url, cluster="rs", journal="rs")
     sink.upgrade()
     with sink._engine.begin() as conn:
-        conn.execute(
-            text(
-                """
-                CREATE FUNCTION slow_when_many() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    IF (SELECT count(*) FROM stored) > 10 THEN PERFORM pg_sleep(3); END IF;
-                    RETURN NULL;
-                END $$;
-                CREATE TRIGGER slow_when_many AFTER INSERT ON reports
-                REFERENCING NEW TABLE AS stored FOR EACH STATEMENT
-                EXECUTE FUNCTION slow_when_many();
-                """
-            )
-        )
+        slow_when_many(conn, rows=10, seconds=3)
     journal = Journal(tmp_path / "journal", writer="rs")
     now = datetime.now(UTC)
     journal.append_batch(
