@@ -160,7 +160,7 @@ def test_database_down_during_failover_is_replayed(pair_of, postgres, pg_url, pr
 # -- shared storage -----------------------------------------------------------------------------
 
 
-@on_databases()
+@on_databases(mariadb_marks=pytest.mark.mariadb)
 def test_paused_active_is_fenced_when_it_resumes(
     shared_pair, activemq, database, tcp_proxy, db_url, queue_prefix, tmp_path: Path
 ) -> None:

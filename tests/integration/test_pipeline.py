@@ -24,7 +24,7 @@ from tests.conftest import on_databases
 pytestmark = pytest.mark.integration
 
 
-@on_databases()
+@on_databases(mariadb_marks=pytest.mark.mariadb)
 def test_ten_thousand_reports_round_trip_exactly_once(standalone, db_url, send_all) -> None:
     server = standalone()
     server.start()
