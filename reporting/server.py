@@ -221,6 +221,9 @@ class Server:
         if role is Role.ACTIVE:
             return f"active, epoch {self.election.epoch}"
         holder = self.election.holder
+        if holder == self.config.name:
+            # It holds the lock and is taking the role up: not active yet, and no other is.
+            return "standby, taking the role"
         return f"standby, active is {holder}" if holder else "standby"
 
     def working(self, within_s: float) -> bool:
