@@ -129,10 +129,8 @@ class Sink:
         )
 
     def join(self, parts: Sequence[Batch]) -> Batch:
-        """One batch of `parts` (each from `prepare`), in their order: a caller may prepare a
-        batch a part at a time."""
-        if len(parts) == 1:
-            return parts[0]
+        """One batch of `parts` (each from `prepare`), in their order (the drainer joins a batch
+        and the records appended after it was read)."""
         bulks = [part.copy_rows for part in parts]
         return Batch(
             [item for part in parts for item in part.items],

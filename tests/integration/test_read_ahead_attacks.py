@@ -421,6 +421,14 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'reports.db'}"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def sqlite_or_pg_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database's URL: SQLite, then the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture(
     params=[
         "sqlite",
@@ -607,16 +615,13 @@ def _copy_of(rec: Rec, rng: random.Random, *, old: bool = False) -> Rec:
     return (old_report if old else new_report)(rec.item_id, kind, rng)
 
 
-@pytest.mark.parametrize(
-    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
-)
 def test_report_id_split_across_the_parts_or_twice_in_one_is_stored_once_the_first_kept(
-    database: str, request: pytest.FixtureRequest, tmp_path: Path
+    sqlite_or_pg_url: str, tmp_path: Path
 ) -> None:
     """The same report_id in the read-ahead part and the topped-up part, twice in one part, in
     a later batch again, and sent again as an old-format record: stored once, with the first
     copy's payload; the batches after a batch of duplicates (the staged way) store the rest."""
-    url = sqlite_url(tmp_path) if database == "sqlite" else request.getfixturevalue("pg_url")
+    url = sqlite_or_pg_url
     rng = random.Random(4)
     x, y, z = (new_report(f"dup-{c}-{uuid.uuid4().hex[:6]}", "sq", rng) for c in "xyz")
     x2, y2, z2 = (_copy_of(r, rng) for r in (x, y, z))
@@ -712,16 +717,13 @@ def test_byte_bound_in_a_paced_read_gives_exactly_the_records_appended_and_close
         rig.close()
 
 
-@pytest.mark.parametrize(
-    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
-)
 def test_record_larger_than_the_byte_bound_in_the_topped_up_part_is_stored_in_a_batch_of_its_own(
-    database: str, request: pytest.FixtureRequest, tmp_path: Path
+    sqlite_or_pg_url: str, tmp_path: Path
 ) -> None:
     """A record larger than `batch_bytes` appended after the read-ahead read (first of B, after
     a non-empty and after an empty A, and two in a row): the top-up leaves it, the next batch
     takes it alone; the drain goes on, everything stored once, in order."""
-    url = sqlite_url(tmp_path) if database == "sqlite" else request.getfixturevalue("pg_url")
+    url = sqlite_or_pg_url
     rng = random.Random(10)
 
     def huge(tag: str) -> Rec:
@@ -748,18 +750,15 @@ def test_record_larger_than_the_byte_bound_in_the_topped_up_part_is_stored_in_a_
 # -- 6. segment rollover inside a batch; segments released while a read-ahead waits -------------
 
 
-@pytest.mark.parametrize(
-    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
-)
 def test_rollover_inside_joined_batches_and_release_during_the_read_ahead_lose_nothing(
-    database: str, request: pytest.FixtureRequest, tmp_path: Path
+    sqlite_or_pg_url: str, tmp_path: Path
 ) -> None:
     """Segments of a few records, so that both parts of a batch span rollovers and a part
     begins in a new segment; the read-ahead waits until the drainer has released the segments
     the last batch drained (they are deleted under the positions it reads from), then reads,
     then more is appended for the top-up. Everything stored once, segments released, the
     positions at the end of what is left."""
-    url = sqlite_url(tmp_path) if database == "sqlite" else request.getfixturevalue("pg_url")
+    url = sqlite_or_pg_url
     rng = random.Random(6)
     rig = Rig(url, tmp_path / "journal", segment_bytes=2048)
     parts = [(mixed(f"a{n}", a, rng), mixed(f"b{n}", b, rng)) for n, (a, b) in enumerate(_SIZES)]
@@ -806,17 +805,14 @@ def test_rollover_inside_joined_batches_and_release_during_the_read_ahead_lose_n
 # -- 7. a steady trickle while the drainer runs ---------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
-)
 def test_steady_trickle_of_mixed_records_is_stored_exactly_once(
-    database: str, request: pytest.FixtureRequest, tmp_path: Path
+    sqlite_or_pg_url: str, tmp_path: Path
 ) -> None:
     """Small batches of mixed records appended every few milliseconds for a few seconds while
     the drainer runs, no gate: most batches are topped up; every record drained once, in order.
     A second round with a journal so small, and a database so slow, that appends wait for
     room: the newest segment is freed under the read-ahead (the journal's starved release)."""
-    url = sqlite_url(tmp_path) if database == "sqlite" else request.getfixturevalue("pg_url")
+    url = sqlite_or_pg_url
     earlier: list[Rec] = []
     for round_, max_bytes in enumerate([1 << 30, 24 << 10]):
         rng = random.Random(7 + round_)

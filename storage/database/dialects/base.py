@@ -156,8 +156,8 @@ class Dialect:
     def bulk_rows(self, items: Sequence[Report]) -> Any | None:
         """The reports as the bulk path takes them, built outside the transaction; None where
         the dialect inserts `report_row`s. Sliced as a list is (the sink splits a batch to find
-        a refused row) and joined by `join_bulk` (the drainer joins a batch and the records appended
-        after it)."""
+        a refused row) and joined by `join_bulk` (the drainer joins a batch and the records
+        appended after it)."""
         return None
 
     def join_bulk(self, parts: Sequence[Any]) -> Any:
