@@ -58,6 +58,8 @@ def _escaped(value: str) -> set[str]:
         slashed.replace('"', '\\"'),
         json.dumps(value)[1:-1],
         repr(value)[1:-1],
+        # As a STOMP header value.
+        slashed.replace("\n", "\\n").replace("\r", "\\r").replace(":", "\\c"),
     }
 
 

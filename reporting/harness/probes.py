@@ -15,6 +15,7 @@ import psycopg
 import pymysql
 
 from reporting.harness.ports import LOOPBACK
+from reporting.wire.headers import connect_value
 
 
 class StompSession:
@@ -40,7 +41,7 @@ class StompSession:
         self._buffer = b""
         headers = {"accept-version": "1.2", "host": "localhost", "heart-beat": "0,0"}
         if login is not None:
-            headers["login"], headers["passcode"] = login
+            headers["login"], headers["passcode"] = map(connect_value, login)
         self.send_frame("CONNECT", headers)
         command, _, _ = self.read_frame()
         if command != "CONNECTED":

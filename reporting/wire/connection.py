@@ -25,6 +25,7 @@ import tenacity
 from reporting.config import HostPort
 from reporting.errors import BrokerRefused, BrokerUnreachable, BrokerUntrusted
 from reporting.wire import tls
+from reporting.wire.headers import connect_value
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,11 @@ class Connection:
         try:
             if self._closed:
                 raise BrokerUnreachable(where, "closed")
-            self._stomp.connect(self.user, self._password, wait=False, headers=frame_headers)
+            user, password = (
+                None if value is None else connect_value(value)
+                for value in (self.user, self._password)
+            )
+            self._stomp.connect(user, password, wait=False, headers=frame_headers)
         except Exception as exc:
             self._shutdown()
             # A close() during the TCP connect leaves stomp.py half torn down; what it raises
