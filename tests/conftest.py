@@ -26,6 +26,8 @@ from reporting.harness.service import DatabaseServer
 
 # Servers started in this session, in start order.
 _servers: list[Service] = []
+# The server instances a test started (the `instances` fixture), whose logs a failure shows.
+TEST_INSTANCES = pytest.StashKey[list[Instance]]()
 _session_dir: list[Path] = []
 
 
@@ -192,6 +194,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed:
         for server in _servers:
             report.sections.append((f"{server.name} log ({server.log_path})", server.log_tail(60)))
+        for instance in item.stash.get(TEST_INSTANCES, []):
+            try:
+                tail = instance.log_tail(60)
+            except (OSError, HarnessError) as exc:
+                tail = f"(no log: {exc})"
+            report.sections.append((f"{instance.name} log ({instance.log_path})", tail))
     return report
 
 
