@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 # How long stop() waits for the server's callback of the last STANDBY before closing the session.
 STOP_DELIVERY_S = 10.0
+# How long stop() waits, cut off from ZooKeeper, for the session's close and the round thread.
+CUT_OFF_STOP_S = 0.2
 
 _STATES = {
     KazooState.SUSPENDED: "connection suspended",
@@ -186,12 +188,24 @@ class Contest:
         for slot in self.slots:
             slot.delivery.wait_delivered(STOP_DELIVERY_S)
         # The round thread may sit in a ZooKeeper call that waits for a reconnect; closing the
-        # client fails that call, so join it only afterwards.
-        self.client.stop()
-        self.client.close()
-        self._thread.join(POLL_S * 4)
+        # client fails that call, so join it only afterwards. Closing waits for kazoo's connection
+        # thread, which, cut off, may sit in a connect attempt for up to a session timeout; then
+        # there is nothing for the close to hand over (the session's nodes expire with it) and
+        # the roles have stopped, so neither is waited for beyond a moment.
+        wait_s = None if self.client.connected else CUT_OFF_STOP_S
+        closer = threading.Thread(target=self._close, name=f"{self.name}-close", daemon=True)
+        closer.start()
+        closer.join(wait_s)
+        self._thread.join(POLL_S * 4 if wait_s is None else wait_s)
         for slot in self.slots:
             slot.delivery.stop(POLL_S * 4)
+
+    def _close(self) -> None:
+        try:
+            self.client.stop()
+            self.client.close()
+        except Exception as exc:  # kazoo gives up on a connection thread that will not stop
+            log.warning("%s: zookeeper client not closed: %r", self.name, exc)
 
     # -- roles --------------------------------------------------------------------------------
 
