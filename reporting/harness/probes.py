@@ -15,7 +15,7 @@ import psycopg
 import pymysql
 
 from reporting.harness.ports import LOOPBACK
-from reporting.wire.headers import connect_value
+from reporting.wire.login import connect_value
 
 
 class StompSession:

@@ -47,16 +47,6 @@ def _unescape(text: str, unescape: Any) -> str:
     return _ESCAPE.sub(unescape, text)
 
 
-def connect_value(text: str) -> str:
-    """`text` as a CONNECT header value that ActiveMQ reads back as `text`.
-
-    STOMP 1.2 leaves the headers of CONNECT unescaped, and stomp.py sends them as they are, but
-    ActiveMQ unescapes them like any other frame's: a login or password holding `\\c`, `\\n`
-    or `\\\\` would reach it changed, and the login would be refused.
-    """
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace(":", "\\c")
-
-
 def _blank_line(data: bytes, start: int, end: int) -> tuple[int, int]:
     """Where the headers of the frame in data[start:end] end and its body begins: at the first
     blank line (LF LF, or CR LF CR LF; stomp.py's PREAMBLE_END_RE); (-1, -1) without one."""

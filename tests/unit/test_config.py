@@ -127,6 +127,30 @@ def test_secrets_from_env_and_file_never_print(tmp_path: Path) -> None:
     assert err.value.key == "broker.password_env"
 
 
+@pytest.mark.parametrize(
+    ("broker", "env", "key"),
+    [
+        ({"user": "rs", "password_env": "PW"}, {"PW": " hunter2"}, "broker.password_env"),
+        ({"user": "rs", "password_env": "PW"}, {"PW": "hun\rter2"}, "broker.password_env"),
+        ({"user": "rs", "password_env": "PW"}, {"PW": "h" * 20000}, "broker.password_env"),
+        ({"user": "rs\n", "password_env": "PW"}, {"PW": "hunter2"}, "broker.user"),
+        ({"user": "rs ", "password_env": "PW"}, {"PW": "hunter2"}, "broker.user"),
+    ],
+)
+def test_a_broker_login_activemq_would_read_otherwise_is_refused_by_its_key(
+    broker: dict, env: dict, key: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"broker": broker}, env=env)
+    assert err.value.key == key
+    assert "hunter2" not in str(err.value) and "h" * 100 not in str(err.value)
+
+
+def test_a_broker_password_of_backslashes_and_colons_is_taken_as_it_is() -> None:
+    config = parse_config({"broker": {"user": "r\\s:", "password_env": "PW"}}, env={"PW": "a\\c:b"})
+    assert config.broker.user == "r\\s:" and config.broker.password == "a\\c:b"
+
+
 def test_broker_tls_is_off_by_default(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""))
     assert config.broker.tls is False and config.broker.ca_file is None

@@ -20,13 +20,6 @@ def test_escapes_are_undone() -> None:
     assert parsed == {"report-id": "a:b\\c", "x\ny": "1"}
 
 
-@given(st.text(alphabet=st.sampled_from("ab:\\cnrt\n\ré"), max_size=20) | st.text(max_size=20))
-@settings(max_examples=300)
-def test_a_connect_value_reads_back_as_it_was_after_unescaping(text: str) -> None:
-    # ActiveMQ unescapes CONNECT's headers as STOMP 1.2 does every other frame's.
-    assert headers.parse_headers([f"passcode:{headers.connect_value(text)}"]) == {"passcode": text}
-
-
 frame_part = st.sampled_from(
     ["MESSAGE", "\n", "\r\n", "\r", "destination:/queue/a", "a\\cb:c", ":", "x", "\x00", "é"]
 )
