@@ -6,8 +6,8 @@ repr and URL quoting touch, given by `password_file` and `password_env`, to `run
 the producer client and the `produce` command. The right password logs in and reports flow
 exactly once; a password that differs from the right one only by escaping is refused with one
 line; one ActiveMQ would read as another (a line break, blanks around it, too long once escaped)
-is refused by its config key before it is sent; no spelling of a password shows in a DEBUG log (text or JSON), /status, /metrics or the
-database.
+is refused by its config key before it is sent; no spelling of a password shows in a DEBUG log
+(text or JSON), /status, /metrics or the database.
 
 Stop: SIGTERM of a pair's instance cut off from ZooKeeper (a dark TCP path, or ZooKeeper itself
 stopped with SIGSTOP), of a cut-off standby, at the moment the path heals, and of a connected
