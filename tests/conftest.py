@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,8 +26,9 @@ from reporting.harness.service import DatabaseServer
 
 # Servers started in this session, in start order.
 _servers: list[Service] = []
-# The server instances a test started (the `instances` fixture), whose logs a failure shows.
-TEST_INSTANCES = pytest.StashKey[list[Instance]]()
+# What a test started of its own (server instances, a second broker), whose logs a failure shows:
+# each fixture adds its list, which the test may still add to.
+TEST_LOGS = pytest.StashKey[list[Sequence[Service]]]()
 _session_dir: list[Path] = []
 
 
@@ -140,9 +141,10 @@ def zookeeper(harness_dir: Path) -> Iterator[ZooKeeper]:
 
 
 @pytest.fixture
-def backup_broker(tmp_path: Path) -> Iterator[ActiveMQ]:
+def backup_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ActiveMQ]:
     """A second ActiveMQ of this test only, the segregated backup's own store."""
     broker = _server_class(ActiveMQ, "ActiveMQContainer")(tmp_path / "backup-activemq")
+    request.node.stash.setdefault(TEST_LOGS, []).append([broker])
     broker.start()
     try:
         yield broker
@@ -194,12 +196,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed:
         for server in _servers:
             report.sections.append((f"{server.name} log ({server.log_path})", server.log_tail(60)))
-        for instance in item.stash.get(TEST_INSTANCES, []):
+        for service in (
+            service for started in item.stash.get(TEST_LOGS, []) for service in started
+        ):
             try:
-                tail = instance.log_tail(60)
+                tail = service.log_tail(60)
             except (OSError, HarnessError) as exc:
                 tail = f"(no log: {exc})"
-            report.sections.append((f"{instance.name} log ({instance.log_path})", tail))
+            report.sections.append((f"{service.name} log ({service.log_path})", tail))
     return report
 
 

@@ -23,7 +23,7 @@ from reporting.harness.postgres import Postgres
 from reporting.harness.tls import TlsBundle, make_ca
 from reporting.harness.waiting import wait_until
 from storage.reports import KINDS
-from tests.conftest import TEST_INSTANCES
+from tests.conftest import TEST_LOGS
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def instances(request: pytest.FixtureRequest) -> Iterator[list[Instance]]:
     """Instances a test started; each is stopped (killed if it hangs) after the test, and its
     container removed if it ran in one. A failed test's report shows their logs' tails."""
     started: list[Instance] = []
-    request.node.stash[TEST_INSTANCES] = started
+    request.node.stash.setdefault(TEST_LOGS, []).append(started)
     yield started
     for instance in started:
         instance.stop(timeout_s=15)
