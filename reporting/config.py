@@ -17,7 +17,7 @@ from typing import Any
 from reporting.errors import ConfigError
 from reporting.ha.group import queue_key
 from reporting.logs import remember_secret
-from reporting.wire.login import login_problem
+from reporting.wire.login import login_refusal
 from storage.journal.record import FRAME_SIZE, HEADER_SIZE
 from storage.reports import DEFAULT_QUEUES, KINDS, kind_of
 
@@ -412,13 +412,11 @@ def parse_config(
         tls=tls,
         ca_file=_ca_file(sec, base, tls),
     )
-    for header, key, value in (
-        ("login", sec.key("user"), broker.user),
-        ("passcode", _password_key(sec), broker.password),
-    ):
-        reason = None if value is None or key is None else login_problem(header, str(value))
-        if reason is not None:
-            raise ConfigError(key, reason)
+    refusal = login_refusal(broker.user, None if broker.password is None else str(broker.password))
+    if refusal is not None:
+        what, reason = refusal
+        key = sec.key("user") if what == "user" else _password_key(sec)
+        raise ConfigError(key or sec.key("password_env"), reason)
     if broker.heartbeat_ms == 0 and mode != "standalone":
         # Without heart-beats the broker never drops a paused or cut-off instance's connection,
         # and the unacked messages it holds wait for it instead of going to the new active.

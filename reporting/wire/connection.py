@@ -25,7 +25,7 @@ import tenacity
 from reporting.config import HostPort
 from reporting.errors import BrokerRefused, BrokerUnreachable, BrokerUntrusted
 from reporting.wire import tls
-from reporting.wire.login import connect_value, login_problem
+from reporting.wire.login import connect_value, login_refusal
 
 log = logging.getLogger(__name__)
 
@@ -218,14 +218,11 @@ class Connection:
             if reason is not None:
                 raise BrokerUntrusted(where, str(self.ca_file), reason)
         # A login ActiveMQ would read as another is refused here, not sent.
-        for header, what, value in (
-            ("login", "user", self.user),
-            ("passcode", "password", self._password),
-        ):
-            reason = None if value is None else login_problem(header, value)
-            if reason is not None:
-                self._shutdown()
-                raise BrokerRefused(where, self.user, f"the {what} {reason}")
+        refusal = login_refusal(self.user, self._password)
+        if refusal is not None:
+            what, reason = refusal
+            self._shutdown()
+            raise BrokerRefused(where, self.user, f"the {what} {reason}")
         frame_headers = {"client-id": self.client_id} if self.client_id else {}
         try:
             if self._closed:

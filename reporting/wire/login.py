@@ -30,3 +30,13 @@ def login_problem(header: str, text: str) -> str | None:
     if len(f"{header}:{connect_value(text)}".encode()) >= MAX_HEADER_BYTES:
         return f"is longer than the {MAX_HEADER_BYTES} bytes ActiveMQ reads of a header line"
     return None
+
+
+def login_refusal(user: str | None, password: str | None) -> tuple[str, str] | None:
+    """("user" or "password", why) for the first of the login's values that cannot reach
+    ActiveMQ unchanged, or None; a value of None is one not given."""
+    for what, header, text in (("user", "login", user), ("password", "passcode", password)):
+        reason = None if text is None else login_problem(header, text)
+        if reason is not None:
+            return what, reason
+    return None

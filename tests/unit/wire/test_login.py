@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reporting.wire.login import MAX_HEADER_BYTES, connect_value, login_problem
+from reporting.wire.login import MAX_HEADER_BYTES, connect_value, login_problem, login_refusal
 
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
@@ -58,3 +58,10 @@ def test_what_cannot_reach_activemq_unchanged_is_named(text: str, reason: str) -
 )
 def test_awkward_but_sendable_passwords_pass(text: str) -> None:
     assert login_problem("passcode", text) is None
+
+
+def test_a_login_is_refused_by_its_first_value_that_cannot_be_sent() -> None:
+    assert login_refusal("rs", "a\\c:b") is None
+    assert login_refusal(None, None) is None
+    assert login_refusal("rs", " pw") == ("password", login_problem("passcode", " pw"))
+    assert login_refusal("r\ns", " pw") == ("user", login_problem("login", "r\ns"))
