@@ -41,7 +41,7 @@ from reporting.harness import ActiveMQ
 from reporting.harness.activemq import PRODUCER, SERVER
 from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.instance import Instance, to_toml
-from reporting.harness.pair import Pair
+from reporting.harness.pair import Pair, roles
 from reporting.harness.ports import free_port
 from reporting.harness.waiting import wait_until
 from reporting.wire.login import connect_value
@@ -598,11 +598,7 @@ class RoleWatch:
 
     def _run(self) -> None:
         while not self._done.is_set():
-            sample = {}
-            for instance in self.instances:
-                status = instance.try_status(timeout_s=0.5)
-                sample[instance.name] = status["role"] if status else "unreachable"
-            self.samples.append(sample)
+            self.samples.append(roles(self.instances))
             self._done.wait(0.05)
 
     def __enter__(self) -> "RoleWatch":
@@ -652,8 +648,7 @@ def wait_cut_off(instance: Instance, before: int, timeout_s: float = SESSION_S +
 
 
 def role_of(instance: Instance) -> str:
-    status = instance.try_status(timeout_s=0.5)
-    return status["role"] if status else "unreachable"
+    return roles([instance])[instance.name]
 
 
 def through_proxies(
