@@ -458,6 +458,7 @@ class Feed:
     ) -> None:
         self.rig = rig
         self.queue = list(parts)
+        self.parts = len(self.queue)
         self.fed = 0
         self.on_write = on_write
         self.after_part = after_part
@@ -481,7 +482,9 @@ class Feed:
         self.fed += 1
 
     def done(self) -> bool:
-        return not self.queue
+        # Counted once a part's B is in: the queue empties when the last part is taken, before
+        # it is appended, and a wait for the drain begun then would count too few records.
+        return self.fed == self.parts
 
 
 def run_joined(
