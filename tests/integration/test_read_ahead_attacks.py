@@ -768,6 +768,10 @@ def test_rollover_inside_joined_batches_and_release_during_the_read_ahead_lose_n
     queue = list(parts)
     released: list[str] = []
     pending_b: list[list[Rec]] = []
+    # Parts whose B is appended: `queue` and `pending_b` are both empty for a moment after the
+    # last part is taken and before its A is appended, and after its B is taken and before it
+    # is appended; a drain wait begun then would count too few records.
+    fed: list[int] = []
 
     def before_write(_batch: Batch) -> None:
         # Part A before the release; the read-ahead may read only after it.
@@ -787,6 +791,7 @@ def test_rollover_inside_joined_batches_and_release_during_the_read_ahead_lose_n
         assert rig.view.let_reader_read(), "the read-ahead did not read"
         if b:
             rig.append(b)
+        fed.append(1)
 
     try:
         rig.view.gated = True
@@ -794,7 +799,7 @@ def test_rollover_inside_joined_batches_and_release_during_the_read_ahead_lose_n
         rig.sink.before_write = before_write
         rig.append(mixed("first", 3, rng))
         rig.start()
-        wait_until(lambda: not queue and not pending_b, 30, "every part appended")
+        wait_until(lambda: len(fed) == len(parts), 30, "every part appended")
         rig.wait_drained()
         joined_batches(rig, parts)
         rig.check(url)
