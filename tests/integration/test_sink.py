@@ -12,7 +12,7 @@ import sqlalchemy
 from sqlalchemy import select
 
 from reporting.harness import MariaDB, Postgres
-from reporting.harness.waiting import wait_until
+from reporting.harness.waiting import holds_within, wait_until
 from storage.database import Sink, insert
 from storage.database import engine as engine_module
 from storage.database.schema import fence, rejected_reports, reports
@@ -414,6 +414,23 @@ def attempt_write(sink: Sink, items: list[Report], **write: Any) -> BaseExceptio
     return None
 
 
+def lock_waits(url: str) -> int:
+    """Transactions of the database server of `url` waiting for a row lock now."""
+    if url.startswith("postgresql"):
+        query = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    else:
+        query = "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sqlalchemy.text(query)).scalar_one())
+    finally:
+        engine.dispose()
+
+
 class Write(threading.Thread):
     """`attempt_write` in a thread of its own."""
 
@@ -427,11 +444,15 @@ class Write(threading.Thread):
         self._outcome.append(attempt_write(sink, items, **write))
 
     def waiting(self) -> "Write":
-        """Started, and still waiting after half a second (on a row the caller's open
-        transaction holds)."""
+        """Started, and waiting on a row lock (one the caller's open transaction holds). Polled
+        for in the database, not given a fixed half second: a loaded machine may take longer
+        than that to get the writer to its statement, and the caller's transaction would then
+        end before the writer ever waited."""
         self.start()
-        self.join(timeout=0.5)
+        url = self._write[0].url
+        holds_within(lambda: lock_waits(url) > 0 or not self.is_alive(), 30)
         assert self.is_alive(), "the writer did not wait for the fence row"
+        assert lock_waits(url) > 0, "the writer is not waiting on a row lock"
         return self
 
     def outcome(self, timeout_s: float = 30) -> BaseException | None:
