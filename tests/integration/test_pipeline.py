@@ -33,7 +33,9 @@ def test_ten_thousand_reports_round_trip_exactly_once(standalone, db_url, send_a
     assert_exactly_once(db_url, ids)
     status = server.status()
     assert status["role"] == "active" and status["mode"] == "standalone"
-    assert status["database"] == "up" and status["broker"] == "connected"
+    assert status["database"] == "up"
+    # A heartbeat missed under load may have the consumer reconnect: connected again, not at once.
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the consumer connected")
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
 
 
@@ -132,7 +134,8 @@ def test_malformed_reports_are_rejected_and_the_stream_goes_on(
     for _, headers, _ in MALFORMED:
         assert headers["report-id"] in reasons, f"{headers['report-id']} not in rejected_reports"
     assert "oversized" in reasons and "max_body_bytes" in reasons["oversized"]
-    assert server.is_running() and server.status()["broker"] == "connected"
+    assert server.is_running()
+    wait_until(lambda: server.status()["broker"] == "connected", 30, "the consumer connected")
 
 
 def test_full_journal_pauses_consumption_and_loses_nothing(
