@@ -57,7 +57,7 @@ def free_port() -> int:
     low, _high = ephemeral_range()
     first, last = share(LOWEST, low)
     with _lock:
-        for _ in range(200 if last - first >= 1000 else 0):
+        for _ in range(200 if last - first >= 100 else 0):
             port = _random.randrange(first, last)
             if port in _handed:
                 continue
