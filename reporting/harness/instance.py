@@ -151,12 +151,13 @@ class Instance(Service):
         status = self.try_status(timeout_s=1.0)
         if status is None:
             return False
-        if "name" in self.config and status.get("name") != self.config["name"]:
+        # Either absent only from another checkout's server (`code`) of a version without it.
+        name = status.get("name")
+        if name is not None and "name" in self.config and name != self.config["name"]:
             return False
         # A relative journal directory is the config file's folder's (the product's rule).
         mine = self.config_path.parent / str(self.config.get("journal", {}).get("dir", "journal"))
         theirs = (status.get("journal") or {}).get("dir")
-        # (Absent only from another checkout's server, `code`, of a version without it.)
         return theirs is None or os.path.realpath(theirs) == os.path.realpath(mine)
 
     def status(self, timeout_s: float = 2.0) -> dict[str, Any]:
