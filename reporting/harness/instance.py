@@ -103,7 +103,10 @@ class Instance(Service):
                 super().start(timeout_s)
                 return
             except HarnessError:
-                if "Address already in use" not in self.log_tail(5):
+                # Not only the last lines: the server's traceback of the failed bind goes on
+                # past it (its HTTP server's own clean-up fails too). Only this start's lines.
+                this_start = self.log_tail(80).rsplit("--- harness: starting", 1)[-1]
+                if "Address already in use" not in this_start:
                     raise
             self.listen = f"127.0.0.1:{free_port()}"
             self.config["http"]["listen"] = self.listen
@@ -131,9 +134,31 @@ class Instance(Service):
     def _probe(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.listen}/healthz", timeout=1) as reply:
-                return reply.status == 200
+                if reply.status != 200:
+                    return False
         except (urllib.error.URLError, OSError, http.client.HTTPException):
             return False
+        return self._answers_as_itself()
+
+    def _answers_as_itself(self) -> bool:
+        """Whether what answers on `listen` is this instance: its name and journal directory.
+
+        The port was free when it was picked, not when the process binds it a moment (or, the
+        second of a pair, seconds) later; another process of the session (another xdist
+        worker's instance) may have taken it meanwhile. Its /healthz would then pass for this
+        instance's while this one exits with "Address already in use", and every later /status
+        would be the other's role."""
+        status = self.try_status(timeout_s=1.0)
+        if status is None:
+            return False
+        # Either absent only from another checkout's server (`code`) of a version without it.
+        name = status.get("name")
+        if name is not None and "name" in self.config and name != self.config["name"]:
+            return False
+        # A relative journal directory is the config file's folder's (the product's rule).
+        mine = self.config_path.parent / str(self.config.get("journal", {}).get("dir", "journal"))
+        theirs = (status.get("journal") or {}).get("dir")
+        return theirs is None or os.path.realpath(theirs) == os.path.realpath(mine)
 
     def status(self, timeout_s: float = 2.0) -> dict[str, Any]:
         """The instance's /status; raises OSError when it does not answer."""

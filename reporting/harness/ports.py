@@ -1,6 +1,8 @@
 """Free TCP ports on the loopback interface."""
 
+import os
 import random
+import re
 import socket
 import threading
 from pathlib import Path
@@ -28,13 +30,35 @@ def ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
+def share(low: int, high: int) -> tuple[int, int]:
+    """This process's part of the ports [low, high): all of them, or under pytest-xdist the
+    worker's own slice.
+
+    A port is handed out some time before its server binds it (a pair's second instance seconds
+    later, a killed server's port is kept for its restart), and `_handed` is one process's: two
+    workers drawing from one range could hand out the same port, and the second server to bind
+    it fails, or a readiness probe finds the other worker's server there."""
+    worker = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    except ValueError:
+        count = 1
+    if worker is None or count <= 1 or int(worker[1]) >= count:
+        return low, high
+    size = (high - low) // count
+    start = low + int(worker[1]) * size
+    return start, start + size
+
+
 def free_port() -> int:
-    """A port nobody listens on right now, below the ephemeral range and not handed out before by
-    this process (so not one a server of this session was given and has yet to bind)."""
+    """A port nobody listens on right now, below the ephemeral range, in this process's share of
+    it (`share`) and not handed out before by this process (so not one a server of this session
+    was given and has yet to bind)."""
     low, _high = ephemeral_range()
+    first, last = share(LOWEST, low)
     with _lock:
-        for _ in range(200 if low - LOWEST >= 1000 else 0):
-            port = _random.randrange(LOWEST, low)
+        for _ in range(200 if last - first >= 100 else 0):
+            port = _random.randrange(first, last)
             if port in _handed:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

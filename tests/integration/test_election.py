@@ -134,7 +134,9 @@ def test_one_active_and_epochs_rise_across_failovers(
     b, rec_b = elect("rs-b", zookeeper.hosts)
     wait_until(lambda: b.holder == "rs-a", 10, "rs-b to see rs-a as holder")
     assert (a.role, b.role) == (Role.ACTIVE, Role.STANDBY)
-    # Each instance first hears it is standby, with what it waits for.
+    # Each instance first hears it is standby, with what it waits for (delivered on the
+    # election's own thread, which may not have run yet when the holder is seen).
+    wait_until(lambda: rec_b.since(0), 5, "rs-b told it is standby")
     assert rec_b.since(0)[0] == RoleChange(Role.STANDBY, 0, None, f"contending for {cluster}/lock")
     epochs = [a.epoch]
 
@@ -171,7 +173,8 @@ def test_suspended_holder_stands_by_before_the_other_takes_over(
     proxy_a = tcp_proxy("127.0.0.1", zookeeper.port)
     proxy_b = tcp_proxy("127.0.0.1", zookeeper.port)
     a, rec_a = elect("rs-a", proxy_a.host)
-    wait_until(lambda: a.role is Role.ACTIVE, 30, "rs-a active")
+    # Delivered, not just decided: the changes since the cut must not include these.
+    wait_until(lambda: rec_a.first(is_active), 30, "rs-a told it is active")
     b, rec_b = elect("rs-b", proxy_b.host)
     wait_until(lambda: b.holder == "rs-a", 10, "rs-b to see rs-a as holder")
     old_epoch = a.epoch
@@ -218,7 +221,8 @@ def test_holder_back_within_its_session_keeps_the_lock_and_the_epoch(
     session_s = 6.0
     proxy_a = tcp_proxy("127.0.0.1", zookeeper.port)
     a, rec_a = elect("rs-a", proxy_a.host, session_timeout_s=session_s)
-    wait_until(lambda: a.role is Role.ACTIVE, 30, "rs-a active")
+    # Delivered, not just decided: the changes since the cut must not include these.
+    wait_until(lambda: rec_a.first(is_active), 30, "rs-a told it is active")
     b, rec_b = elect("rs-b", zookeeper.hosts, session_timeout_s=session_s)
     wait_until(lambda: b.holder == "rs-a", 10, "rs-b to see rs-a as holder")
     epoch = a.epoch
@@ -229,6 +233,8 @@ def test_holder_back_within_its_session_keeps_the_lock_and_the_epoch(
     proxy_a.heal()
     wait_until(lambda: a.role is Role.ACTIVE, session_s, "rs-a active again")
     assert time.monotonic() - cut_at < session_s, "the session should have survived"
+    # The role flips before the change is delivered: wait for the delivery itself.
+    wait_until(lambda: rec_a.first(is_active, cut_at), 5, "rs-a told it is active again")
     back = rec_a.since(cut_at)
     assert [(c.role, c.epoch) for c in back] == [(Role.STANDBY, epoch), (Role.ACTIVE, epoch)]
     assert back[1].reason == "zookeeper connection restored, still holding the lock"
@@ -283,6 +289,8 @@ def test_lost_fence_stands_by_and_contends_again(zookeeper: ZooKeeper, elect: El
     wait_until(lambda: b.role is Role.ACTIVE, 5, "rs-b active")
     assert b.epoch > fenced_epoch
     wait_until(lambda: a.holder == "rs-b", 5, "rs-a to see rs-b as holder")
+    # The role flips before the change is delivered: wait for the delivery itself.
+    wait_until(lambda: rec_a.first(lambda c: c.reason == "fenced"), 5, "rs-a told it is fenced")
     assert [c.reason for c in rec_a.since(0)][1:] == ["acquired the lock", "fenced"]
 
 
@@ -336,7 +344,10 @@ def test_unhealthy_primary_gives_the_node_up(
     health.clear()
     wait_until(lambda: primary.role is Role.STANDBY, 5, "primary standby")
     wait_until(lambda: observer.exists(f"{cluster}/primary") is None, 5, "node given up")
-    assert rec_p.since(0)[-1].reason == f"unhealthy, giving {cluster}/primary up"
+    # The role flips before the change is delivered: wait for the delivery itself.
+    unhealthy = f"unhealthy, giving {cluster}/primary up"
+    wait_until(lambda: rec_p.first(lambda c: c.reason == unhealthy), 5, "primary told to stand by")
+    assert rec_p.since(0)[-1].reason == unhealthy
     wait_until(lambda: backup.role is Role.ACTIVE, GRACE_S + 5, "backup active")
 
     health.set()

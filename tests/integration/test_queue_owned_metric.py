@@ -34,10 +34,13 @@ def test_group_members_serve_their_queue_ownership(
     second.start()
 
     def split() -> bool:
+        # Each its whole share (4 queues over 2): while one owns 3 and the other 1, a queue is
+        # still on its way, and the reads below would each see a different moment of the move.
         mine, theirs = set(first.status()["owned"]), set(second.status()["owned"])
-        return bool(mine) and bool(theirs) and mine | theirs == set(queues)
+        share = len(queues) // 2
+        return len(mine) == len(theirs) == share and mine | theirs == set(queues)
 
-    wait_until(split, 60, "the queues to be shared out")
+    wait_until(split, 60, "the queues to be shared out, two each")
     first_owned, second_owned = owned(first), owned(second)
     assert set(first_owned) == set(second_owned) == set(queues)
     for queue in queues:

@@ -34,3 +34,15 @@ def test_a_port_someone_listens_on_is_not_handed_out(monkeypatch) -> None:
         monkeypatch.setattr(ports, "ephemeral_range", lambda: (65000, 65535))
         monkeypatch.setattr(ports, "_handed", set())
         assert free_port() == LOWEST + 7
+
+
+def test_xdist_workers_draw_from_disjoint_shares(monkeypatch) -> None:
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    shares = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        shares.append(ports.share(LOWEST, 32768))
+    (a_low, a_high), (b_low, b_high) = shares
+    assert LOWEST == a_low < a_high <= b_low < b_high <= 32768
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert ports.share(LOWEST, 32768) == (LOWEST, 32768)
