@@ -103,8 +103,8 @@ class Instance(Service):
                 super().start(timeout_s)
                 return
             except HarnessError:
-                # Not only the last lines: the server's traceback of the failed bind goes on
-                # past it (its HTTP server's own clean-up fails too). Only this start's lines.
+                # This start's lines, not only the last few: an older checkout's server
+                # (`code`, for the bench) ends a failed bind with a long traceback.
                 this_start = self.log_tail(80).rsplit("--- harness: starting", 1)[-1]
                 if "Address already in use" not in this_start:
                     raise

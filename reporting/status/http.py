@@ -50,7 +50,8 @@ class _Server(HTTPServer):
     request_queue_size = 1024  # a burst of connects does not overflow the listen backlog
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(address, handler)
+        # Everything server_close() ends is made before the bind: a bind that fails (the port
+        # taken) calls server_close() inside HTTPServer's __init__ and then raises its OSError.
         self._selector = selectors.DefaultSelector()
         self._waiting: OrderedDict[socket.socket, _Waiting] = OrderedDict()
         self._heads: dict[socket.socket, bytes] = {}
@@ -60,6 +61,7 @@ class _Server(HTTPServer):
         self._closed = False
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="http")
         self._reader = threading.Thread(target=self._read_loop, name="http-heads", daemon=True)
+        super().__init__(address, handler)
         self._reader.start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -143,7 +145,8 @@ class _Server(HTTPServer):
             for sock in list(self._waiting):
                 self._drop(sock)
         self._wake_w.send(b"x")
-        self._reader.join()
+        if self._reader.ident is not None:  # started: the bind succeeded
+            self._reader.join()
         self._pool.shutdown(wait=True)
         self._selector.close()
         self._wake_r.close()

@@ -6,6 +6,7 @@ database outage run on MariaDB too (`on_databases`).
 """
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -167,6 +168,22 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "ha.mode" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_a_taken_status_port_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = tmp_path / "taken.toml"
+        config.write_text(f'[http]\nlisten = "{listen}"\n')
+        result = run_command("run", "--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"reporting-server: config error: http.listen: cannot listen on {listen}:"
+        " Address already in use"
+    ], result.stderr
 
 
 def test_replay_drains_a_stopped_instances_journal_with_progress(

@@ -116,3 +116,17 @@ def test_clients_that_never_read_their_answers_do_not_hold_healthz(server: Statu
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_a_taken_port_is_an_os_error_and_leaves_nothing_running() -> None:
+    """A failed bind raises the bind's OSError (which `run` turns into an error naming
+    http.listen), not an error of the half-made server's clean-up, and starts no thread."""
+    before = set(threading.enumerate())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as caught:
+            StatusServer("127.0.0.1", port, status=dict, registry=CollectorRegistry())
+    assert caught.type is OSError and caught.value.strerror == "Address already in use"
+    assert set(threading.enumerate()) <= before
