@@ -1,6 +1,7 @@
 """`reporting-server run --config FILE`: one instance in the foreground until SIGTERM/SIGINT."""
 
 import argparse
+import errno
 import faulthandler
 import gc
 import logging
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         reason = f"cannot listen on {config.http.listen}: {exc.strerror}"
+        if exc.errno == errno.EADDRINUSE:
+            # Held by another process, perhaps only for now: a failure a restart may get past
+            # (exit 1), not a configuration error that stops a supervisor's restarts (exit 2).
+            raise ReportingError(f"http.listen: {reason}") from None
         raise ConfigError("http.listen", reason) from None
     http.start()
     log.info(

@@ -178,11 +178,23 @@ def test_a_taken_status_port_is_one_line_naming_the_key(tmp_path: Path) -> None:
         config = tmp_path / "taken.toml"
         config.write_text(f'[http]\nlisten = "{listen}"\n')
         result = run_command("run", "--config", str(config))
-    assert result.returncode == 2
+    # Exit 1, not 2: the port may be free again at the next start, and a supervisor that stops
+    # restarting on a configuration error (the systemd unit) should try again.
+    assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        f"reporting-server: config error: http.listen: cannot listen on {listen}:"
-        " Address already in use"
+        f"reporting-server: http.listen: cannot listen on {listen}: Address already in use"
+    ], result.stderr
+
+
+def test_a_status_address_not_of_this_host_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "elsewhere.toml"
+    config.write_text('[http]\nlisten = "192.0.2.1:18080"\n')  # a documentation address
+    result = run_command("run", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "reporting-server: config error: http.listen: cannot listen on 192.0.2.1:18080:"
+        " Cannot assign requested address"
     ], result.stderr
 
 
