@@ -6,6 +6,7 @@ other's reports.
 """
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -225,11 +226,22 @@ def send_all(activemq: Any, queue_prefix: str, tmp_path: Path) -> Callable[..., 
 def start_group(
     group: Callable[..., Instance], count: int, queues: list[str]
 ) -> tuple[list[Instance], dict[str, str]]:
-    """`count` members of a group built by the `group` fixture, started, each queue owned once."""
+    """`count` members of a group built by the `group` fixture, started, each queue owned once
+    and the shares settled (no two members' counts more than one apart)."""
     members = [group(f"rs-{i}") for i in range(count)]
     for instance in members:
         instance.start()
-    assignment = wait_until(lambda: spread(members, queues), 30, "every queue owned, once")
+
+    def settled() -> dict[str, str] | None:
+        # Every queue owned once is reached on the way too: the first member started may own
+        # all but one queue while the next is still taking its share.
+        assignment = spread(members, queues)
+        if assignment is None:
+            return None
+        shares = Counter(assignment.values())
+        return assignment if max(shares.values()) - min(shares.values()) <= 1 else None
+
+    assignment = wait_until(settled, 30, "every queue owned once, the shares settled")
     return members, assignment
 
 
