@@ -76,6 +76,10 @@ def replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# Beyond the session timeout, for ZooKeeper to notice a session's end (its ticks).
+HOLDER_GRACE_S = 2.0
+
+
 def _live_holder(config: Config) -> str | None:
     """Why replay must not run now: an instance holds the role for one of the journals."""
     if config.ha.mode == "standalone":
@@ -92,16 +96,30 @@ def _live_holder(config: Config) -> str | None:
         client.start(timeout=max(5.0, config.ha.session_timeout_s))
     except Exception:
         return f"zookeeper {config.ha.zookeeper} cannot be reached to tell who holds the role"
-    try:
+
+    def held() -> str | None:
         for lane in config.lanes:
             holder = journal_holder(
                 client, mode=config.ha.mode, cluster=config.ha.cluster, queue=lane.queues[0]
             )
             if holder:
                 return f"{holder} holds the role for the journal {lane.dir}"
+        return None
+
+    # An instance stopped a moment ago by kill -9 (or cut off) still holds its nodes until its
+    # session expires: wait that long before calling a holder live.
+    deadline = time.monotonic() + config.ha.session_timeout_s + HOLDER_GRACE_S
+    try:
+        busy = held()
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.1)
+            busy = held()
     finally:
         client.stop()
         client.close()
+    if busy:
+        waited = config.ha.session_timeout_s + HOLDER_GRACE_S
+        return f"{busy} (after waiting {waited:.0f} s for a stopped instance's session to end)"
     return None
 
 
