@@ -9,7 +9,7 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from reporting.config import Config, LaneSpec, load_config
 
@@ -58,11 +58,11 @@ class Progress:
 
 def replay(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    busy = _live_holder(config)
+    started = time.monotonic()
+    busy = _live_holder(config, timeout_s=args.timeout) or _other_writer(config)
     if busy:
         print(f"replay: {busy}; stop it first (or let it drain)", file=sys.stderr)
         return 1
-    started = time.monotonic()
     for lane in config.lanes:
         remaining = args.timeout - (time.monotonic() - started) if args.timeout else 0.0
         if args.timeout and remaining <= 0:
@@ -78,24 +78,47 @@ def replay(args: argparse.Namespace) -> int:
 
 # Beyond the session timeout, for ZooKeeper to notice a session's end (its ticks).
 HOLDER_GRACE_S = 2.0
+# How long one look at ZooKeeper may take before it counts as lost.
+ANSWER_S = 5.0
 
 
-def _live_holder(config: Config) -> str | None:
-    """Why replay must not run now: an instance holds the role for one of the journals."""
+def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
+    """Why replay must not run now: an instance holds the role for one of the journals.
+
+    An instance stopped a moment ago by kill -9 still holds its nodes until its session expires:
+    that long (the session ZooKeeper granted, and a little) is waited out before a holder is
+    called live, or `timeout_s` if shorter. Each look at ZooKeeper is bounded: a ZooKeeper lost
+    meanwhile is an answer too."""
     if config.ha.mode == "standalone":
         return None
+    from kazoo.client import KazooState
+
     from reporting.ha.contest import make_client
     from reporting.ha.holders import journal_holder
 
     # A look, not a session worth telling about: kazoo's connection lines would bury the answer.
-    logging.getLogger("kazoo.client").setLevel(logging.WARNING)
+    logging.getLogger("kazoo.client").setLevel(logging.ERROR)
+    session = _SessionLog(logging.getLogger("kazoo.client"))
     client = make_client(
-        config.ha.zookeeper, session_timeout_s=config.ha.session_timeout_s, auth=config.ha.auth
+        config.ha.zookeeper,
+        session_timeout_s=config.ha.session_timeout_s,
+        auth=config.ha.auth,
+        logger=session,
     )
+    unreachable = f"zookeeper {config.ha.zookeeper} cannot be reached to tell who holds the role"
+    lost = threading.Event()
+    client.add_listener(lambda state: lost.set() if state != KazooState.CONNECTED else None)
     try:
         client.start(timeout=max(5.0, config.ha.session_timeout_s))
     except Exception:
-        return f"zookeeper {config.ha.zookeeper} cannot be reached to tell who holds the role"
+        _close(client)
+        return unreachable
+    # ZooKeeper grants at least two of its ticks (4 s with its stock tickTime): a dead holder
+    # that asked for the same session_timeout got as long as this client did.
+    granted_s = max(config.ha.session_timeout_s, session.granted_ms / 1000)
+    wait_s = granted_s + HOLDER_GRACE_S
+    if timeout_s:
+        wait_s = min(wait_s, timeout_s)
 
     def held() -> str | None:
         for lane in config.lanes:
@@ -106,20 +129,73 @@ def _live_holder(config: Config) -> str | None:
                 return f"{holder} holds the role for the journal {lane.dir}"
         return None
 
-    # An instance stopped a moment ago by kill -9 (or cut off) still holds its nodes until its
-    # session expires: wait that long before calling a holder live.
-    deadline = time.monotonic() + config.ha.session_timeout_s + HOLDER_GRACE_S
-    try:
-        busy = held()
-        while busy and time.monotonic() < deadline:
-            time.sleep(0.1)
+    answers: list[str | None] = []
+    failed: list[Exception] = []
+
+    def look() -> None:
+        deadline = time.monotonic() + wait_s
+        try:
             busy = held()
-    finally:
-        client.stop()
-        client.close()
-    if busy:
-        waited = config.ha.session_timeout_s + HOLDER_GRACE_S
-        return f"{busy} (after waiting {waited:.0f} s for a stopped instance's session to end)"
+            while busy and not lost.is_set() and time.monotonic() < deadline:
+                lost.wait(0.1)
+                busy = held()
+        except Exception as exc:  # the session lost or closed under a request, or refused
+            failed.append(exc)
+            return
+        answers.append(busy)
+
+    # On a thread of its own: a request made as the connection drops waits for a reconnect that
+    # may never come.
+    looker = threading.Thread(target=look, name="replay-holders", daemon=True)
+    looker.start()
+    looker.join(wait_s + ANSWER_S)
+    was_lost = lost.is_set()  # before the close, which ends the session too
+    _close(client)
+    if not answers:
+        if failed and not was_lost:
+            why = f"{type(failed[0]).__name__}: {failed[0]}".rstrip(": ")
+            return f"zookeeper {config.ha.zookeeper} cannot tell who holds the role ({why})"
+        return f"zookeeper {config.ha.zookeeper} was lost while telling who holds the role"
+    busy = answers[0]
+    if busy is None:
+        return None
+    if was_lost:
+        return f"{busy} (zookeeper {config.ha.zookeeper} lost since)"
+    if timeout_s and timeout_s < granted_s + HOLDER_GRACE_S:
+        return f"gave up after {timeout_s:.0f} s: {busy}"
+    return f"{busy} (after waiting {wait_s:.1f} s for a stopped instance's session to end)"
+
+
+class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """kazoo's logger, noting the session timeout ZooKeeper granted: kazoo tells it only in its
+    "Session created" line, logged below DEBUG."""
+
+    granted_ms = 0
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if isinstance(msg, str) and msg.startswith("Session created") and len(args) >= 3:
+            granted = args[2]
+            if isinstance(granted, int | float):
+                self.granted_ms = max(self.granted_ms, int(granted))
+        super().log(level, msg, *args, **kwargs)
+
+
+def _close(client: Any) -> None:
+    """Closes a kazoo client without waiting on a connection attempt to a dark path."""
+    closer = threading.Thread(target=lambda: (client.stop(), client.close()), daemon=True)
+    closer.start()
+    closer.join(1.0)
+
+
+def _other_writer(config: Config) -> str | None:
+    """Why replay must not run now: another instance writes one of the journals (a shared journal
+    is written by each instance under its own name; its session may be gone while it lives)."""
+    from storage.journal.lock import held_by_others
+
+    for lane in config.lanes:
+        for writer, pid in held_by_others(lane.dir, config.name):
+            who = f"{writer} (pid {pid})" if pid else writer
+            return f"{who} writes the journal {lane.dir}"
     return None
 
 

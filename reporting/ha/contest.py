@@ -49,10 +49,15 @@ _STATES = {
 
 
 def make_client(
-    zookeeper: str, *, session_timeout_s: float, auth: tuple[str, str] | None = None
+    zookeeper: str,
+    *,
+    session_timeout_s: float,
+    auth: tuple[str, str] | None = None,
+    logger: Any = None,
 ) -> KazooClient:
     """A kazoo client that reconnects forever; with `auth`, every node it creates is that digest
-    user's alone (all instances of a pair or group use the same user)."""
+    user's alone (all instances of a pair or group use the same user). `logger`: kazoo's own
+    (kazoo.client) when None."""
     access: dict[str, Any] = {}
     if auth is not None:
         user, password = auth
@@ -65,6 +70,7 @@ def make_client(
         timeout=session_timeout_s,
         # Reconnect forever, and soon enough to save a session that is still alive.
         connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5, max_jitter=0.1),
+        logger=logger,
         **access,
     )
 

@@ -79,3 +79,28 @@ class WriterLock:
         text = f"{os.getpid()}\n{self.highest}\n".encode().ljust(_SIZE)
         os.pwrite(self._fd, text, 0)
         os.fdatasync(self._fd)
+
+
+def held_by_others(dir: Path, writer: str) -> list[tuple[str, int | None]]:
+    """The writer names other than `writer` whose lock on the journal `dir` a process holds now,
+    each with the pid its file names. A look that takes each free lock shared for a moment: a
+    process starting as that writer in the same instant is refused as by a running one."""
+    held = []
+    for path in sorted((dir / LOCKS).glob("*.lock")):
+        name = path.name.removesuffix(".lock")
+        if name == writer:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone since, or not ours to read: nobody we could be kept apart from
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            words = pread_full(fd, _SIZE, 0).decode("ascii", "replace").split()
+            held.append((name, int(words[0]) if words and words[0].isdigit() else None))
+        except OSError:
+            pass  # no file locks here (see WriterLock): nothing to tell
+        finally:
+            os.close(fd)  # and with it the shared lock, if taken
+    return held

@@ -13,6 +13,7 @@ import pytest
 
 from storage.errors import JournalExposed, JournalLocked, SegmentLost
 from storage.journal import Journal
+from storage.journal.lock import held_by_others
 
 Open = Callable[..., Journal]
 
@@ -128,3 +129,26 @@ def test_reopening_under_a_new_epoch_keeps_the_writer_lock(tmp_path: Path) -> No
     finally:
         reopened.close()
     Journal(tmp_path / "j", writer="rs-a").close()
+
+
+def test_the_writers_of_other_names_holding_the_journal_are_told(journal_dir: Path) -> None:
+    """What replay asks before it drains a shared journal as one instance: which other names a
+    living process writes under, with its pid; free names, and its own, are not told."""
+    Journal(journal_dir, writer="rs-gone").close()  # a lock file nobody holds
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(journal_dir), "rs-a"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        assert held_by_others(journal_dir, "rs-b") == [("rs-a", holder.pid)]
+        assert held_by_others(journal_dir, "rs-a") == []
+        # The look took nothing from the holder, nor from a free name's next writer.
+        Journal(journal_dir, writer="rs-gone").close()
+        assert held_by_others(journal_dir, "rs-b") == [("rs-a", holder.pid)]
+    finally:
+        holder.communicate("")
+    assert held_by_others(journal_dir, "rs-b") == []
+    assert held_by_others(journal_dir / "missing", "rs-b") == []
