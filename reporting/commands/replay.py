@@ -61,7 +61,7 @@ def replay(args: argparse.Namespace) -> int:
     started = time.monotonic()
     busy = _live_holder(config, timeout_s=args.timeout) or _other_writer(config)
     if busy:
-        print(f"replay: {busy}; stop it first (or let it drain)", file=sys.stderr)
+        print(f"replay: {busy}", file=sys.stderr)
         return 1
     for lane in config.lanes:
         remaining = args.timeout - (time.monotonic() - started) if args.timeout else 0.0
@@ -83,7 +83,8 @@ ANSWER_S = 5.0
 
 
 def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
-    """Why replay must not run now: an instance holds the role for one of the journals.
+    """Why replay must not run now: an instance holds the role for one of the journals, or
+    ZooKeeper cannot tell whether one does.
 
     An instance stopped a moment ago by kill -9 still holds its nodes until its session expires:
     that long (the session ZooKeeper granted, and a little) is waited out before a holder is
@@ -92,7 +93,9 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     if config.ha.mode == "standalone":
         return None
     from kazoo.client import KazooState
+    from kazoo.exceptions import NoAuthError
 
+    from reporting.ha.acl import no_access
     from reporting.ha.contest import make_client
     from reporting.ha.holders import journal_holder
 
@@ -152,6 +155,8 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     was_lost = lost.is_set()  # before the close, which ends the session too
     _close(client)
     if not answers:
+        if failed and isinstance(failed[0], NoAuthError):
+            return f"zookeeper {config.ha.zookeeper}: {no_access(config.ha.auth)}"
         if failed and not was_lost:
             why = f"{type(failed[0]).__name__}: {failed[0]}".rstrip(": ")
             return f"zookeeper {config.ha.zookeeper} cannot tell who holds the role ({why})"
@@ -159,11 +164,12 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     busy = answers[0]
     if busy is None:
         return None
+    stop = "stop it first (or let it drain)"
     if was_lost:
-        return f"{busy} (zookeeper {config.ha.zookeeper} lost since)"
+        return f"{busy} (zookeeper {config.ha.zookeeper} lost since); {stop}"
     if timeout_s and timeout_s < granted_s + HOLDER_GRACE_S:
-        return f"gave up after {timeout_s:.0f} s: {busy}"
-    return f"{busy} (after waiting {wait_s:.1f} s for a stopped instance's session to end)"
+        return f"gave up after {timeout_s:.0f} s: {busy}; {stop}"
+    return f"{busy} (after waiting {wait_s:.1f} s for a stopped instance's session to end); {stop}"
 
 
 class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -195,7 +201,7 @@ def _other_writer(config: Config) -> str | None:
     for lane in config.lanes:
         for writer, pid in held_by_others(lane.dir, config.name):
             who = f"{writer} (pid {pid})" if pid else writer
-            return f"{who} writes the journal {lane.dir}"
+            return f"{who} writes the journal {lane.dir}; stop it first (or let it drain)"
     return None
 
 

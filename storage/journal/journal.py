@@ -190,7 +190,12 @@ class Journal:
             if not self.dir.is_dir():
                 raise JournalError(f"journal {self.dir}: no such directory")
         else:
-            make_private_dir(self.dir)
+            try:
+                make_private_dir(self.dir)
+            except OSError as exc:  # a file in its place, a parent not a directory, no right
+                raise JournalError(
+                    f"journal {self.dir}: cannot make the directory: {exc.strerror}"
+                ) from None
             mode = os.stat(self.dir).st_mode & 0o777
             if mode & 0o077:
                 raise JournalExposed(str(self.dir), mode)

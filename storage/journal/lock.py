@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 from pathlib import Path
 
 from storage.errors import JournalError, JournalLocked
@@ -91,10 +92,13 @@ def held_by_others(dir: Path, writer: str) -> list[tuple[str, int | None]]:
         if name == writer:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # Not a link, and not waiting on a pipe that has no writer: only a lock file counts.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            continue  # gone since, or not ours to read: nobody we could be kept apart from
+            continue  # gone since, a link, or not ours to read: no writer of ours holds it
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             words = pread_full(fd, _SIZE, 0).decode("ascii", "replace").split()
