@@ -68,6 +68,10 @@ def replay(args: argparse.Namespace) -> int:
         if args.timeout and remaining <= 0:
             print(f"replay: gave up after {args.timeout:.0f} s", file=sys.stderr)
             return 1
+        if not lane.dir.exists():
+            # Not made here: a mistyped journal.dir would otherwise read as a drained journal.
+            print(f"replay: no journal at {lane.dir}: nothing to replay", file=sys.stderr)
+            continue
         if len(config.lanes) > 1:
             print(f"replay: {lane.dir}", file=sys.stderr)
         code = _replay_one(config, lane, timeout_s=remaining)

@@ -17,6 +17,7 @@ import pytest
 from reporting.harness.instance import Instance
 from reporting.harness.ports import free_port
 from reporting.harness.waiting import wait_until
+from storage.journal import Journal
 from tests.integration.test_replay_attacks import (
     active,
     config_copy,
@@ -94,8 +95,12 @@ def test_missing_journal_directory(standalone, tmp_path: Path) -> None:
     solo = standalone()
     assert not journal_of(solo).exists()
     done = replay(config_copy(solo, tmp_path / "solo.toml"), 60, "--timeout", "10")
-    print(f"\nmissing journal: exit {done.returncode}: {done.stderr!r}")
-    assert "Traceback" not in done.stderr, done.stderr
+    # Said, not made: a mistyped journal.dir does not read as a journal drained.
+    assert done.returncode == 0, done.stderr
+    assert one_line(done.stderr) == (
+        f"replay: no journal at {journal_of(solo)}: nothing to replay"
+    ), done.stderr
+    assert not journal_of(solo).exists()
 
 
 def test_journal_directory_with_open_permissions(standalone, tmp_path: Path) -> None:
@@ -120,6 +125,7 @@ def test_database_down_after_the_wait_gives_up_with_two_lines_and_no_secret(
     path = config_copy(
         solo, tmp_path / "solo.toml", database={"url": dead, "password_env": "RS_DB_PASSWORD"}
     )
+    Journal(journal_of(solo), writer=solo.name).close()  # a journal to replay, empty
     started = time.monotonic()
     done = replay(path, 60, "--timeout", "4")
     took = time.monotonic() - started
