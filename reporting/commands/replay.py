@@ -9,6 +9,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from reporting.config import Config, LaneSpec, load_config
@@ -63,21 +64,39 @@ def replay(args: argparse.Namespace) -> int:
     if busy:
         print(f"replay: {busy}", file=sys.stderr)
         return 1
+    # Not made here: a mistyped journal.dir (or a shared store not mounted) would otherwise read
+    # as a journal drained. None at all is an error; in group mode a queue never consumed has
+    # none, and is said.
+    present = [lane for lane in config.lanes if _journal_at(lane.dir)]
     for lane in config.lanes:
+        if lane not in present:
+            print(f"replay: no journal at {lane.dir}: nothing to replay", file=sys.stderr)
+    if not present:
+        return 1
+    for lane in present:
         remaining = args.timeout - (time.monotonic() - started) if args.timeout else 0.0
         if args.timeout and remaining <= 0:
-            print(f"replay: gave up after {args.timeout:.0f} s", file=sys.stderr)
+            print(f"replay: gave up after {args.timeout:g} s", file=sys.stderr)
             return 1
-        if not lane.dir.exists():
-            # Not made here: a mistyped journal.dir would otherwise read as a drained journal.
-            print(f"replay: no journal at {lane.dir}: nothing to replay", file=sys.stderr)
-            continue
         if len(config.lanes) > 1:
             print(f"replay: {lane.dir}", file=sys.stderr)
         code = _replay_one(config, lane, timeout_s=remaining)
         if code:
             return code
     return 0
+
+
+def _journal_at(path: Path) -> bool:
+    """Whether something is at `path` (Journal says what is wrong with it if it is no journal)."""
+    from storage.errors import JournalError
+
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise JournalError(f"journal {path}: cannot look at it: {exc.strerror}") from None
+    return True
 
 
 # Beyond the session timeout, for ZooKeeper to notice a session's end (its ticks).
@@ -97,7 +116,12 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     if config.ha.mode == "standalone":
         return None
     from kazoo.client import KazooState
-    from kazoo.exceptions import NoAuthError
+    from kazoo.exceptions import (
+        ConnectionClosedError,
+        ConnectionLoss,
+        NoAuthError,
+        SessionExpiredError,
+    )
 
     from reporting.ha.acl import no_access
     from reporting.ha.contest import make_client
@@ -115,9 +139,12 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     unreachable = f"zookeeper {config.ha.zookeeper} cannot be reached to tell who holds the role"
     lost = threading.Event()
     client.add_listener(lambda state: lost.set() if state != KazooState.CONNECTED else None)
-    try:
-        client.start(timeout=max(5.0, config.ha.session_timeout_s))
-    except Exception:
+    start_s = max(5.0, config.ha.session_timeout_s)
+    if timeout_s:
+        start_s = min(start_s, timeout_s)
+    # Not start(timeout): on a timeout it stops the client itself, waiting on a connection
+    # attempt to a dark path for up to ten seconds, whatever --timeout said.
+    if not client.start_async().wait(start_s) or not client.connected:
         _close(client)
         return unreachable
     # ZooKeeper grants at least two of its ticks (4 s with its stock tickTime): a dead holder
@@ -161,10 +188,18 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     if not answers:
         if failed and isinstance(failed[0], NoAuthError):
             return f"zookeeper {config.ha.zookeeper}: {no_access(config.ha.auth)}"
-        if failed and not was_lost:
+        if was_lost or (
+            failed
+            and isinstance(failed[0], ConnectionClosedError | ConnectionLoss | SessionExpiredError)
+        ):
+            return f"zookeeper {config.ha.zookeeper} was lost while telling who holds the role"
+        if failed:
             why = f"{type(failed[0]).__name__}: {failed[0]}".rstrip(": ")
             return f"zookeeper {config.ha.zookeeper} cannot tell who holds the role ({why})"
-        return f"zookeeper {config.ha.zookeeper} was lost while telling who holds the role"
+        return (
+            f"zookeeper {config.ha.zookeeper} did not answer within {wait_s + ANSWER_S:g} s"
+            " who holds the role"
+        )
     busy = answers[0]
     if busy is None:
         return None
@@ -172,7 +207,7 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     if was_lost:
         return f"{busy} (zookeeper {config.ha.zookeeper} lost since); {stop}"
     if timeout_s and timeout_s < granted_s + HOLDER_GRACE_S:
-        return f"gave up after {timeout_s:.0f} s: {busy}; {stop}"
+        return f"gave up after {timeout_s:g} s: {busy}; {stop}"
     return f"{busy} (after waiting {wait_s:.1f} s for a stopped instance's session to end); {stop}"
 
 

@@ -87,7 +87,11 @@ def held_by_others(dir: Path, writer: str) -> list[tuple[str, int | None]]:
     each with the pid its file names. A look that takes each free lock shared for a moment: a
     process starting as that writer in the same instant is refused as by a running one."""
     held = []
-    for path in sorted((dir / LOCKS).glob("*.lock")):
+    try:
+        paths = sorted((dir / LOCKS).glob("*.lock"))
+    except OSError as exc:  # glob skips what is missing, not what it may not read
+        raise JournalError(f"journal {dir}: cannot read {dir / LOCKS}: {exc.strerror}") from None
+    for path in paths:
         name = path.name.removesuffix(".lock")
         if name == writer:
             continue

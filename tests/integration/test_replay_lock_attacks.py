@@ -95,8 +95,8 @@ def test_missing_journal_directory(standalone, tmp_path: Path) -> None:
     solo = standalone()
     assert not journal_of(solo).exists()
     done = replay(config_copy(solo, tmp_path / "solo.toml"), 60, "--timeout", "10")
-    # Said, not made: a mistyped journal.dir does not read as a journal drained.
-    assert done.returncode == 0, done.stderr
+    # Said, not made, and a failure: a mistyped journal.dir does not read as a journal drained.
+    assert done.returncode == 1, done.stderr
     assert one_line(done.stderr) == (
         f"replay: no journal at {journal_of(solo)}: nothing to replay"
     ), done.stderr
@@ -197,6 +197,29 @@ def test_replay_with_a_wrong_zookeeper_password_says_so_in_one_line(
     line = one_line(done.stderr)
     assert "stop it first" not in line, line
     assert "wrong password" in line or "no access" in line, line
+
+
+def test_a_dark_zookeeper_path_is_one_line_within_the_timeout(
+    shared_pair, zookeeper, tcp_proxy, tmp_path: Path
+) -> None:
+    """ZooKeeper's path blackholed before replay connects: one line within about --timeout, not
+    the ten seconds a client's own stop waits on a connection attempt to a dark path."""
+    a, _ = shared_pair()
+    a.start()
+    wait_until(lambda: active(a), 30, "rs-a active")
+    a.stop()
+    path = tcp_proxy("127.0.0.1", zookeeper.port)
+    path.blackhole()
+    config = config_copy(a, tmp_path / "dark.toml", ha={"zookeeper": path.host})
+    started = time.monotonic()
+    done = replay(config, 60, "--timeout", "2")
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert one_line(done.stderr) == (
+        f"replay: zookeeper {path.host} cannot be reached to tell who holds the role"
+    )
+    # Interpreter start, the 2 s asked for and a second to close: well short of ten.
+    assert took < 8, f"replay --timeout 2 took {took:.1f} s"
 
 
 def test_slow_zookeeper_with_nothing_running_does_not_refuse(
