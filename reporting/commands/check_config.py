@@ -126,16 +126,10 @@ def _journal(config: Config) -> str:
             if lane.dir.is_dir():
                 # Taken and let go at once: refused only while a process with this name runs.
                 try:
-                    WriterLock(lane.dir, _writer(config, lane.id)).release()
+                    WriterLock(lane.dir, config.name).release()
                 except JournalLocked as exc:
                     raise Failed(str(exc)) from None
     return f"{detail}, {_size(free)} free"
-
-
-def _writer(config: Config, lane: str) -> str:
-    from storage.reports import kind_of
-
-    return f"{config.name}-{kind_of(lane)}" if config.ha.mode == "group" else config.name
 
 
 def _size(n: int) -> str:

@@ -85,12 +85,23 @@ def create_private(path: Path, flags: int) -> int:
 
 
 def make_private_dir(path: Path) -> None:
-    """Creates `path` (mode 0700 whatever the umask) if missing, and makes its name durable."""
+    """Creates `path` if missing, and the folders above it that are missing too (a group's
+    journal folder above its queues'), each 0700 whatever the umask, and makes their names
+    durable."""
     if path.is_dir():
         return
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    fsync_dir(path.parent)
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+        os.chmod(folder, 0o700)
+        fsync_dir(folder.parent)
 
 
 def write_all(fd: int, data: bytes | memoryview, pos: int) -> None:

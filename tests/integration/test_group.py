@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from reporting.harness.commands import run_command
 from reporting.harness.flow import Flow, assert_exactly_once
 from reporting.harness.group import spread
 from reporting.harness.pair import short_name as name
@@ -165,3 +166,16 @@ def test_a_member_listing_other_queues_is_reported(group, queues) -> None:
     wait_until(lambda: first.status()["mismatched"] == ["rs-odd"], 30, "rs-odd reported")
     assert odd.status()["mismatched"] == ["rs-0"]
     assert "rs-odd lists other queues than this instance" in first.log_tail(200)
+
+
+def test_check_config_refuses_beside_a_running_member_and_leaves_no_lock_files(
+    group, queues
+) -> None:
+    """A member writes every queue's journal under its own name: check-config --local with its
+    config finds it running, and takes no lock of a name nobody writes under."""
+    (member,), _ = start_group(group, 1, queues)
+    done = run_command("check-config", "--local", "--config", str(member.config_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"writer {name(member)!r} is already running as pid {member.pid}" in done.stdout
+    locks = {p.name for p in member.config_path.parent.parent.rglob("locks/*.lock")}
+    assert locks == {f"{name(member)}.lock"}, locks
