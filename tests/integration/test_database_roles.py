@@ -103,12 +103,15 @@ def test_server_role_stores_reports_but_cannot_drop_or_truncate(
     flow = Flow([activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=300, rate=0)
     flow.start()
     flow.join()
-    with ReportClient([activemq.host]) as client:
-        client.send_raw(f"/queue/{queue_prefix}gvp.reporting.cdr", b"{not", report_id="bad-1")
-        client.flush()
     owner_url = make_url(url.format("rs_owner")).set(password=OWNER_PW)
     owner_url = owner_url.render_as_string(hide_password=False)
     assert_exactly_once(owner_url, flow.ids())
+    # Sent once the 300 are stored, so that it is an append of its own: a segment holds every
+    # append begun before it reached segment_bytes, and a server slow to start may take all
+    # 300 (over 100 KiB) in one, leaving a single segment, the newest, which is never released.
+    with ReportClient([activemq.host]) as client:
+        client.send_raw(f"/queue/{queue_prefix}gvp.reporting.cdr", b"{not", report_id="bad-1")
+        client.flush()
 
     def rejected() -> int:
         with connect(pg, "rs_owner", OWNER_PW, "reporting") as conn:
