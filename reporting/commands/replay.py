@@ -124,7 +124,7 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     )
 
     from reporting.ha.acl import no_access
-    from reporting.ha.contest import make_client
+    from reporting.ha.contest import close_client, make_client
     from reporting.ha.holders import journal_holder
 
     # A look, not a session worth telling about: kazoo's connection lines would bury the answer.
@@ -145,7 +145,7 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     # Not start(timeout): on a timeout it stops the client itself, waiting on a connection
     # attempt to a dark path for up to ten seconds, whatever --timeout said.
     if not client.start_async().wait(start_s) or not client.connected:
-        _close(client)
+        close_client(client, wait_s=1.0, name=config.name)
         return unreachable
     # ZooKeeper grants at least two of its ticks (4 s with its stock tickTime): a dead holder
     # that asked for the same session_timeout got as long as this client did.
@@ -184,7 +184,7 @@ def _live_holder(config: Config, *, timeout_s: float = 0.0) -> str | None:
     looker.start()
     looker.join(wait_s + ANSWER_S)
     was_lost = lost.is_set()  # before the close, which ends the session too
-    _close(client)
+    close_client(client, wait_s=1.0, name=config.name)
     if not answers:
         if failed and isinstance(failed[0], NoAuthError):
             return f"zookeeper {config.ha.zookeeper}: {no_access(config.ha.auth)}"
@@ -223,13 +223,6 @@ class _SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             if isinstance(granted, int | float):
                 self.granted_ms = max(self.granted_ms, int(granted))
         super().log(level, msg, *args, **kwargs)
-
-
-def _close(client: Any) -> None:
-    """Closes a kazoo client without waiting on a connection attempt to a dark path."""
-    closer = threading.Thread(target=lambda: (client.stop(), client.close()), daemon=True)
-    closer.start()
-    closer.join(1.0)
 
 
 def _other_writer(config: Config) -> str | None:

@@ -75,6 +75,22 @@ def make_client(
     )
 
 
+def close_client(client: KazooClient, *, wait_s: float | None, name: str) -> None:
+    """Stops and closes `client` on a thread of its own, waiting for it `wait_s` (None: until
+    done): cut off, kazoo's stop waits on a connection attempt to the dark path."""
+
+    def close() -> None:
+        try:
+            client.stop()
+            client.close()
+        except Exception as exc:  # kazoo gives up on a connection thread that will not stop
+            log.warning("%s: zookeeper client not closed: %r", name, exc)
+
+    closer = threading.Thread(target=close, name=f"{name}-close", daemon=True)
+    closer.start()
+    closer.join(wait_s)
+
+
 class Slot:
     """One role the contest decides: the pair's, or one queue's of a group.
 
@@ -199,19 +215,10 @@ class Contest:
         # there is nothing for the close to hand over (the session's nodes expire with it) and
         # the roles have stopped, so neither is waited for beyond a moment.
         wait_s = None if self.client.connected else CUT_OFF_STOP_S
-        closer = threading.Thread(target=self._close, name=f"{self.name}-close", daemon=True)
-        closer.start()
-        closer.join(wait_s)
+        close_client(self.client, wait_s=wait_s, name=self.name)
         self._thread.join(POLL_S * 4 if wait_s is None else wait_s)
         for slot in self.slots:
             slot.delivery.stop(POLL_S * 4)
-
-    def _close(self) -> None:
-        try:
-            self.client.stop()
-            self.client.close()
-        except Exception as exc:  # kazoo gives up on a connection thread that will not stop
-            log.warning("%s: zookeeper client not closed: %r", self.name, exc)
 
     # -- roles --------------------------------------------------------------------------------
 
