@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 from storage.errors import JournalError, JournalLocked
@@ -24,8 +25,16 @@ LOCKS = "locks"
 _SIZE = 64
 
 
+# How long a start waits for its lock while another holds it: a look (replay's `held_by_others`,
+# `check-config --local`) holds a lock for a moment, and a start in that instant must not be
+# refused as if its name ran; a running writer holds it for good and is told after this.
+TAKE_WAIT_S = 1.0
+_TAKE_POLL_S = 0.01
+
+
 class WriterLock:
-    """Taken on creation (JournalLocked if another process holds it); `release` lets go."""
+    """Taken on creation (JournalLocked if another process holds it for `TAKE_WAIT_S`); `release`
+    lets go."""
 
     def __init__(self, dir: Path, writer: str) -> None:
         self.path = dir / LOCKS / f"{writer}.lock"
@@ -35,7 +44,7 @@ class WriterLock:
         except OSError as exc:
             raise JournalError(f"journal {dir}: cannot open {self.path}: {exc.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _take(fd)
         except BlockingIOError:
             words = pread_full(fd, _SIZE, 0).decode("ascii", "replace").split()
             os.close(fd)
@@ -82,10 +91,23 @@ class WriterLock:
         os.fdatasync(self._fd)
 
 
+def _take(fd: int) -> None:
+    """An exclusive flock on `fd`, tried until `TAKE_WAIT_S` has passed (BlockingIOError then)."""
+    deadline = time.monotonic() + TAKE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_TAKE_POLL_S)
+
+
 def held_by_others(dir: Path, writer: str) -> list[tuple[str, int | None]]:
     """The writer names other than `writer` whose lock on the journal `dir` a process holds now,
-    each with the pid its file names. A look that takes each free lock shared for a moment: a
-    process starting as that writer in the same instant is refused as by a running one."""
+    each with the pid its file names. A look that takes each free lock shared for a moment; a
+    process starting as that writer in the same instant waits for it (see `TAKE_WAIT_S`)."""
     held = []
     try:
         paths = sorted((dir / LOCKS).glob("*.lock"))

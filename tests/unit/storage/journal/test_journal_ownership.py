@@ -1,11 +1,14 @@
 """Who may write a journal directory, and what it may be read by: one process per writer name,
 a segment removed under its writer, the directory's and the files' modes."""
 
+import fcntl
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 
 from storage.errors import JournalExposed, JournalLocked, SegmentLost
 from storage.journal import Journal
-from storage.journal.lock import held_by_others
+from storage.journal.lock import TAKE_WAIT_S, held_by_others
 
 Open = Callable[..., Journal]
 
@@ -152,3 +155,59 @@ def test_the_writers_of_other_names_holding_the_journal_are_told(journal_dir: Pa
         holder.communicate("")
     assert held_by_others(journal_dir, "rs-b") == []
     assert held_by_others(journal_dir / "missing", "rs-b") == []
+
+
+LOOK = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from storage.journal.lock import held_by_others
+    print("ready", flush=True)
+    for _ in range(int(sys.argv[3])):
+        held_by_others(Path(sys.argv[1]), sys.argv[2])
+    """
+)
+
+
+def test_a_start_while_a_look_holds_its_lock_for_a_moment_waits_for_it(journal_dir: Path) -> None:
+    """A look (replay's, check-config's) takes a lock for a moment; a start in that instant waits
+    for it, where it was refused as if its name ran."""
+    Journal(journal_dir, writer="rs-a").close()
+    fd = os.open(journal_dir / "locks" / "rs-a.lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # what the look does
+    threading.Timer(0.2, os.close, [fd]).start()  # and its moment ends
+    began = time.monotonic()
+    Journal(journal_dir, writer="rs-a").close()
+    assert time.monotonic() - began >= 0.15
+
+
+def test_a_lock_held_past_the_wait_is_refused(journal_dir: Path) -> None:
+    Journal(journal_dir, writer="rs-a").close()
+    fd = os.open(journal_dir / "locks" / "rs-a.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        began = time.monotonic()
+        with pytest.raises(JournalLocked):
+            Journal(journal_dir, writer="rs-a")
+        assert time.monotonic() - began >= TAKE_WAIT_S
+    finally:
+        os.close(fd)
+
+
+def test_starts_beside_looks_in_a_tight_loop_are_never_refused(journal_dir: Path) -> None:
+    """Replay's look at the other names, in a loop in another process, while rs-a starts and
+    stops 200 times: every start takes its lock."""
+    Journal(journal_dir, writer="rs-a").close()
+    looker = subprocess.Popen(
+        [sys.executable, "-c", LOOK, str(journal_dir), "rs-b", "10000000"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert looker.stdout is not None and looker.stdout.readline() == "ready\n"
+        for _ in range(200):
+            Journal(journal_dir, writer="rs-a").close()
+        assert looker.poll() is None  # it looked all along
+    finally:
+        looker.kill()
+        looker.wait()
