@@ -219,8 +219,9 @@ def test_many_distinct_poisons_interleaved_with_good_reports_are_each_rejected_o
     assert server.status()["database"] == "up"
 
 
+@pytest.mark.parametrize("then", ["restart", "replay"])
 def test_poison_journalled_while_the_database_is_down_is_rejected_once_after_a_kill(
-    standalone, activemq, pg_url, queue_prefix, tmp_path: Path, tcp_proxy
+    standalone, activemq, pg_url, queue_prefix, tmp_path: Path, tcp_proxy, then: str
 ) -> None:
     host_port = pg_url.split("@", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
@@ -253,6 +254,12 @@ def test_poison_journalled_while_the_database_is_down_is_rejected_once_after_a_k
     wait_until(lambda: server.status()["journal"]["pending"] >= 43, 60, "all journalled")
     server.kill()
     proxy.heal()
+    if then == "replay":
+        # The stopped instance's journal drained by `replay`: the poison met first there too.
+        done = cli(["replay", "--config", str(server.config_path)], timeout_s=120)
+        out = (done.stdout + done.stderr).decode("utf-8", "backslashreplace")
+        assert done.returncode == 0, out
+        assert "Traceback" not in out, out
     server.start()
     assert_exactly_once(pg_url, good, timeout_s=90)
     each_rejected_once(
@@ -265,6 +272,54 @@ def test_poison_journalled_while_the_database_is_down_is_rejected_once_after_a_k
     )
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 60, "the journal to drain")
     assert server.status()["database"] == "up"
+
+
+def test_poison_in_the_journal_of_a_killed_active_is_rejected_once_by_its_peer(
+    shared_pair, activemq, database, pg_url, queue_prefix, tmp_path: Path, tcp_proxy
+) -> None:
+    # rs-a reaches the database through a proxy that goes dark: what it takes stays in the
+    # shared journal, poison first; then rs-a is killed and rs-b drains that journal.
+    proxy = tcp_proxy("127.0.0.1", database.port)
+    a_url = pg_url.replace(f":{database.port}/", f":{proxy.port}/")
+    pair = shared_pair(**{"rs-a": {"database": {"url": a_url}}})
+    a, b = pair
+    a.start()
+    wait_until(lambda: a.try_status() and a.status()["role"] == "active", 30, "rs-a active")
+    b.start()
+    wait_until(lambda: pair.roles()[b.name] == "standby", 30, "rs-b standby")
+    wait_until(lambda: a.status()["broker"] == "connected", 30, "rs-a subscribed")
+    proxy.blackhole()
+    proxy.reset()
+    rng = random.Random(36)
+    expected: dict[str, str] = {}
+    with ReportClient([activemq.host], ledger=tmp_path / "ledger", in_flight=50) as client:
+        for i in range(20):
+            report_id = f"pair-poison-{i}"
+            client.send_raw(
+                f"/queue/{queue_prefix}gvp.reporting.sq",
+                body("sq", rng)[:-1] + f', "n": {i}, "tiny": 1e-20000}}'.encode(),
+                report_id=report_id,
+            )
+            expected[report_id] = "database refused"
+        client.send_raw(
+            f"/queue/{queue_prefix}gvp.reporting.cdr",
+            body("cdr", rng, peak=1 << 63),
+            report_id="pair-poison-peak",
+        )
+        expected["pair-poison-peak"] = "database refused"
+        good = send_ordinary(client, queue_prefix, "pair-good", 200)
+        client.flush()
+    wait_until(lambda: a.status()["journal"]["pending"] >= 221, 60, "rs-a to journal all")
+    a.kill()
+    wait_until(lambda: pair.roles()[b.name] == "active", 30, "rs-b active")
+    assert_exactly_once(pg_url, good, timeout_s=90)
+    each_rejected_once(pg_url, expected)
+    proxy.heal()
+    a.start()
+    wait_until(lambda: pair.roles()[a.name] == "standby", 30, "rs-a back as standby")
+    wait_until(lambda: b.status()["journal"]["pending"] == 0, 60, "the journal drained")
+    assert_exactly_once(pg_url, good)
+    each_rejected_once(pg_url, expected)
 
 
 def test_a_different_report_under_a_stored_id_leaves_the_stored_one_as_it_was(
