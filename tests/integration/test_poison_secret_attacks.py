@@ -502,6 +502,10 @@ def no_database_password_in(server: Instance) -> None:
     for endpoint in ("/status", "/metrics"):
         with urllib.request.urlopen(f"http://{server.listen}{endpoint}", timeout=5) as reply:
             shown += reply.read().decode()
+    # Nor in what `ps` shows of the process: its arguments and environment.
+    pid = server.server_pid or server.pid
+    for name in ("cmdline", "environ"):
+        shown += Path(f"/proc/{pid}/{name}").read_bytes().decode("utf-8", "replace")
     for password in (OLD_DB_PW, NEW_DB_PW):
         for form in (password, urllib.parse.quote(password, safe=""), json.dumps(password)[1:-1]):
             assert form not in shown, f"{password!r} shown as {form!r}"
