@@ -44,6 +44,8 @@ def open_journal(config: Config, directory: Path, *, epoch: int, metrics: Metric
         segment_bytes=j.segment_bytes,
         retain_s=j.retain_s,
         on_quarantine=lambda path, reason: metrics.quarantined.inc(),
+        # Names used before may be known only to the database: the drainer tells them.
+        names_known=False,
     )
 
 

@@ -162,6 +162,7 @@ class Journal:
         on_quarantine: Callable[[Path, str], None] | None = None,
         readonly: bool = False,
         held_lock: WriterLock | None = None,
+        names_known: bool = True,
     ) -> None:
         self.dir = Path(dir)
         self.writer = validate_writer(writer)
@@ -202,6 +203,17 @@ class Journal:
         try:
             if not readonly:
                 self._writer_lock = held_lock or WriterLock(self.dir, self.writer)
+            # Segment names are (sequence, epoch, writer). A new epoch makes every name new; under
+            # epoch 0 (standalone: every start writes under it) only the lock file's record of
+            # the highest sequence does. A folder without it (made anew: wiped, a new disk) names
+            # its segments blind, with no record kept, until `note_used` tells the names the
+            # database knows: then the blind segments whose names may have been used are renamed
+            # above them. `names_known` says there are none to know.
+            self._blind = not (
+                names_known
+                or epoch > 0
+                or (self._writer_lock is not None and self._writer_lock.highest > 0)
+            )
             with self._lock:
                 self._refresh(opening=True)
         except BaseException:
@@ -295,6 +307,7 @@ class Journal:
         return True
 
     def _start_segment(self, buf: bytes) -> _Segment:
+        self._made_anew_if_gone()
         sequence = self._next_sequence()
         while True:
             name = segment_name(sequence, self.epoch, self.writer)
@@ -327,7 +340,7 @@ class Journal:
         self._retire_current()
         parsed = parse_name(name)
         assert parsed is not None
-        if self._writer_lock is not None:
+        if self._writer_lock is not None and not self._blind:
             try:
                 self._writer_lock.note_sequence(parsed.sequence)
             except OSError as exc:
@@ -336,6 +349,33 @@ class Journal:
         self._segments[name] = seg
         self._current, self._fd = seg, fd
         return seg
+
+    def _made_anew_if_gone(self) -> None:
+        """The folder removed under the running writer (an operator, a cleanup job) is made anew,
+        with the writer's lock taken again in it: appends and drains go on. What the folder held
+        and the database had not stored is gone with it."""
+        if self._writer_lock is None or self.dir.is_dir():
+            return
+        log.error(
+            "journal %s was removed while in use; made anew (records in it that were not yet "
+            "stored are lost)",
+            self.dir,
+        )
+        try:
+            make_private_dir(self.dir)
+        except OSError as exc:
+            raise JournalError(
+                f"journal {self.dir}: cannot make the directory: {exc.strerror}"
+            ) from None
+        lock = WriterLock(self.dir, self.writer)  # JournalLocked if another took the name
+        try:
+            lock.note_sequence(self._writer_lock.highest)  # no name is handed out again
+        except OSError as exc:
+            lock.release()
+            raise JournalError(f"journal {self.dir}: cannot write {lock.path}: {exc}") from None
+        self._writer_lock.release()
+        self._writer_lock = lock
+        self._retire_current()
 
     def _retire_current(self) -> None:
         if self._fd is not None:
@@ -352,8 +392,43 @@ class Journal:
         numbered above them, even if this folder has never seen them."""
         highest = max((p.sequence for p in map(parse_name, names) if p), default=0)
         with self._lock:
+            if self._blind:
+                highest = max(highest, self._rename_blind(highest))
+                self._blind = False
             if self._writer_lock is not None and highest > self._writer_lock.highest:
                 self._writer_lock.note_sequence(highest)
+
+    def _rename_blind(self, used: int) -> int:
+        """Renames the segments this writer named blind (see `__init__`) above sequence `used`,
+        in their order, if any could bear a used name; returns the highest sequence given. The
+        lock file keeps no record until this is done: a crash meanwhile leaves them blind."""
+        own = sorted(
+            (p.sequence, name)
+            for name in os.listdir(self.dir)
+            if (p := parse_name(name)) and p.writer == self.writer and p.epoch == self.epoch
+        )
+        if not own or own[0][0] > used:
+            return 0
+        self._retire_current()  # appends go to a new segment, named above these
+        sequence = max(used, self._next_sequence() - 1)
+        for _, name in own:
+            sequence += 1
+            new = segment_name(sequence, self.epoch, self.writer)
+            os.rename(self.dir / name, self.dir / new)
+            fsync_dir(self.dir)
+            log.warning(
+                "journal %s: segment %s renamed %s: this folder was made anew and the database "
+                "holds positions in names like it",
+                self.dir,
+                name,
+                new,
+                extra={"segment": new},
+            )
+            seg = self._segments.pop(name, None)
+            if seg is not None:
+                seg.name, seg.sequence = new, sequence
+                self._segments[new] = seg
+        return sequence
 
     def _next_sequence(self) -> int:
         highest = self._writer_lock.highest if self._writer_lock is not None else 0
@@ -631,6 +706,7 @@ class Journal:
             on_quarantine=self.on_quarantine,
             readonly=self.readonly,
             held_lock=held,
+            names_known=not self._blind,
         )
 
     def close(self) -> None:
@@ -649,6 +725,7 @@ class Journal:
         new ones, and scan what other writers appended since. Returns segments in log order."""
         seen: set[str] = set()
         now = time.time()
+        self._made_anew_if_gone()
         with os.scandir(self.dir) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 name = entry.name

@@ -43,6 +43,9 @@ class WriterLock:
             fd = create_private(self.path, os.O_RDWR)
         except OSError as exc:
             raise JournalError(f"journal {dir}: cannot open {self.path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe, a device: no lock file of ours
+            os.close(fd)
+            raise JournalError(f"journal {dir}: {self.path} is not a regular file")
         try:
             _take(fd)
         except BlockingIOError:
