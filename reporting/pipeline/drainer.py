@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from reporting.logs import About
 from reporting.status.metrics import Metrics
+from reporting.wire.decode import reason_label
 from storage.database import Batch, Sink
 from storage.errors import (
     DatabaseUnavailable,
@@ -371,7 +372,7 @@ class Drainer:
         self.metrics.duplicates.inc(result.duplicates)
         for item in batch.items:
             if isinstance(item, Rejected):
-                self.metrics.rejected.labels(item.reason.split(":", 1)[0][:40]).inc()
+                self.metrics.rejected.labels(reason_label(item.reason)).inc()
         if result.refused:
             self.metrics.rejected.labels("database refused").inc(result.refused)
         if self._catching_up:

@@ -229,6 +229,32 @@ def _valid_id(value: str) -> bool:
     )
 
 
+# What the rejected-reports metric is labelled by: a fixed set, each the beginning of the reasons
+# it stands for, never the text after it (a size, an offset, a destination a producer chose).
+# The first that a reason begins with is its label; a reason that begins with none is "other".
+REASON_LABELS = (
+    ("unknown destination", "unknown destination"),
+    ("no report-id", "no report id"),
+    ("report-id is not", "bad report id"),
+    ("body of ", "body over max_body_bytes"),
+    ("body is not UTF-8", "body not UTF-8"),
+    ("body is not storable JSON", "body not storable JSON"),
+    ("body is not JSON", "body not JSON"),
+    ("body is JSON ", "body not a JSON object"),
+    ("body is nested deeper", "body nested too deeply"),
+    ("body contains", "body holds a NUL or lone surrogate"),
+    ("field ", "field missing or invalid"),
+    ("undecodable", "undecodable"),
+)
+
+
+def reason_label(reason: str) -> str:
+    for beginning, label in REASON_LABELS:
+        if reason.startswith(beginning):
+            return label
+    return "other"
+
+
 def _never_raising(
     decode: Callable[..., Report | Rejected],
 ) -> Callable[..., Report | Rejected]:

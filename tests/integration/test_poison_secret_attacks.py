@@ -322,12 +322,6 @@ def test_poison_in_the_journal_of_a_killed_active_is_rejected_once_by_its_peer(
     each_rejected_once(pg_url, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rejected-reports metric is labelled by the reason's text before its first "
-    "colon, which holds producer-chosen numbers (the offset of a bad byte, a body's size): "
-    "one new /metrics series per distinct poison",
-)
 def test_rejected_reports_metric_keeps_a_bounded_set_of_reasons(
     standalone, activemq, pg_url, queue_prefix, tmp_path: Path
 ) -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reporting.wire.decode import decode
+from reporting.wire.decode import REASON_LABELS, decode, reason_label
 from storage import reports
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
@@ -160,3 +160,38 @@ def test_a_bug_in_decoding_is_a_rejected_message_however_it_is_called():
         assert isinstance(item, reports.Rejected)
         assert item.reason == "undecodable: RuntimeError" and item.raw == body
         assert item.received_at == NOW and item.queue == destination
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(reports.FIELDS)),
+    headers=st.dictionaries(st.sampled_from(["report-id", "message-id"]), st.text(max_size=300)),
+    body=st.binary(max_size=200)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")),
+)
+def test_every_rejection_has_a_label_from_the_fixed_set(
+    kind: str, headers: dict[str, str], body: bytes
+) -> None:
+    """The rejected-reports metric's label set stays bounded whatever producers send: every
+    reason decode gives has one of the fixed labels, never "other" nor its own text."""
+    item = decode_kind(kind, headers, body)
+    if isinstance(item, reports.Rejected):
+        assert reason_label(item.reason) in {label for _, label in REASON_LABELS}, item.reason
+
+
+def test_the_reasons_of_each_kind_of_rejection_have_their_own_labels() -> None:
+    ok = {"report-id": "r-1"}
+    cases = [
+        ({}, b"{}", "no report id"),
+        ({"report-id": "\x00"}, b"{}", "bad report id"),
+        (ok, b"\xff", "body not UTF-8"),
+        (ok, b"[1]", "body not a JSON object"),
+        (ok, b"{", "body not JSON"),
+        (ok, b"{}", "field missing or invalid"),
+        (ok, b'{"a": "\\u0000"}', "body holds a NUL or lone surrogate"),
+    ]
+    for headers, body, label in cases:
+        assert reason_label(decode_kind("cdr", headers, body).reason) == label, (body, label)
+    assert reason_label("undecodable journal record") == "undecodable"
+    assert reason_label("anything else") == "other"
