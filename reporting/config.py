@@ -302,21 +302,28 @@ def _read_secret(
             raise ConfigError(sec.key(f"{name}_env"), f"environment variable {env_name} is not set")
         return Secret(env[env_name])
     if file_name is not None:
-        try:
-            with open(file_name) as fh:
-                # Checked on the opened file, so the mode seen is that of the bytes read.
-                mode = os.fstat(fh.fileno()).st_mode
-                if mode & 0o077:
-                    reason = (
-                        f"{file_name} is open to group or others (mode {mode & 0o777:03o});"
-                        " chmod 600 it"
-                    )
-                    raise ConfigError(sec.key(f"{name}_file"), reason)
-                return Secret(fh.read().strip())
-        except OSError as exc:
-            reason = f"cannot read {file_name}: {exc.strerror}"
-            raise ConfigError(sec.key(f"{name}_file"), reason) from None
+        return read_secret_file(sec.key(f"{name}_file"), file_name)
     return None
+
+
+def read_secret_file(key: str, path: str) -> Secret:
+    """The secret in the file `path`, given by `key`: refused unless only its owner may read it
+    and it is UTF-8 text. Blanks and line breaks at either end are not part of it."""
+    try:
+        with open(path, "rb") as fh:
+            # Checked on the opened file, so the mode seen is that of the bytes read.
+            mode = os.fstat(fh.fileno()).st_mode
+            if mode & 0o077:
+                reason = f"is open to group or others (mode {mode & 0o777:03o}); chmod 600 it"
+                raise ConfigError(key, f"{path} {reason}")
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return Secret(data.decode().strip())
+    except UnicodeDecodeError:
+        # Its text would show the bytes around the first undecodable one: the secret's.
+        raise ConfigError(key, f"{path} is not UTF-8") from None
 
 
 def _ca_file(sec: _Section, base: Path | None, tls: bool) -> Path | None:

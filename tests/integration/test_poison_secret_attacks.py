@@ -434,11 +434,6 @@ def secret_config(tmp_path: Path, broker: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a password file that is not UTF-8 ends check-config and run in a "
-    "UnicodeDecodeError traceback, exit 1, its key not named",
-)
 @pytest.mark.parametrize("command", ["check-config", "run"])
 def test_a_password_file_that_is_not_utf8_names_its_key(tmp_path: Path, command: str) -> None:
     secret = tmp_path / "broker.pw"

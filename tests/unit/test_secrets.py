@@ -35,6 +35,17 @@ def test_password_file_open_to_others_is_refused(tmp_path: Path, mode: int) -> N
     assert "\n" not in message and BROKER_PW not in message
 
 
+def test_password_file_that_is_not_utf8_is_refused_by_its_key(tmp_path: Path) -> None:
+    (tmp_path / "broker.pw").write_bytes(b"\xff" + BROKER_PW.encode() + b"\xe9\n")
+    os.chmod(tmp_path / "broker.pw", 0o600)
+    (tmp_path / "rs.toml").write_text('[broker]\nuser = "reporting"\npassword_file = "broker.pw"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "rs.toml")
+    assert caught.value.key == "broker.password_file"
+    assert str(caught.value).endswith("broker.pw is not UTF-8")
+    assert BROKER_PW not in str(caught.value)
+
+
 def test_password_file_relative_to_the_config_file(tmp_path: Path) -> None:
     secret_file(tmp_path / "broker.pw", BROKER_PW, 0o400)
     secret_file(tmp_path / "db.pw", DB_PW)
