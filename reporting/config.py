@@ -300,7 +300,14 @@ def _read_secret(
     if env_name is not None:
         if env_name not in env:
             raise ConfigError(sec.key(f"{name}_env"), f"environment variable {env_name} is not set")
-        return Secret(env[env_name])
+        value = env[env_name]
+        try:
+            # os.environ hands over bytes that are not UTF-8 as lone surrogates, which no hop,
+            # nor the log filter, can encode.
+            value.encode()
+        except UnicodeEncodeError:
+            raise ConfigError(sec.key(f"{name}_env"), f"{env_name} is not UTF-8") from None
+        return Secret(value)
     if file_name is not None:
         return read_secret_file(sec.key(f"{name}_file"), file_name)
     return None

@@ -443,11 +443,6 @@ def test_a_password_file_that_is_not_utf8_names_its_key(tmp_path: Path, command:
     one_line_naming(cli([command, "--config", str(config)]), command, "broker.password_file")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a password variable holding bytes that are not UTF-8 ends check-config and run in a "
-    "UnicodeEncodeError traceback from the log filter, exit 1, its key not named",
-)
 @pytest.mark.parametrize("command", ["check-config", "run"])
 def test_a_password_variable_that_is_not_utf8_names_its_key(tmp_path: Path, command: str) -> None:
     config = secret_config(tmp_path, {"password_env": "RS_ATTACK_BROKER_PW"})

@@ -65,6 +65,22 @@ def test_password_from_environment() -> None:
     assert config.broker.password == BROKER_PW
 
 
+@pytest.mark.parametrize("section", ["ha", "broker", "database"])
+def test_password_variable_that_is_not_utf8_is_refused_by_its_key(section: str) -> None:
+    login = {
+        "ha": {"user": "rs-pair"},
+        "broker": {"user": "reporting"},
+        "database": {"url": "postgresql+psycopg://rs@h/db"},
+    }[section]
+    data = {section: {**login, "password_env": "RS_PW"}}
+    # As os.environ gives bytes that are not UTF-8: surrogate-escaped.
+    value = (DB_PW.encode() + b"\xff").decode("utf-8", "surrogateescape")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, env={"RS_PW": value})
+    assert caught.value.key == f"{section}.password_env"
+    assert str(caught.value).endswith("RS_PW is not UTF-8") and DB_PW not in str(caught.value)
+
+
 def test_password_written_in_the_file_or_url_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"broker": {"password": BROKER_PW}}, env={})
