@@ -455,6 +455,8 @@ def parse_config(
     url = sec.get("url", str, DatabaseConfig.url)
     password = _secret(sec, "password", env, base, read=secrets)
     _check_database_url(url, password_key=_password_key(sec))
+    if password is not None:
+        _check_database_password(_password_key(sec), password)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and base is not None:
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -528,7 +530,7 @@ def _check_database_url(url: str, *, password_key: str | None) -> None:
     with a password given by `password_key`."""
     from sqlalchemy.engine import make_url
 
-    from storage.database.engine import SECRET_PARAMETERS
+    from storage.database.engine import SECRET_PARAMETERS, connection_problem
 
     if "://" not in url:
         raise ConfigError(
@@ -539,6 +541,12 @@ def _check_database_url(url: str, *, password_key: str | None) -> None:
         parsed = make_url(url)
     except Exception:  # ArgumentError; its text would repeat the URL, password and all
         raise ConfigError("database.url", "not a valid SQLAlchemy URL") from None
+    values = [value for values in parsed.query.values() for value in _strings(values)]
+    for part in (url, parsed.username, parsed.host, parsed.database, *parsed.query, *values):
+        problem = connection_problem(part or "")
+        if problem is not None:
+            # Percent-encoded (%00) too: it is the decoded part the driver gets.
+            raise ConfigError("database.url", problem)
     hidden = ", ".join(key for key in parsed.query if key.lower() in SECRET_PARAMETERS)
     if parsed.password is not None or hidden:
         where = f" (query parameter {hidden})" if hidden else ""
@@ -551,6 +559,20 @@ def _check_database_url(url: str, *, password_key: str | None) -> None:
         raise ConfigError(
             password_key, "a password needs a user in database.url (scheme://USER@host/db)"
         )
+
+
+def _strings(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    # A query parameter given more than once has a tuple of values.
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_database_password(key: str | None, password: str) -> None:
+    """Refuses, by its key, a database password the driver would not pass on as it is."""
+    from storage.database.engine import connection_problem
+
+    problem = connection_problem(password)
+    if problem is not None:
+        raise ConfigError(key or "database.password_env", problem)
 
 
 def _with_password(url: str, password: str) -> str:

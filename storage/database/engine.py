@@ -65,6 +65,17 @@ def redacted(url: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", url)
 
 
+def connection_problem(value: str) -> str | None:
+    """Why `value` (a password, or a part of a URL) cannot reach the database unchanged, or
+    None; the reason never repeats it. libpq reads its connection string as C text, which ends at
+    a NUL: what follows (the rest of a password, the port, the options) would be dropped, and a
+    password's first part sent to the default port. Blanks and line breaks at either end, quotes
+    and backslashes arrive as they are."""
+    if "\0" in value:
+        return "holds a NUL character, at which libpq's connection string would end"
+    return None
+
+
 def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
     """An engine for `url`; `timeout_s` shortens the connect and statement timeouts (probes)."""
     backend = dialect_of(url)

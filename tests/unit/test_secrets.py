@@ -162,6 +162,49 @@ def test_password_anywhere_in_the_url_is_refused(url: str) -> None:
     assert "password" in str(caught.value) and DB_PW not in str(caught.value)
 
 
+@pytest.mark.parametrize("given", ["password_env", "password_file"])
+def test_a_database_password_with_a_nul_is_refused_by_its_key(tmp_path: Path, given: str) -> None:
+    password = "Pw9\0" + DB_PW
+    secret_file(tmp_path / "db.pw", password)
+    source = "RS_DB_PW" if given == "password_env" else str(tmp_path / "db.pw")
+    database = {"url": "postgresql+psycopg://rs@h:6543/db", given: source}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"database": database}, env={"RS_DB_PW": password})
+    assert caught.value.key == f"database.{given}" and "NUL" in str(caught.value)
+    assert DB_PW not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "password", [" lead", "trail ", "line\nbreak", "cr\r\nlf", "tab\tin", "q'u\"o\\te", "é€"]
+)
+def test_a_database_password_libpq_carries_is_taken_as_it_is(password: str) -> None:
+    database = {"url": "postgresql+psycopg://rs@h:6543/db", "password_env": "RS_DB_PW"}
+    config = parse_config({"database": database}, env={"RS_DB_PW": password})
+    from sqlalchemy.engine import make_url
+
+    assert make_url(config.database.url).password == password
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://rs@h:6543/re\0porting",
+        "postgresql+psycopg://rs@h:6543/re%00porting",
+        "postgresql+psycopg://r\0s@h:6543/reporting",
+        "postgresql+psycopg://r%00s@h:6543/reporting",
+        "postgresql+psycopg://rs@h\0:6543/reporting",
+        "postgresql+psycopg://rs@h:6543/reporting?application_name=a%00b",
+        "postgresql+psycopg://rs@h:6543/reporting?sslmode=require&options=-c%20a%3Db%00",
+        "postgresql+psycopg://rs@/reporting?host=a:6543&host=b%00:6543",
+    ],
+)
+def test_a_database_url_with_a_nul_is_refused_by_its_key(url: str) -> None:
+    for secrets in (True, False):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"database": {"url": url}}, env={}, secrets=secrets)
+        assert caught.value.key == "database.url" and "NUL" in str(caught.value)
+
+
 def test_password_without_a_user_in_the_url_is_refused(tmp_path: Path) -> None:
     url = "postgresql+psycopg://h:5432/db"
     with pytest.raises(ConfigError) as caught:
