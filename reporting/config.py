@@ -10,6 +10,7 @@ import os
 import re
 import ssl
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from reporting.errors import ConfigError
 from reporting.ha.group import queue_key
 from reporting.logs import remember_secret
 from reporting.wire.login import login_refusal
+from storage.errors import DatabaseUnavailable
 from storage.journal.record import FRAME_SIZE, HEADER_SIZE
 from storage.reports import DEFAULT_QUEUES, KINDS, kind_of
 
@@ -117,11 +119,17 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
+    # With a password, the URL holds the one read at start-up.
     url: str = "sqlite:///reporting.db"
     batch_records: int = 1000
+    # The file the password was read from; the server reads it again for each new connection.
+    password_file: Path | None = None
 
     def __repr__(self) -> str:
-        return f"DatabaseConfig(url={redact_url(self.url)!r}, batch_records={self.batch_records})"
+        return (
+            f"DatabaseConfig(url={redact_url(self.url)!r}, batch_records={self.batch_records},"
+            f" password_file={self.password_file!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -275,19 +283,26 @@ def _secret(
     the config file's folder); a file others may read or write is refused. With `read` false the
     keys are checked but the secret is not looked up (None)."""
     env_name = sec.get(f"{name}_env", str, None)
-    file_name = sec.get(f"{name}_file", str, None)
-    if file_name is not None and base is not None:
-        file_name = str(base / file_name)
+    sec.get(f"{name}_file", str, None)
+    path = _secret_file(sec, name, base)
     if name in sec.data:
         raise ConfigError(
             sec.key(name), f"secrets are not written in the file; use {name}_env or {name}_file"
         )
     if not read:
         return None
-    secret = _read_secret(sec, name, env_name, file_name, env)
+    secret = _read_secret(sec, name, env_name, None if path is None else str(path), env)
     if secret is not None:
         remember_secret(secret)
     return secret
+
+
+def _secret_file(sec: _Section, name: str, base: Path | None) -> Path | None:
+    """The file a secret is read from: `<name>_file` where no `<name>_env` is given."""
+    if f"{name}_env" in sec.data or f"{name}_file" not in sec.data:
+        return None
+    path = Path(sec.data[f"{name}_file"])
+    return path if base is None else base / path
 
 
 def _secret_given(sec: _Section, name: str) -> bool:
@@ -468,6 +483,7 @@ def parse_config(
         batch_records=sec.number(
             "batch_records", DatabaseConfig.batch_records, minimum=1, integer=True
         ),
+        password_file=None if password is None else _secret_file(sec, "password", base),
     )
     sec.finish()
 
@@ -559,6 +575,30 @@ def _check_database_url(url: str, *, password_key: str | None) -> None:
         raise ConfigError(
             password_key, "a password needs a user in database.url (scheme://USER@host/db)"
         )
+
+
+def database_password(database: DatabaseConfig) -> Callable[[], str] | None:
+    """What a new database connection logs in with: `database.password_file` read again then,
+    with the checks of start-up, so that a rotated password is taken without a restart. None
+    where the URL's password is all there is (from `password_env`, which cannot change while the
+    server runs, or none). The reader raises DatabaseUnavailable, saying why in one line naming
+    the key, when the file can no longer be read or its password is refused: the connection
+    fails, the journal keeps buffering, and the next one reads it again."""
+    path = database.password_file
+    if path is None:
+        return None
+    key = "database.password_file"
+
+    def read() -> str:
+        try:
+            password = read_secret_file(key, str(path))
+            remember_secret(password)
+            _check_database_password(key, password)
+        except ConfigError as error:
+            raise DatabaseUnavailable(str(error)) from None
+        return str(password)
+
+    return read
 
 
 def _strings(value: str | tuple[str, ...]) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reporting.config import Config
+from reporting.config import Config, database_password
 from reporting.errors import BrokerError
 from reporting.ha import Role, RoleChange, make_election
 from reporting.ha.group import GroupElection
@@ -40,7 +40,10 @@ class Server:
         self._stopping = threading.Event()
         # One engine per process; each lane's sink is a view of it with the lane's fence and key.
         self.sink = Sink(
-            config.database.url, cluster=config.fence_cluster, journal=config.journal_key
+            config.database.url,
+            cluster=config.fence_cluster,
+            journal=config.journal_key,
+            password=database_password(config.database),
         )
         if self.group:
             self.election: Any = GroupElection(

@@ -76,13 +76,37 @@ def connection_problem(value: str) -> str | None:
     return None
 
 
-def make_engine(url: str, *, timeout_s: float | None = None) -> Engine:
-    """An engine for `url`; `timeout_s` shortens the connect and statement timeouts (probes)."""
+def make_engine(
+    url: str, *, timeout_s: float | None = None, password: Callable[[], str] | None = None
+) -> Engine:
+    """An engine for `url`; `timeout_s` shortens the connect and statement timeouts (probes).
+    With `password`, each new connection logs in with what it returns then, not with the URL's
+    password: a password rotated in the meantime is taken without a new engine. It raises
+    DatabaseUnavailable when it has none to give; that connection then fails as one to an
+    unreachable database does (SQLite has no password: it is not asked)."""
     backend = dialect_of(url)
     if backend == "sqlite":
         return _sqlite_engine(url, timeout_s)
-    if backend == "mysql":
-        return _mariadb_engine(url, timeout_s)
+    engine = (
+        _mariadb_engine(url, timeout_s) if backend == "mysql" else _postgres_engine(url, timeout_s)
+    )
+    if password is not None:
+        _log_in_with(engine, password)
+    return engine
+
+
+def _log_in_with(engine: Engine, password: Callable[[], str]) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _password(dialect: Any, _record: Any, _args: Any, params: Any) -> None:
+        try:
+            params["password"] = password()
+        except DatabaseUnavailable as error:
+            # As the driver's own error, so that SQLAlchemy wraps it, `watch_availability`
+            # hears of it and callers retry it like any connection that failed.
+            raise dialect.loaded_dbapi.OperationalError(str(error)) from None
+
+
+def _postgres_engine(url: str, timeout_s: float | None) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")

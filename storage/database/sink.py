@@ -82,16 +82,22 @@ class Sink:
     """The database of one drainer: `journal` keys its positions, `cluster` is its fence."""
 
     def __init__(
-        self, url: str, *, cluster: str, journal: str, warn_unreachable: bool = True
+        self,
+        url: str,
+        *,
+        cluster: str,
+        journal: str,
+        warn_unreachable: bool = True,
+        password: Callable[[], str] | None = None,
     ) -> None:
         """`warn_unreachable`: log why the database cannot be reached (off for one-shot commands,
-        whose error line says it)."""
+        whose error line says it). `password`: asked for each new connection (see make_engine)."""
         self.url = url
         self.cluster = cluster
         self.journal = journal
         with translated(url):
-            self._engine = make_engine(url)
-            self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S)
+            self._engine = make_engine(url, password=password)
+            self._probe_engine = make_engine(url, timeout_s=PROBE_TIMEOUT_S, password=password)
         self._dialect = dialects.for_name(self._engine.dialect.name)
         # Why the database could not be reached, as last seen by any caller; None once it was.
         # A list of one, so that views (copies) share it with this sink.

@@ -502,6 +502,13 @@ def rotate_database_password(pg: Any) -> None:
     with connect(pg, "postgres", POSTGRES_SUPER_PW) as conn:
         conn.autocommit = True
         conn.execute(sql.SQL("ALTER ROLE rs_server PASSWORD {}").format(sql.Literal(NEW_DB_PW)))
+    end_sessions(pg)
+
+
+def end_sessions(pg: Any) -> None:
+    """The server's sessions ended: its next statement needs a new connection."""
+    with connect(pg, "postgres", POSTGRES_SUPER_PW) as conn:
+        conn.autocommit = True
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rs_server'"
         )
@@ -526,6 +533,17 @@ def database_server(
     return server, pw_file, owner
 
 
+def started_database_server(
+    pg: Any, activemq: Any, queues: list[str], tmp_path: Path, instances: list[Instance]
+) -> tuple[Instance, Path, str]:
+    """A server logging in to `pg` with the password in its password_file, the database up."""
+    scram_database(pg)
+    server, pw_file, owner = database_server(tmp_path, pg, activemq, queues, instances)
+    server.start()
+    wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
+    return server, pw_file, owner
+
+
 def no_database_password_in(server: Instance) -> None:
     shown = server.log_path.read_text()
     for endpoint in ("/status", "/metrics"):
@@ -540,18 +558,12 @@ def no_database_password_in(server: Instance) -> None:
             assert form not in shown, f"{password!r} shown as {form!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="database.password_file is read once at start-up: after a rotation the file's new "
-    "password is never used, the database stays down and the journal fills until a restart",
-)
 def test_a_rotated_database_password_is_taken_from_the_updated_file_without_a_restart(
     secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
 ) -> None:
-    scram_database(secure_postgres)
-    server, pw_file, owner = database_server(tmp_path, secure_postgres, activemq, queues, instances)
-    server.start()
-    wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
+    server, pw_file, owner = started_database_server(
+        secure_postgres, activemq, queues, tmp_path, instances
+    )
     with ReportClient([activemq.host], ledger=tmp_path / "ledger", in_flight=20) as client:
         before = send_ordinary(client, queue_prefix, "before-rotation", 20)
         client.flush()
@@ -565,13 +577,61 @@ def test_a_rotated_database_password_is_taken_from_the_updated_file_without_a_re
     assert server.status()["database"] == "up"
 
 
+def test_a_password_file_made_unusable_while_running_is_said_once_by_its_key_and_waited_out(
+    secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
+) -> None:
+    server, pw_file, owner = started_database_server(
+        secure_postgres, activemq, queues, tmp_path, instances
+    )
+    reasons = {
+        "open": "is open to group or others (mode 644); chmod 600 it",
+        "not-utf8": "db.pw is not UTF-8",
+        "nul": "holds a NUL character",
+        "gone": "cannot read",
+    }
+    sent: set[str] = set()
+    for case, reason in reasons.items():
+        if case == "open":
+            pw_file.chmod(0o644)
+        elif case == "not-utf8":
+            pw_file.write_bytes(b"\xff" + OLD_DB_PW.encode())
+            pw_file.chmod(0o600)
+        elif case == "nul":
+            write_secret(pw_file, OLD_DB_PW + "\0")
+        else:
+            pw_file.unlink()
+        end_sessions(secure_postgres)
+        with ReportClient([activemq.host], ledger=tmp_path / "ledger", in_flight=20) as client:
+            sent |= send_ordinary(client, queue_prefix, case, 10)
+            client.flush()
+
+        def said(reason: str = reason) -> bool:
+            status = server.status()
+            error = status.get("database_error") or ""
+            named = "database.password_file" in error and reason in error
+            return status["database"] == "down" and named
+
+        # Down while the file is unusable, and why shown; the reports wait in the journal.
+        wait_until(said, 30, f"the database down, {case}")
+        wait_until(lambda: server.status()["journal"]["pending"] >= 10, 30, "journalled")
+    write_secret(pw_file, OLD_DB_PW)
+    assert_exactly_once(owner, sent, timeout_s=60)
+    wait_until(lambda: server.status()["database"] == "up", 30, "database: up again")
+    log = server.log_path.read_text()
+    assert "Traceback" not in log, log
+    for reason in reasons.values():
+        lines = [line for line in log.splitlines() if "cannot reach it" in line and reason in line]
+        # One line for each change, naming the key.
+        assert len(lines) == 1 and "database.password_file: " in lines[0], lines
+    no_database_password_in(server)
+
+
 def test_after_a_database_password_rotation_a_restart_stores_everything_once_and_shows_no_password(
     secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
 ) -> None:
-    scram_database(secure_postgres)
-    server, pw_file, owner = database_server(tmp_path, secure_postgres, activemq, queues, instances)
-    server.start()
-    wait_until(lambda: server.status()["database"] == "up", 30, "database: up")
+    server, pw_file, owner = started_database_server(
+        secure_postgres, activemq, queues, tmp_path, instances
+    )
     rotate_database_password(secure_postgres)
     refused = 'password authentication failed for user "rs_server"'
     with ReportClient([activemq.host], ledger=tmp_path / "ledger", in_flight=20) as client:

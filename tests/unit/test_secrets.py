@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from reporting.config import ConfigError, load_config, parse_config
 from reporting.harness.commands import run_command
 from storage.database import Sink
-from storage.errors import StorageError
+from storage.errors import DatabaseUnavailable, StorageError
 
 BROKER_PW = "br0ker-S3cret-x9"
 DB_PW = "db-S3cret-q7"
@@ -56,6 +56,42 @@ def test_password_file_relative_to_the_config_file(tmp_path: Path) -> None:
     config = load_config(tmp_path / "rs.toml")
     assert config.broker.password == BROKER_PW
     assert f":{DB_PW}@" in config.database.url
+
+
+def test_the_database_password_file_is_read_again_for_each_connection(tmp_path: Path) -> None:
+    from reporting import logs
+    from reporting.config import database_password
+
+    secret_file(tmp_path / "db.pw", DB_PW)
+    database = {"url": "postgresql+psycopg://rs@h/db", "password_file": str(tmp_path / "db.pw")}
+    config = parse_config({"database": database}, env={})
+    read = database_password(config.database)
+    assert read is not None and read() == DB_PW
+    rotated = "rotated-" + DB_PW[::-1]
+    secret_file(tmp_path / "db.pw", rotated)
+    assert read() == rotated and logs.redact(f"x {rotated} y") == "x *** y"
+    # Refused with the checks of start-up, by its key, as an unavailable database.
+    for problem, reason in (
+        (lambda: os.chmod(tmp_path / "db.pw", 0o640), "chmod 600"),
+        (lambda: (tmp_path / "db.pw").write_bytes(b"\xff" + DB_PW.encode()), "is not UTF-8"),
+        (lambda: secret_file(tmp_path / "db.pw", DB_PW + "\0"), "NUL"),
+        (lambda: (tmp_path / "db.pw").unlink(), "cannot read"),
+    ):
+        secret_file(tmp_path / "db.pw", DB_PW)
+        problem()
+        with pytest.raises(DatabaseUnavailable) as caught:
+            read()
+        assert str(caught.value).startswith("database.password_file: ")
+        assert reason in str(caught.value) and DB_PW not in str(caught.value)
+
+
+def test_no_password_is_read_again_where_it_is_not_from_a_file() -> None:
+    from reporting.config import database_password
+
+    url = "postgresql+psycopg://rs@h/db"
+    config = parse_config({"database": {"url": url, "password_env": "PW"}}, env={"PW": DB_PW})
+    assert config.database.password_file is None and database_password(config.database) is None
+    assert database_password(parse_config({}, env={}).database) is None
 
 
 def test_password_from_environment() -> None:
