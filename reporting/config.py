@@ -9,6 +9,7 @@ config, never from logs: they print as `***`.
 import os
 import re
 import ssl
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -328,17 +329,28 @@ def _read_secret(
     return None
 
 
+MAX_SECRET_BYTES = 65536
+
+
 def read_secret_file(key: str, path: str) -> Secret:
     """The secret in the file `path`, given by `key`: refused unless only its owner may read it
     and it is UTF-8 text. Blanks and line breaks at either end are not part of it."""
     try:
-        with open(path, "rb") as fh:
+        # Not blocking on a pipe with no writer (run reads the database's file for each new
+        # connection, on the drainer's thread); only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:
             # Checked on the opened file, so the mode seen is that of the bytes read.
-            mode = os.fstat(fh.fileno()).st_mode
-            if mode & 0o077:
-                reason = f"is open to group or others (mode {mode & 0o777:03o}); chmod 600 it"
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(key, f"{path} is not a regular file")
+            if st.st_mode & 0o077:
+                mode = st.st_mode & 0o777
+                reason = f"is open to group or others (mode {mode:03o}); chmod 600 it"
                 raise ConfigError(key, f"{path} {reason}")
-            data = fh.read()
+            if st.st_size > MAX_SECRET_BYTES:
+                raise ConfigError(key, f"{path} is over {MAX_SECRET_BYTES} bytes: not a password")
+            data = fh.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
     try:

@@ -393,7 +393,9 @@ class Journal:
         highest = max((p.sequence for p in map(parse_name, names) if p), default=0)
         with self._lock:
             if self._blind:
-                highest = max(highest, self._rename_blind(highest))
+                # Recorded from here on: the names the database knows, and every one this
+                # folder holds (renamed or not), the current segment's included.
+                highest = max(highest, self._rename_blind(highest), self._next_sequence() - 1)
                 self._blind = False
             if self._writer_lock is not None and highest > self._writer_lock.highest:
                 self._writer_lock.note_sequence(highest)

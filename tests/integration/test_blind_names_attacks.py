@@ -42,12 +42,6 @@ def drained(server: Instance) -> None:
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 60, "the journal drained")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a first start with the database down names its first segment blind and never "
-    "records it; the folder removed while running is made anew and names a segment like it: "
-    "the database's position there counts the new reports as stored, lost for good",
-)
 def test_the_folder_removed_under_a_server_that_first_started_with_the_database_down(
     standalone, postgres, pg_url, send_all
 ) -> None:
@@ -72,12 +66,6 @@ def test_the_folder_removed_under_a_server_that_first_started_with_the_database_
     assert_exactly_once(pg_url, first | second, timeout_s=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a first start with the database down never records its first segment's name; that "
-    "drained segment deleted under the running writer, the next is named like it and the "
-    "database's position there counts the new reports as stored: lost",
-)
 def test_the_drained_live_segment_deleted_under_a_server_that_first_started_with_the_database_down(
     standalone, postgres, pg_url, send_all
 ) -> None:
@@ -189,11 +177,6 @@ def waiting_on_a_pipe(server: Instance) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a database password file swapped for a named pipe blocks the drainer's next login "
-    "in open() for good: the file put right again is never read, nothing more is stored",
-)
 def test_a_password_file_swapped_for_a_pipe_and_put_right_again(
     secure_postgres, activemq, queues, queue_prefix, tmp_path: Path, instances
 ) -> None:

@@ -46,6 +46,26 @@ def test_password_file_that_is_not_utf8_is_refused_by_its_key(tmp_path: Path) ->
     assert BROKER_PW not in str(caught.value)
 
 
+@pytest.mark.parametrize("kind", ["pipe", "device", "too large"])
+def test_a_password_file_that_is_no_small_regular_file_is_refused_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """A pipe with no writer would block the open (run reads the database's file for each new
+    connection, on the drainer's thread); a device or a huge file is no password either."""
+    path = tmp_path / "broker.pw"
+    if kind == "pipe":
+        os.mkfifo(path, 0o600)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        secret_file(path, "x" * 70000)
+    (tmp_path / "rs.toml").write_text('[broker]\nuser = "reporting"\npassword_file = "broker.pw"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "rs.toml")
+    assert caught.value.key == "broker.password_file"
+    assert "not a regular file" in str(caught.value) or "not a password" in str(caught.value)
+
+
 def test_password_file_relative_to_the_config_file(tmp_path: Path) -> None:
     secret_file(tmp_path / "broker.pw", BROKER_PW, 0o400)
     secret_file(tmp_path / "db.pw", DB_PW)

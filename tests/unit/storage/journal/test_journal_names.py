@@ -1,8 +1,12 @@
 """A journal folder made anew names its first segments blind (the database may hold positions in
 names like them); once the database's names are told, those segments are renamed above them."""
 
+import shutil
 from pathlib import Path
 
+import pytest
+
+from storage.errors import SegmentLost
 from storage.journal import Journal
 from storage.journal.segment import segment_name
 
@@ -63,3 +67,17 @@ def test_a_journal_with_a_new_epoch_is_never_blind(journal_dir: Path) -> None:
         journal.append_batch([b"a"])
         journal.note_used([segment_name(1, 3, "rs-a")])
         assert own_segments(journal_dir) == [segment_name(1, 3, "rs-a")]
+
+
+def test_blind_names_are_recorded_once_the_database_answered(journal_dir: Path) -> None:
+    """A database that never saw this writer renames nothing, but the blind names are recorded
+    then: a folder removed under the writer afterwards never hands out one of them again."""
+    journal = Journal(journal_dir, writer="rs-a", names_known=False)
+    journal.append_batch([b"a"])
+    journal.note_used([])
+    shutil.rmtree(journal_dir)
+    with pytest.raises(SegmentLost):  # the batch in hand went with the folder: not acked
+        journal.append_batch([b"b"])
+    journal.append_batch([b"b"])
+    assert own_segments(journal_dir) == [name(2)]
+    journal.close()
