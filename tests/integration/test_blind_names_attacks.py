@@ -196,8 +196,14 @@ def test_a_password_file_swapped_for_a_pipe_and_put_right_again(
         during = send_ordinary(client, queue_prefix, "during", 20)
         client.flush()
     wait_until(lambda: server.status()["journal"]["pending"] >= 20, 30, "journalled")
-    # A login opens the pipe: it waits there for a writer that never comes.
-    wait_until(lambda: waiting_on_a_pipe(server), 30, "a login waiting on the pipe")
+    # A login finds a pipe: refused at once and said, as a database that cannot be reached; no
+    # login waits on it for a writer that never comes.
+    wait_until(
+        lambda: "not a regular file" in (server.status()["database_error"] or ""),
+        30,
+        "the pipe refused",
+    )
+    assert not waiting_on_a_pipe(server)
     # Put right: a regular file with the password again.
     fixed = tmp_path / "db.pw.new"
     write_secret(fixed, OLD_DB_PW)
