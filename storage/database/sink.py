@@ -286,7 +286,10 @@ class Sink:
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
-            log.warning(
+            # The reason is said once per change (`watch_availability`): a long outage's
+            # retries, every few seconds, are only for the debug log after the first.
+            log.log(
+                logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
                 "database %s: attempt %d failed, retrying: %s",
                 redacted(self.url),
                 state.attempt_number,

@@ -120,3 +120,16 @@ def test_a_single_record_that_timed_out_is_retried_like_an_outage(
     )
     assert result.rejected == 1 and seen == [1, 2]
     sink.close()
+
+
+def test_only_an_outages_first_retry_is_a_warning(
+    tmp_path: Path, no_backoff: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reason is said once per change elsewhere: an outage's later retries, every few
+    seconds for as long as it lasts, go to the debug log."""
+    sink = FlakySink(tmp_path / "r.db", [DatabaseUnavailable("down")] * 4)
+    sink.upgrade()
+    with caplog.at_level("DEBUG", logger="storage.database.sink"):
+        sink.write_batch_retrying([], positions={}, epoch=1, stop=threading.Event())
+    retries = [r for r in caplog.records if "failed, retrying" in r.getMessage()]
+    assert [r.levelname for r in retries] == ["WARNING", "DEBUG", "DEBUG", "DEBUG"]
