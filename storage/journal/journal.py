@@ -191,12 +191,7 @@ class Journal:
             if not self.dir.is_dir():
                 raise JournalError(f"journal {self.dir}: no such directory")
         else:
-            try:
-                make_private_dir(self.dir)
-            except OSError as exc:  # a file in its place, a parent not a directory, no right
-                raise JournalError(
-                    f"journal {self.dir}: cannot make the directory: {exc.strerror}"
-                ) from None
+            self._make_dir()
             mode = os.stat(self.dir).st_mode & 0o777
             if mode & 0o077:
                 raise JournalExposed(str(self.dir), mode)
@@ -361,12 +356,7 @@ class Journal:
             "stored are lost)",
             self.dir,
         )
-        try:
-            make_private_dir(self.dir)
-        except OSError as exc:
-            raise JournalError(
-                f"journal {self.dir}: cannot make the directory: {exc.strerror}"
-            ) from None
+        self._make_dir()
         lock = WriterLock(self.dir, self.writer)  # JournalLocked if another took the name
         try:
             lock.note_sequence(self._writer_lock.highest)  # no name is handed out again
@@ -376,6 +366,14 @@ class Journal:
         self._writer_lock.release()
         self._writer_lock = lock
         self._retire_current()
+
+    def _make_dir(self) -> None:
+        try:
+            make_private_dir(self.dir)
+        except OSError as exc:  # a file in its place, a parent not a directory, no right
+            raise JournalError(
+                f"journal {self.dir}: cannot make the directory: {exc.strerror}"
+            ) from None
 
     def _retire_current(self) -> None:
         if self._fd is not None:
@@ -393,31 +391,31 @@ class Journal:
         highest = max((p.sequence for p in map(parse_name, names) if p), default=0)
         with self._lock:
             if self._blind:
+                self._rename_blind(highest)
                 # Recorded from here on: the names the database knows, and every one this
                 # folder holds (renamed or not), the current segment's included.
-                highest = max(highest, self._rename_blind(highest), self._next_sequence() - 1)
+                highest = max(highest, self._next_sequence() - 1)
                 self._blind = False
             if self._writer_lock is not None and highest > self._writer_lock.highest:
                 self._writer_lock.note_sequence(highest)
 
-    def _rename_blind(self, used: int) -> int:
+    def _rename_blind(self, used: int) -> None:
         """Renames the segments this writer named blind (see `__init__`) above sequence `used`,
-        in their order, if any could bear a used name; returns the highest sequence given. The
-        lock file keeps no record until this is done: a crash meanwhile leaves them blind."""
+        in their order, if any could bear a used name. The lock file keeps no record until this
+        is done: a crash meanwhile leaves them blind."""
         own = sorted(
             (p.sequence, name)
             for name in os.listdir(self.dir)
             if (p := parse_name(name)) and p.writer == self.writer and p.epoch == self.epoch
         )
         if not own or own[0][0] > used:
-            return 0
+            return
         self._retire_current()  # appends go to a new segment, named above these
         sequence = max(used, self._next_sequence() - 1)
         for _, name in own:
             sequence += 1
             new = segment_name(sequence, self.epoch, self.writer)
             os.rename(self.dir / name, self.dir / new)
-            fsync_dir(self.dir)
             log.warning(
                 "journal %s: segment %s renamed %s: this folder was made anew and the database "
                 "holds positions in names like it",
@@ -430,7 +428,7 @@ class Journal:
             if seg is not None:
                 seg.name, seg.sequence = new, sequence
                 self._segments[new] = seg
-        return sequence
+        fsync_dir(self.dir)  # before the lock file records the names
 
     def _next_sequence(self) -> int:
         highest = self._writer_lock.highest if self._writer_lock is not None else 0
