@@ -155,10 +155,14 @@ class Instance(Service):
         name = status.get("name")
         if name is not None and "name" in self.config and name != self.config["name"]:
             return False
-        # A relative journal directory is the config file's folder's (the product's rule).
-        mine = self.config_path.parent / str(self.config.get("journal", {}).get("dir", "journal"))
         theirs = (status.get("journal") or {}).get("dir")
-        return theirs is None or os.path.realpath(theirs) == os.path.realpath(mine)
+        return theirs is None or os.path.realpath(theirs) == os.path.realpath(self.journal_dir)
+
+    @property
+    def journal_dir(self) -> Path:
+        """The instance's journal directory: a relative one is the config file's folder's (the
+        product's rule)."""
+        return self.config_path.parent / str(self.config.get("journal", {}).get("dir", "journal"))
 
     def status(self, timeout_s: float = 2.0) -> dict[str, Any]:
         """The instance's /status; raises OSError when it does not answer."""

@@ -24,18 +24,9 @@ from tests.integration.test_poison_secret_attacks import (
     started_database_server,
     write_secret,
 )
+from tests.integration.test_restart_damage_attacks import pending
 
 pytestmark = pytest.mark.integration
-
-
-def journal_dir(server: Instance) -> Path:
-    return Path(server.config["journal"]["dir"])
-
-
-def pending(server: Instance, count: int) -> None:
-    wait_until(
-        lambda: server.status()["journal"]["pending"] == count, 60, f"{count} journalled reports"
-    )
 
 
 def drained(server: Instance) -> None:
@@ -55,7 +46,7 @@ def test_the_folder_removed_under_a_server_that_first_started_with_the_database_
     drained(server)
     assert_exactly_once(pg_url, first, timeout_s=30)
     # The folder removed under the running server (an operator, a cleanup job): made anew.
-    shutil.rmtree(journal_dir(server))
+    shutil.rmtree(server.journal_dir)
     second = send_all(100, "second")
     try:
         assert_exactly_once(pg_url, first | second, timeout_s=30)
@@ -78,7 +69,7 @@ def test_the_drained_live_segment_deleted_under_a_server_that_first_started_with
     drained(server)
     assert_exactly_once(pg_url, first, timeout_s=30)
     # Everything in it is stored: deleting it (a cleanup job) takes nothing that is not.
-    for segment in journal_dir(server).glob("*.seg"):
+    for segment in server.journal_dir.glob("*.seg"):
         segment.unlink()
     second = send_all(100, "second")
     assert_exactly_once(pg_url, first | second, timeout_s=30)
@@ -96,7 +87,7 @@ def test_a_server_killed_while_journalling_blind_then_started_with_the_database_
     assert_exactly_once(pg_url, first, timeout_s=30)
     drained(server)
     server.stop()
-    shutil.rmtree(journal_dir(server))
+    shutil.rmtree(server.journal_dir)
     postgres.kill()
     server.start()
     second = send_all(80, "second")
@@ -122,7 +113,7 @@ def test_the_database_up_and_down_during_the_blind_phase_and_the_folder_wiped_tw
     drained(server)
     for round in range(2):
         server.stop()
-        shutil.rmtree(journal_dir(server))
+        shutil.rmtree(server.journal_dir)
         postgres.kill()
         server.start()
         batch = send_all(60, f"blind{round}")
@@ -147,7 +138,7 @@ def test_replay_of_a_folder_journalled_blind_after_a_kill_then_a_start(
     assert_exactly_once(pg_url, first, timeout_s=30)
     drained(server)
     server.stop()
-    shutil.rmtree(journal_dir(server))
+    shutil.rmtree(server.journal_dir)
     postgres.kill()
     server.start()
     blind = send_all(80, "blind")

@@ -22,10 +22,6 @@ from storage.reports import from_record
 pytestmark = pytest.mark.integration
 
 
-def journal_dir(server: Instance) -> Path:
-    return Path(server.config["journal"]["dir"])
-
-
 def journalled(server: Instance, count: int) -> None:
     wait_until(
         lambda: server.status()["journal"]["pending"] == count, 60, f"{count} journalled reports"
@@ -51,11 +47,11 @@ def test_one_flipped_byte_loses_only_its_record(
     journalled(server, 300)
     server.kill()
     # Record k of N, in the middle of the segment: its bytes, and which report it holds.
-    with Journal.open_readonly(journal_dir(server)) as journal:
+    with Journal.open_readonly(server.journal_dir) as journal:
         entries = list(journal.read())
     assert len(entries) == 300 and len({e.position.segment for e in entries}) == 1
     k = 150
-    segment = journal_dir(server) / entries[k].position.segment
+    segment = server.journal_dir / entries[k].position.segment
     start, end = entries[k - 1].position.byte, entries[k].position.byte
     damaged_id = from_record(entries[k].data).report_id
     data = bytearray(segment.read_bytes())
@@ -67,13 +63,13 @@ def test_one_flipped_byte_loses_only_its_record(
     server.start()
     assert_exactly_once(pg_url, ids - {damaged_id})
     assert stored_counts(pg_url, {damaged_id}) == {damaged_id: 0}
-    quarantine = journal_dir(server) / "quarantine"
+    quarantine = server.journal_dir / "quarantine"
     [saved] = list(quarantine.iterdir())
     assert saved.name == f"{segment.name}.bytes-{start}-{end}"
     assert saved.read_bytes() == bytes(data[start:end]) != original  # as found on disk
     assert "set aside" in server.log_tail(400)
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 60, "the journal to drain")
-    assert main(["journal", "inspect", str(journal_dir(server))]) == 0
+    assert main(["journal", "inspect", str(server.journal_dir)]) == 0
     out = capsys.readouterr().out
     assert f"quarantined: 1\n  {saved} ({end - start} bytes)" in out
 
@@ -87,15 +83,15 @@ def test_a_zero_filled_next_segment_does_not_stop_start_up(
     ids = send_all(100)
     journalled(server, 100)
     server.kill()
-    [segment] = journal_dir(server).glob("*.seg")
+    [segment] = server.journal_dir.glob("*.seg")
     # What a crash between creating the next segment and its fsync can leave.
-    leftover = journal_dir(server) / f"{int(segment.name[:8]) + 1:08d}{segment.name[8:]}"
+    leftover = server.journal_dir / f"{int(segment.name[:8]) + 1:08d}{segment.name[8:]}"
     leftover.write_bytes(bytes(64))
     postgres.restart()
     server.start()
     assert_exactly_once(pg_url, ids)
     assert not leftover.exists()
-    assert not (journal_dir(server) / "quarantine").exists()
+    assert not (server.journal_dir / "quarantine").exists()
 
 
 def test_a_second_process_with_the_same_name_exits_naming_the_first(
@@ -114,7 +110,7 @@ def test_a_second_process_with_the_same_name_exits_naming_the_first(
         if not line.startswith("--- harness")
     ]
     assert lines == [
-        f"reporting-server: journal {journal_dir(first)}: writer 'rs-solo' is already running "
+        f"reporting-server: journal {first.journal_dir}: writer 'rs-solo' is already running "
         f"as pid {first.pid}"
     ]
     # The first goes on undisturbed.
@@ -129,7 +125,7 @@ def test_a_segment_removed_under_its_writer_is_redelivered(standalone, pg_url, s
     assert_exactly_once(pg_url, before_ids)
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal to drain")
     # Drained, but still the segment the writer appends to.
-    [live] = journal_dir(server).glob("*.seg")
+    [live] = server.journal_dir.glob("*.seg")
     live.unlink()
     after_ids = send_all(200, "l2")
     assert_exactly_once(pg_url, before_ids | after_ids)
@@ -214,7 +210,7 @@ def test_a_journal_folder_made_anew_does_not_reuse_a_drained_segment_name(
     server.stop()
     # The folder replaced (wiped, or a relative path now read from another folder): the
     # database still holds a position in the segment the old folder had open.
-    shutil.rmtree(journal_dir(server))
+    shutil.rmtree(server.journal_dir)
     server.start()
     second = Flow(
         [activemq.host], tmp_path / "second", queue_prefix=queue_prefix, count=300, rate=0

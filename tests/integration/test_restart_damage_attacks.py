@@ -24,10 +24,6 @@ from tests.integration.conftest import nothing_stranded
 pytestmark = pytest.mark.integration
 
 
-def journal_dir(server: Instance) -> Path:
-    return Path(server.config["journal"]["dir"])
-
-
 def pending(server: Instance, count: int) -> None:
     wait_until(
         lambda: server.status()["journal"]["pending"] == count, 60, f"{count} journalled reports"
@@ -42,47 +38,35 @@ def stored_counts(url: str, ids: set[str]) -> dict[str, int]:
         sink.close()
 
 
+@pytest.mark.parametrize(
+    ("first_count", "drain_s"),
+    [
+        pytest.param(300, 60, id="new-segment-within-the-old-position"),
+        pytest.param(50, 20, id="new-segment-past-the-old-position"),
+    ],
+)
 def test_a_journal_folder_made_anew_while_the_database_is_down_loses_nothing(
-    standalone, postgres, pg_url, send_all
+    standalone, postgres, pg_url, send_all, first_count: int, drain_s: float
 ) -> None:
     """The folder has no record of the segment names its writer used, and the database that
     knows them is down: the reports are journalled under names that may have been used, and
-    renamed above the database's once it answers."""
+    renamed above the database's once it answers. The new segment ends within the position
+    the database holds for its name, or grows past it."""
     server = standalone()
     server.start()
-    first = send_all(300, "first")
+    first = send_all(first_count, "first")
     assert_exactly_once(pg_url, first)
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal drained")
     server.stop()
     # A new disk under the journal (or the folder wiped) while the database is out: the
     # database still holds a position in the segment the old folder had open.
-    shutil.rmtree(journal_dir(server))
+    shutil.rmtree(server.journal_dir)
     postgres.kill()
     server.start()
     second = send_all(300, "second")
     pending(server, 300)
     postgres.restart()
-    wait_until(lambda: server.status()["journal"]["pending"] == 0, 60, "the journal drained")
-    assert_exactly_once(pg_url, first | second, timeout_s=30)
-    assert "renamed 00000002-e0000000-rs-solo.seg" in server.log_path.read_text()
-
-
-def test_a_journal_folder_made_anew_and_filled_past_the_old_position_loses_nothing(
-    standalone, postgres, pg_url, send_all
-) -> None:
-    server = standalone()
-    server.start()
-    first = send_all(50, "first")
-    assert_exactly_once(pg_url, first)
-    wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal drained")
-    server.stop()
-    shutil.rmtree(journal_dir(server))
-    postgres.kill()
-    server.start()
-    second = send_all(300, "second")
-    pending(server, 300)
-    postgres.restart()
-    wait_until(lambda: server.status()["journal"]["pending"] == 0, 20, "the journal drained")
+    wait_until(lambda: server.status()["journal"]["pending"] == 0, drain_s, "the journal drained")
     assert_exactly_once(pg_url, first | second, timeout_s=30)
     assert "renamed 00000002-e0000000-rs-solo.seg" in server.log_path.read_text()
 
@@ -101,7 +85,7 @@ def test_a_lock_file_replaced_by_a_directory_stops_start_up_in_one_line(
     first = send_all(100, "first")
     assert_exactly_once(pg_url, first)
     server.stop()
-    lock = journal_dir(server) / "locks" / "rs-solo.lock"
+    lock = server.journal_dir / "locks" / "rs-solo.lock"
     assert lock.is_file()
     lock.unlink()
     lock.mkdir()
@@ -125,11 +109,11 @@ def test_a_byte_flipped_in_the_live_segment_loses_only_its_record(
     ids = send_all(200, "first")
     pending(server, 200)
     # The segment the running writer appends to, damaged under it.
-    with Journal.open_readonly(journal_dir(server)) as journal:
+    with Journal.open_readonly(server.journal_dir) as journal:
         entries = list(journal.read())
     assert len(entries) == 200 and len({e.position.segment for e in entries}) == 1
     k = 120
-    segment = journal_dir(server) / entries[k].position.segment
+    segment = server.journal_dir / entries[k].position.segment
     start, end = entries[k - 1].position.byte, entries[k].position.byte
     damaged_id = from_record(entries[k].data).report_id
     with open(segment, "r+b") as f:
@@ -142,7 +126,7 @@ def test_a_byte_flipped_in_the_live_segment_loses_only_its_record(
     later = send_all(200, "later")
     assert_exactly_once(pg_url, (ids | later) - {damaged_id}, timeout_s=60)
     assert stored_counts(pg_url, {damaged_id}) == {damaged_id: 0}
-    quarantine = journal_dir(server) / "quarantine"
+    quarantine = server.journal_dir / "quarantine"
     assert [p.name for p in quarantine.iterdir()] == [f"{segment.name}.bytes-{start}-{end}"]
 
 
@@ -155,7 +139,7 @@ def test_an_older_segment_cut_mid_record_loses_only_the_cut_records(
     ids = send_all(300)
     pending(server, 300)
     server.kill()
-    with Journal.open_readonly(journal_dir(server)) as journal:
+    with Journal.open_readonly(server.journal_dir) as journal:
         entries = list(journal.read())
     segments = sorted({e.position.segment for e in entries})
     assert len(segments) >= 3, segments
@@ -164,7 +148,7 @@ def test_an_older_segment_cut_mid_record_loses_only_the_cut_records(
     inside = [i for i, e in enumerate(entries) if e.position.segment == victim]
     k = inside[len(inside) // 2]
     start, end = entries[k - 1].position.byte, entries[k].position.byte
-    path = journal_dir(server) / victim
+    path = server.journal_dir / victim
     with open(path, "r+b") as f:
         f.truncate((start + end) // 2)
     lost = {from_record(entries[i].data).report_id for i in inside if i >= k}
@@ -329,9 +313,9 @@ def test_a_segment_of_a_writer_gone_for_good_is_drained_by_the_active(
     old.kill()
     # Its segment is moved into the shared journal of the pair that replaces it.
     pair = shared_pair()
-    shared = journal_dir(pair[0])
+    shared = pair[0].journal_dir
     shared.mkdir(mode=0o700, parents=True, exist_ok=True)
-    [segment] = journal_dir(old).glob("*.seg")
+    [segment] = old.journal_dir.glob("*.seg")
     shutil.copy2(segment, shared / segment.name)
     os.chmod(shared / segment.name, 0o600)
     postgres.restart()
@@ -349,7 +333,7 @@ def test_a_directory_with_a_segment_name_stops_start_up_in_one_line(
     first = send_all(100, "first")
     assert_exactly_once(pg_url, first)
     server.stop()
-    odd = journal_dir(server) / "00000099-e0000000-rs-solo.seg"
+    odd = server.journal_dir / "00000099-e0000000-rs-solo.seg"
     odd.mkdir()
     with pytest.raises(HarnessError, match="code 1"):
         server.start(timeout_s=30)
@@ -371,7 +355,7 @@ def test_the_live_segment_emptied_under_its_writer_loses_only_what_it_held(
     pending(server, 200)
     # A clean-up job empties the file the writer appends to (`: > segment`): the same file,
     # its bytes gone.
-    [live] = journal_dir(server).glob("*.seg")
+    [live] = server.journal_dir.glob("*.seg")
     os.truncate(live, 0)
     later = send_all(200, "later")
     postgres.restart()
@@ -450,7 +434,7 @@ def backlog(standalone, postgres, send_all, count: int = 300) -> tuple[Instance,
     ids = send_all(count)
     pending(server, count)
     server.kill()
-    with Journal.open_readonly(journal_dir(server)) as journal:
+    with Journal.open_readonly(server.journal_dir) as journal:
         entries = list(journal.read())
     assert len(entries) == count
     return server, ids, entries
@@ -460,14 +444,14 @@ def test_a_damaged_segment_header_loses_no_record(standalone, postgres, pg_url, 
     server, ids, entries = backlog(standalone, postgres, send_all)
     segments = sorted({e.position.segment for e in entries})
     assert len(segments) >= 3, segments
-    path = journal_dir(server) / segments[1]
+    path = server.journal_dir / segments[1]
     with open(path, "r+b") as f:
         f.write(b"XXXX")  # the magic of the header
     postgres.restart()
     server.start()
     later = send_all(100, "later")
     assert_exactly_once(pg_url, ids | later, timeout_s=60)
-    assert any((journal_dir(server) / "quarantine").iterdir())
+    assert any((server.journal_dir / "quarantine").iterdir())
 
 
 def test_a_zero_filled_block_in_the_middle_of_a_segment_loses_only_its_records(
@@ -480,7 +464,7 @@ def test_a_zero_filled_block_in_the_middle_of_a_segment_loses_only_its_records(
     # What a power loss can leave: a block of zeros where acknowledged records were.
     first, last = inside[2], inside[5]
     start, end = entries[first - 1].position.byte, entries[last].position.byte
-    path = journal_dir(server) / victim
+    path = server.journal_dir / victim
     with open(path, "r+b") as f:
         f.seek(start + 3)
         f.write(bytes(end - start - 6))
@@ -490,7 +474,7 @@ def test_a_zero_filled_block_in_the_middle_of_a_segment_loses_only_its_records(
     later = send_all(100, "later")
     assert_exactly_once(pg_url, (ids | later) - lost, timeout_s=60)
     assert set(stored_counts(pg_url, lost).values()) == {0}
-    assert [p.name for p in (journal_dir(server) / "quarantine").iterdir()] == [
+    assert [p.name for p in (server.journal_dir / "quarantine").iterdir()] == [
         f"{victim}.bytes-{start}-{end}"
     ]
 
@@ -500,7 +484,7 @@ def test_replay_of_a_backlog_with_a_flipped_byte_then_a_start(
 ) -> None:
     server, ids, entries = backlog(standalone, postgres, send_all)
     k = len(entries) // 2
-    segment = journal_dir(server) / entries[k].position.segment
+    segment = server.journal_dir / entries[k].position.segment
     start, end = entries[k - 1].position.byte, entries[k].position.byte
     if entries[k - 1].position.segment != entries[k].position.segment:
         k, start = k + 1, end
@@ -557,7 +541,7 @@ def test_a_lock_file_replaced_by_a_pipe_stops_start_up_in_one_line(
     first = send_all(100, "first")
     assert_exactly_once(pg_url, first)
     server.stop()
-    lock = journal_dir(server) / "locks" / "rs-solo.lock"
+    lock = server.journal_dir / "locks" / "rs-solo.lock"
     lock.unlink()
     os.mkfifo(lock, 0o600)
     with pytest.raises(HarnessError, match="code 1"):
@@ -597,6 +581,6 @@ def test_the_journal_folder_removed_under_a_running_server(standalone, pg_url, s
     first = send_all(200, "first")
     assert_exactly_once(pg_url, first)
     wait_until(lambda: server.status()["journal"]["pending"] == 0, 30, "the journal drained")
-    shutil.rmtree(journal_dir(server))
+    shutil.rmtree(server.journal_dir)
     second = send_all(200, "second")
     assert_exactly_once(pg_url, first | second, timeout_s=15)
