@@ -80,8 +80,11 @@ def test_a_server_killed_while_journalling_blind_then_started_with_the_database_
 ) -> None:
     """Small segments: the database holds positions in names below, between and above the
     ones given blind; a kill -9 before the database answers leaves them blind, and the start
-    after it names more blind, all renamed above the database's once it answers."""
-    server = standalone(journal={"segment_bytes": 16384}, broker={"max_body_bytes": 8192})
+    after it names more blind, all renamed above the database's once it answers. Batches are
+    kept small, as a segment rolls between batches only."""
+    server = standalone(
+        journal={"segment_bytes": 16384}, broker={"max_body_bytes": 8192, "batch_records": 10}
+    )
     server.start()
     first = send_all(150, "first")
     assert_exactly_once(pg_url, first, timeout_s=30)

@@ -133,14 +133,7 @@ def test_a_byte_flipped_in_the_live_segment_loses_only_its_record(
 def test_an_older_segment_cut_mid_record_loses_only_the_cut_records(
     standalone, postgres, pg_url, send_all
 ) -> None:
-    server = standalone(journal={"segment_bytes": 16384}, broker={"max_body_bytes": 8192})
-    server.start()
-    postgres.kill()
-    ids = send_all(300)
-    pending(server, 300)
-    server.kill()
-    with Journal.open_readonly(server.journal_dir) as journal:
-        entries = list(journal.read())
+    server, ids, entries = backlog(standalone, postgres, send_all)
     segments = sorted({e.position.segment for e in entries})
     assert len(segments) >= 3, segments
     # The second segment cut in the middle of one of its records (a copy that stopped short).
@@ -427,8 +420,11 @@ def test_a_segregated_pair_started_with_zookeeper_and_the_database_down(
 def backlog(standalone, postgres, send_all, count: int = 300) -> tuple[Instance, set[str], list]:
     """A standalone server that journalled `count` reports over several segments while the
     database was down, then was killed -9; the reports' ids and its journal's entries. The
-    database is down on return."""
-    server = standalone(journal={"segment_bytes": 16384}, broker={"max_body_bytes": 8192})
+    database is down on return. A segment rolls between batches only, so batches are kept small:
+    one batch of a fast sender could otherwise fill most of a segment on its own."""
+    server = standalone(
+        journal={"segment_bytes": 16384}, broker={"max_body_bytes": 8192, "batch_records": 10}
+    )
     server.start()
     postgres.kill()
     ids = send_all(count)
