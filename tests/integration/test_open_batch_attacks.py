@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from reporting.harness import Postgres
-from reporting.harness.waiting import holds_within, wait_until
+from reporting.harness.waiting import wait_until
 from storage.database import Sink
 from storage.errors import DatabaseUnavailable, PositionsLost, StaleEpoch
 from storage.reports import Report
-from tests.integration.test_sink import Write, attempt_write, cdr, lock_waits
+from tests.integration.test_sink import Write, attempt_write, cdr, waits_on_a_row_lock
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 BIG = 2**63 - 1
@@ -507,10 +507,7 @@ def test_a_first_writer_rolled_back_leaves_no_fence_to_the_second(server_url: st
                         )
                     )
                     thread.start()
-                    # b waiting on the insert before a rolls back (a fixed half second was not
-                    # always enough on a loaded machine for b to get there).
-                    holds_within(lambda: lock_waits(server_url) > 0 or not thread.is_alive(), 30)
-                    assert lock_waits(server_url) > 0, "b did not wait on a's fence row"
+                    waits_on_a_row_lock(server_url, thread)  # b, on the insert, before a rolls back
                     raise
         thread.join(timeout=30)
         assert lost

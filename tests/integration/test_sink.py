@@ -431,6 +431,17 @@ def lock_waits(url: str) -> int:
         engine.dispose()
 
 
+def waits_on_a_row_lock(url: str, writer: threading.Thread) -> None:
+    """Until `writer` waits on a row lock in the database server of `url` (or ends, which fails).
+    Polled for, not given a fixed half second: a loaded machine may take longer than that to
+    get the writer to its statement. Not polled more often than every 0.2 s: InnoDB refreshes
+    what innodb_trx shows only when it was last read more than 0.1 s ago, so faster polls read
+    one stale snapshot (no wait) until the holder's transaction ends by its idle timeout."""
+    holds_within(lambda: lock_waits(url) > 0 or not writer.is_alive(), 30, every_s=0.2)
+    assert writer.is_alive(), "the writer ended without waiting on a row lock"
+    assert lock_waits(url) > 0, "the writer is not waiting on a row lock"
+
+
 class Write(threading.Thread):
     """`attempt_write` in a thread of its own."""
 
@@ -444,15 +455,9 @@ class Write(threading.Thread):
         self._outcome.append(attempt_write(sink, items, **write))
 
     def waiting(self) -> "Write":
-        """Started, and waiting on a row lock (one the caller's open transaction holds). Polled
-        for in the database, not given a fixed half second: a loaded machine may take longer
-        than that to get the writer to its statement, and the caller's transaction would then
-        end before the writer ever waited."""
+        """Started, and waiting on a row lock (one the caller's open transaction holds)."""
         self.start()
-        url = self._write[0].url
-        holds_within(lambda: lock_waits(url) > 0 or not self.is_alive(), 30)
-        assert self.is_alive(), "the writer did not wait for the fence row"
-        assert lock_waits(url) > 0, "the writer is not waiting on a row lock"
+        waits_on_a_row_lock(self._write[0].url, self)
         return self
 
     def outcome(self, timeout_s: float = 30) -> BaseException | None:

@@ -76,8 +76,12 @@ def valid_reports(draw):
     return kind, payload
 
 
+# U+FFFD is refused in an id: it stands where the broker found bytes that were not UTF-8.
 printable_ids = st.text(
-    st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")),
+    st.characters(
+        exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"),
+        exclude_characters="\ufffd",
+    ),
     min_size=1,
     max_size=200,
 )
