@@ -144,8 +144,9 @@ def test_database_down_after_the_wait_gives_up_with_two_lines_and_no_secret(
 
 def killed_active_and_waiting_replay(shared_pair, zookeeper, tcp_proxy, tmp_path: Path) -> Any:
     """rs-a active then kill -9; a replay as rs-a (its ZooKeeper through a proxy) waiting out
-    rs-a's session; returned once the replay's connection is up."""
-    a, _ = shared_pair(**{"rs-a": {"ha": {"session_timeout": 4.0}}})
+    rs-a's session; returned once the replay's connection is up. The session is long enough
+    that a replay slow to start (a loaded machine) still connects well within it."""
+    a, _ = shared_pair(**{"rs-a": {"ha": {"session_timeout": 10.0}}})
     a.start()
     wait_until(lambda: active(a), 30, "rs-a active")
     a.kill()
