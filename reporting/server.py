@@ -146,9 +146,9 @@ class Server:
     def _fenced(self, lane: str, exc: StaleEpoch) -> None:
         self.lanes[lane].stand_by(f"fenced: {exc}")
         if self.group:
-            self.election.lost_fence(lane, exc.epoch)
+            self.election.lost_fence(lane, exc.epoch, exc.fence)
         else:
-            self.election.lost_fence(exc.epoch)
+            self.election.lost_fence(exc.epoch, exc.fence)
 
     def _active_lanes(self) -> list[str]:
         return [lane for lane in self.lanes if self._role_of(lane) is Role.ACTIVE]

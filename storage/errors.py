@@ -44,9 +44,12 @@ class StatementTimeout(DatabaseUnavailable):
 class StaleEpoch(DatabaseError):
     """Raised when a drain transaction's epoch is older than the fence."""
 
-    def __init__(self, cluster: str, epoch: int) -> None:
+    def __init__(self, cluster: str, epoch: int, fence: int | None = None) -> None:
         message = f"epoch {epoch} of {cluster} is fenced off by a newer writer"
-        super().__init__(message, cluster=cluster, epoch=epoch)
+        if fence is not None:
+            message += f" (the fence is at {fence})"
+        # `fence`: the epoch the fence held when it refused, where the sink read it.
+        super().__init__(message, cluster=cluster, epoch=epoch, fence=fence)
 
 
 class PositionsLost(DatabaseError):

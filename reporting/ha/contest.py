@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NoAuthError
+from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
@@ -132,6 +132,7 @@ class Contest:
         session_timeout_s: float,
         round: Callable[[], None],
         interrupt: Callable[[], None] = lambda: None,
+        nodes_gone: Callable[[], None] = lambda: None,
         auth: tuple[str, str] | None = None,
     ) -> None:
         self.name = name
@@ -143,6 +144,8 @@ class Contest:
         self.refusal: ZooKeeperRefused | None = None
         self._round = round
         self._interrupt = interrupt
+        self._nodes_gone = nodes_gone
+        self._gone_said = False
         self._on_refused: Callable[[ZooKeeperRefused], None] | None = None
         # Persistent nodes, created where missing, and ephemeral ones, checked where present.
         self._nodes: list[str] = [self.cluster]
@@ -300,10 +303,29 @@ class Contest:
                     continue
                 self._round()
                 self.joined.set()
+                self._gone_said = False
             except ZooKeeperRefused as refusal:
                 self._refuse(refusal)
             except NoAuthError:
                 self._refuse(self._diagnose())
+            except NoNodeError:
+                # A node the election relies on was deleted under it (its ZooKeeper lost its
+                # data, or the cluster path was removed by hand): the next round creates them
+                # again, and the recipe lets go of what it held or watched in the old ones.
+                # Said once until a round runs to its end again.
+                log.log(
+                    logging.DEBUG if self._gone_said else logging.WARNING,
+                    "%s: a node of the election under %s is gone; creating them again",
+                    self.name,
+                    self.cluster,
+                )
+                self._gone_said = True
+                self._checked = False
+                try:
+                    self._nodes_gone()
+                except KazooException as exc:  # the connection dropped: the next round tells
+                    log.debug("%s: letting go of the old nodes interrupted: %r", self.name, exc)
+                self.wait()
             except KazooException as exc:
                 # Mostly the connection dropping mid-round; the listener has seen it too.
                 log.debug("%s: election round interrupted: %r", self.name, exc)
@@ -383,7 +405,9 @@ class Participant:
 
     def __init__(self, **session: Any) -> None:
         """`session`: Contest's name, zookeeper, cluster, session_timeout_s and auth."""
-        self.contest = Contest(round=self._round, interrupt=self._interrupt, **session)
+        self.contest = Contest(
+            round=self._round, interrupt=self._interrupt, nodes_gone=self._nodes_gone, **session
+        )
         self.name = self.contest.name
         self.cluster = self.contest.cluster
         self.client = self.contest.client
@@ -418,3 +442,6 @@ class Participant:
 
     def _interrupt(self) -> None:
         """Nothing of the round blocks for long unless the recipe says so."""
+
+    def _nodes_gone(self) -> None:
+        """A round met a node of the election deleted: let go of what the old nodes held."""

@@ -53,8 +53,9 @@ class Election(Protocol):
     def stood_down(self) -> None:
         """Segregated backup: the own broker is drained after a `drain_first` change."""
 
-    def lost_fence(self, epoch: int | None = None) -> None:
-        """The database rejected `epoch` (None: the current one): stand by, then contend again."""
+    def lost_fence(self, epoch: int | None = None, fence: int | None = None) -> None:
+        """The database rejected `epoch` (None: the current one), its fence at `fence`: stand
+        by, then contend again for an epoch above the fence."""
 
 
 class StandaloneElection:
@@ -92,7 +93,7 @@ class StandaloneElection:
     def watch_refusals(self, callback: Callable[[ZooKeeperRefused], None]) -> None:
         pass  # nothing to refuse it
 
-    def lost_fence(self, epoch: int | None = None) -> None:
+    def lost_fence(self, epoch: int | None = None, fence: int | None = None) -> None:
         # Nobody else can hold epoch 0's role; a fence here is a bug elsewhere, not a handover.
         log.error(
             "%s: fenced in standalone mode (epoch %s); keeping the role",

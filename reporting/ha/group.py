@@ -52,6 +52,8 @@ class _Queue:
     give_up: bool = False
     # Who holds the owner node, as last seen by the watch.
     owner: str | None = None
+    # The highest fence that refused this instance for the queue: the next epoch is above it.
+    fence_seen: int = 0
 
 
 class GroupElection(Participant):
@@ -111,6 +113,7 @@ class GroupElection(Participant):
         self._compared: tuple[str, ...] = ()
         self._member_session = -1
         self._watching = False
+        self._watching_members = False
 
     # -- readable from any thread -------------------------------------------------------------
 
@@ -147,10 +150,12 @@ class GroupElection(Participant):
     def start(self) -> None:
         self.contest.start(f"member of group {self.cluster}")
 
-    def lost_fence(self, queue: str, epoch: int | None = None) -> None:
-        """The database rejected a write of `queue` at `epoch`: stand by for it, then contend
-        again. A rejection of an older epoch than the queue's current one changes nothing."""
+    def lost_fence(self, queue: str, epoch: int | None = None, fence: int | None = None) -> None:
+        """The database rejected a write of `queue` at `epoch`, its fence at `fence` where the
+        database said: stand by for it, then contend again, for an epoch above the fence. A
+        rejection of an older epoch than the queue's current one changes nothing."""
         q = self._queues[queue]
+        q.fence_seen = max(q.fence_seen, fence or 0)
         if self.contest.fence(q.slot, epoch):
             q.give_up = True
             self.contest.wake()
@@ -201,10 +206,15 @@ class GroupElection(Participant):
                     self._take(q, session)
 
     def _watch(self) -> None:
+        if not self._watching_members:
+            # Ends with its folder (kazoo's ChildrenWatch stops on a deleted node): made again
+            # by _nodes_gone.
+            ChildrenWatch(self.client, self.members_path, self._on_members)
+            self._watching_members = True
         if self._watching:
             return
-        # kazoo keeps these watches across reconnects and calls back on its own thread.
-        ChildrenWatch(self.client, self.members_path, self._on_members)
+        # kazoo keeps these watches across reconnects and calls back on its own thread; a
+        # DataWatch outlives its node's deletion.
         for q in self._queues.values():
             DataWatch(
                 self.client,
@@ -212,6 +222,16 @@ class GroupElection(Participant):
                 functools.partial(self._on_owner, q),
             )
         self._watching = True
+
+    def _nodes_gone(self) -> None:
+        # The member node and the owner nodes went with the deleted folders: register again,
+        # give up the queues held (their owner nodes are no proof of ownership any more; the
+        # next owner's epoch is above the fence), and watch the members folder once made again.
+        for q in self._queues.values():
+            if q.node_session != -1:
+                self._give_up(q, "a node of the group is gone")
+        self._member_session = -1
+        self._watching_members = False
 
     def _key(self, queue: str) -> str:
         return queue_key(self.cluster, queue)
@@ -285,7 +305,7 @@ class GroupElection(Participant):
     def _take_epoch(self, q: _Queue, session: int) -> None:
         if self.contest.session() != session:
             return
-        epoch = bump_epoch(self.client, f"{self._key(q.name)}/epoch")
+        epoch = bump_epoch(self.client, f"{self._key(q.name)}/epoch", q.fence_seen)
         q.epoch_pending = False
         self.contest.apply(q.slot, Acquired(epoch, "took the queue's owner node", session))
 

@@ -16,6 +16,8 @@ class PairElection(Participant):
         self.slot = self.contest.add_slot(
             self.name, policy=policy, on_change=on_change, thread=self.name
         )
+        # The highest fence that refused this instance: its next epoch is taken above it.
+        self.fence_seen = 0
 
     # Readable from any thread: each is one attribute read of the roles.
 
@@ -34,12 +36,14 @@ class PairElection(Participant):
     def start(self) -> None:
         self.contest.start(self._waiting_for())
 
-    def lost_fence(self, epoch: int | None = None) -> None:
-        """The database rejected a write of `epoch` (None: the current one): stand by now.
+    def lost_fence(self, epoch: int | None = None, fence: int | None = None) -> None:
+        """The database rejected a write of `epoch` (None: the current one), its fence at
+        `fence` where the database said: stand by now, and take the next epoch above the fence.
 
         A rejection of an older epoch than the current one is about a role given up since, and
         changes nothing.
         """
+        self.fence_seen = max(self.fence_seen, fence or 0)
         if self.contest.fence(self.slot, epoch):
             self._fenced()
             self.contest.wake()

@@ -52,7 +52,7 @@ class _OwnEpoch(PairElection):
             self._epoch_needed = False
         if self._epoch_needed and self.client.connected:
             self._epoch_needed = False
-            self._apply(EpochTaken(bump_epoch(self.client, self.epoch_path)))
+            self._apply(EpochTaken(bump_epoch(self.client, self.epoch_path, self.fence_seen)))
 
 
 class PrimaryElection(_OwnEpoch):
@@ -107,7 +107,7 @@ class PrimaryElection(_OwnEpoch):
             self._create_node(session)
         if self._node_session is not None:
             if self.role is Role.STANDBY:
-                epoch = bump_epoch(self.client, self.epoch_path)
+                epoch = bump_epoch(self.client, self.epoch_path, self.fence_seen)
                 self._apply(Acquired(epoch, f"healthy, holding {self.primary_path}"))
         self._take_own_epoch()
         self._wait()
@@ -189,7 +189,7 @@ class BackupElection(_OwnEpoch):
             # Draining after the primary came back, and it went again: no new epoch.
             self._apply(Acquired(None, "primary gone again"))
         else:
-            epoch = bump_epoch(self.client, self.epoch_path)
+            epoch = bump_epoch(self.client, self.epoch_path, self.fence_seen)
             self._apply(Acquired(epoch, f"primary gone for {self.grace_s:g} s"))
         self._wait()
 

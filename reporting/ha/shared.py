@@ -73,8 +73,9 @@ class SharedElection(PairElection):
             got = self._lock.acquire(timeout=ACQUIRE_WAIT_S)
         except (LockTimeout, CancelledError):
             return
-        except NoAuthError:
-            raise  # not an interruption: the contest refuses to go on
+        except (NoAuthError, NoNodeError):
+            # Not an interruption: the contest refuses to go on, or creates the nodes again.
+            raise
         except KazooException as exc:
             log.debug("%s: acquire interrupted: %r", self.name, exc)
             return
@@ -88,7 +89,7 @@ class SharedElection(PairElection):
         if self._session() != session:
             return  # the lock went with that session; the next round starts over
         try:
-            epoch = bump_epoch(self.client, self.epoch_path)
+            epoch = bump_epoch(self.client, self.epoch_path, self.fence_seen)
         except NoAuthError:
             raise
         except KazooException as exc:
@@ -183,6 +184,16 @@ class SharedElection(PairElection):
     def _interrupt(self) -> None:
         if self._lock is not None:
             self._lock.cancel()
+
+    def _nodes_gone(self) -> None:
+        # The lock object took its path for made and its watch ended with the path: a fresh
+        # one, and a fresh watch, once the nodes are made again. Our node went with the path.
+        if self._holding:
+            self._apply(Released("the lock node is gone"))
+        self._lock = None
+        self._holding = False
+        self._epoch_pending = False
+        self._watching = False
 
     def _fenced(self) -> None:
         # Taken up by a holding contest thread only; one waiting in line clears it, being no

@@ -201,7 +201,13 @@ class Sink:
 
     def _check_fence(self, conn: Connection, epoch: int) -> None:
         if not self._dialect.claim_fence(conn, self.cluster, epoch):
-            raise StaleEpoch(self.cluster, epoch)
+            raise self._stale(conn, epoch)
+
+    def _stale(self, conn: Connection, epoch: int) -> StaleEpoch:
+        """The refusal of `epoch`, with the fence's epoch read in the refused transaction (the
+        election takes its next epoch above it)."""
+        fence_now = conn.scalar(select(fence.c.epoch).where(fence.c.cluster == self.cluster))
+        return StaleEpoch(self.cluster, epoch, fence_now)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -381,7 +387,7 @@ class Sink:
             check=list(committed),
         )
         if stored is None:
-            raise StaleEpoch(self.cluster, epoch)
+            raise self._stale(conn, epoch)
         for segment, byte in sorted(committed.items()):
             if stored.get(segment, 0) < byte:
                 raise PositionsLost(self.journal, segment, stored.get(segment, 0), byte)
