@@ -7,6 +7,9 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 log = logging.getLogger(__name__)
 
+# The database keeps the fence's epoch in a BIGINT: the next epoch must fit it.
+MAX_EPOCH = 2**63 - 2
+
 
 def _parsed(path: str, data: bytes) -> int:
     """The epoch a node holds; one that holds no whole number of 0 or more (edited by hand, or
@@ -16,11 +19,12 @@ def _parsed(path: str, data: bytes) -> int:
         epoch = int(data.decode("ascii").strip() or 0)
     except (UnicodeDecodeError, ValueError):
         epoch = -1
-    if epoch < 0:
+    if not 0 <= epoch < MAX_EPOCH:
         log.warning(
-            "epoch node %s holds %r, not a whole number of 0 or more; counting from 0",
+            "epoch node %s holds %r, not a whole number from 0 to %d; counting from 0",
             path,
             data[:40],
+            MAX_EPOCH - 1,
         )
         return 0
     return epoch
