@@ -21,6 +21,7 @@ thread of its own, so that queues are handed over side by side.
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -114,6 +115,9 @@ class GroupElection(Participant):
         self._member_session = -1
         self._watching = False
         self._watching_members = False
+        # Set by the watch on the members folder when it is deleted: the round treats it as a
+        # node of the election gone (rounds of a settled group touch no node that would say so).
+        self._folder_gone = threading.Event()
 
     # -- readable from any thread -------------------------------------------------------------
 
@@ -167,6 +171,12 @@ class GroupElection(Participant):
         self.contest.wake()
         return not self.contest.stopping
 
+    def _on_members_folder(self, _data: bytes | None, stat: object) -> bool:
+        if stat is None and self._watching_members:
+            self._folder_gone.set()
+            self.contest.wake()
+        return not self.contest.stopping
+
     def _on_owner(self, q: _Queue, data: bytes | None, _stat: object) -> bool:
         q.owner = data.decode() if data else None
         self.contest.wake()
@@ -181,6 +191,9 @@ class GroupElection(Participant):
     def _look(self) -> None:
         if not self.client.connected:
             return
+        if self._folder_gone.is_set():
+            self._folder_gone.clear()
+            raise NoNodeError(self.members_path)
         session = self.contest.session()
         self._watch()
         if not self._register(session):
@@ -215,6 +228,7 @@ class GroupElection(Participant):
             return
         # kazoo keeps these watches across reconnects and calls back on its own thread; a
         # DataWatch outlives its node's deletion.
+        DataWatch(self.client, self.members_path, self._on_members_folder)
         for q in self._queues.values():
             DataWatch(
                 self.client,

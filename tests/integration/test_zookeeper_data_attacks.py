@@ -117,6 +117,7 @@ def test_shared_wiped_while_running_then_the_active_goes(
         assert_exactly_once(pg_url, flow.join(), timeout_s=BOUND_S)
     finally:
         flow.stop()
+    assert "is gone; creating them again" in standby.log_path.read_text()
     no_traceback(pair)
 
 
@@ -218,6 +219,8 @@ def test_group_wiped_while_running_then_a_member_dies(
         assert_exactly_once(pg_url, flow.join(), timeout_s=BOUND_S)
     finally:
         flow.stop()
+    for survivor in survivors:
+        assert "is gone; creating them again" in survivor.log_path.read_text(), survivor.name
     no_traceback(members)
 
 
