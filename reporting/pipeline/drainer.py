@@ -115,6 +115,8 @@ class Drainer:
         # read again from the election, so that a drainer never writes with an epoch its
         # instance took after it (nor one it has lost: the fence refuses that, and it stops).
         self.epoch: int | None = None
+        # The epoch this drainer last claimed the fence for: claiming it again is no first claim.
+        self._claimed: int | None = None
         # Why the drainer is not running, for /status; None while it runs.
         self.stopped_because: str | None = "not started"
         self.metrics = metrics
@@ -197,7 +199,12 @@ class Drainer:
                 self.sink.upgrade()
                 # The fence moves when the role does: from here on, a stale holder's next
                 # commit is refused, not only from this drainer's first write.
-                self.sink.claim_epoch(self._epoch())
+                # A first claim of an epoch must find the fence below it: one that holds it
+                # already holds it for another writer (the epochs' counter was started again).
+                # Standalone always writes under epoch 0, with nobody to share it.
+                epoch = self._epoch()
+                self.sink.claim_epoch(epoch, first=0 < epoch != self._claimed)
+                self._claimed = epoch
                 positions = self.sink.positions()
                 # Positions are keyed by segment name: a journal folder made anew (wiped, moved,
                 # a relative path read from elsewhere) must not name a new segment like one the

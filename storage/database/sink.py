@@ -190,10 +190,13 @@ class Sink:
 
     # -- the fence ----------------------------------------------------------------------------
 
-    def claim_epoch(self, epoch: int) -> None:
-        """Raise the fence to `epoch`; raises StaleEpoch if a newer epoch has claimed it."""
+    def claim_epoch(self, epoch: int, *, first: bool = False) -> None:
+        """Raise the fence to `epoch`; raises StaleEpoch if a newer epoch has claimed it, or if
+        `first` (the writer has not claimed this epoch before) the same epoch: two writers
+        never hold one epoch, even when the epochs' counter was started again."""
         with translated(self.url), self._engine.begin() as conn:
-            self._check_fence(conn, epoch)
+            if not self._dialect.claim_fence(conn, self.cluster, epoch, strict=first):
+                raise self._stale(conn, epoch)
 
     def fence_epoch(self) -> int | None:
         with translated(self.url), self._engine.connect() as conn:

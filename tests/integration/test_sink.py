@@ -466,6 +466,29 @@ class Write(threading.Thread):
         return self._outcome[0]
 
 
+def test_a_first_claim_of_an_epoch_the_fence_holds_is_refused(url: str) -> None:
+    # Two writers never hold one epoch: one whose counter was started again (its ZooKeeper
+    # lost its data) is refused on claiming the epoch another holds, and told where the fence
+    # is. The writer that claimed it claims it again, and writes under it.
+    holder = Sink(url, cluster="/pair", journal="rs-a")
+    other = Sink(url, cluster="/pair", journal="rs-b")
+    try:
+        holder.upgrade()
+        holder.claim_epoch(1, first=True)  # the domain's first writer
+        with pytest.raises(StaleEpoch) as refused:
+            other.claim_epoch(1, first=True)
+        assert refused.value.fence == 1 and "(the fence is at 1)" in str(refused.value)
+        holder.claim_epoch(1)
+        holder.write_batch([cdr("a")], positions={"s": 10}, epoch=1)
+        other.claim_epoch(2, first=True)
+        with pytest.raises(StaleEpoch):
+            holder.write_batch([cdr("late")], positions={"s": 20}, epoch=1)
+        assert other.fence_epoch() == 2
+    finally:
+        holder.close()
+        other.close()
+
+
 @pytest.mark.integration
 def test_fence_cannot_be_lowered_even_by_hand(server_url: str) -> None:
     # Migration 0002's trigger: not even an UPDATE outside the sink takes the fence back.

@@ -54,11 +54,6 @@ def sample(pair, seconds: float) -> list[dict[str, int]]:
     return samples
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a wipe under a pair whose fence is at 1 gives the standby epoch 1 again: the fence "
-    "admits an equal epoch, so both instances stay active and write under epoch 1",
-)
 def test_shared_wiped_under_a_fresh_pair_never_two_writers_of_one_epoch(
     shared_pair, zookeeper, cluster_path, pg_url, producing
 ) -> None:
@@ -80,11 +75,6 @@ def test_shared_wiped_under_a_fresh_pair_never_two_writers_of_one_epoch(
     no_traceback(pair)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an epoch node above the BIGINT fence column (10**30) is taken as an epoch: the fence "
-    "claim fails with 'bigint out of range', the drainer logs a traceback each second, forever",
-)
 def test_shared_epoch_node_set_beyond_the_fence_column(
     shared_pair, zookeeper, cluster_path, pg_url, send_all
 ) -> None:
@@ -244,11 +234,6 @@ def test_group_one_queue_folder_deleted_then_its_owner_killed(
     no_traceback(members)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the members folder deleted is never made again nor noticed: the members view stays "
-    "frozen, and a member killed afterwards keeps its queues in every assignment, unconsumed",
-)
 def test_group_members_folder_deleted_then_a_member_killed(
     group, zookeeper, cluster_path, pg_url, queues, producing, send_all
 ) -> None:

@@ -29,18 +29,23 @@ class Dialect:
 
     # -- the fence ----------------------------------------------------------------------------
 
-    def claim_fence(self, conn: Connection, cluster: str, epoch: int) -> bool:
+    def claim_fence(
+        self, conn: Connection, cluster: str, epoch: int, *, strict: bool = False
+    ) -> bool:
         """Raise `cluster`'s fence to `epoch` in `conn`'s transaction and keep its row locked to
-        the end of it; False (nothing changed) if a newer epoch holds it.
+        the end of it; False (nothing changed) if a newer epoch holds it, or with `strict` the
+        same epoch (a first claim: an epoch another writer holds already is not this one's).
 
         The locking read always sees the newest committed epoch whatever the isolation level,
         and a writer of an older epoch waits on the lock, then sees the newer epoch.
         """
         current = conn.scalar(self.fence_lock(cluster))
         if current is None:
-            conn.execute(self.fence_insert(), {"cluster": cluster, "epoch": epoch})
+            made = conn.execute(self.fence_insert(), {"cluster": cluster, "epoch": epoch})
+            if made.rowcount == 1:
+                return True  # the first writer of the domain: its row, at its epoch
             current = conn.scalar(self.fence_lock(cluster))
-        if current > epoch:
+        if current > epoch or (strict and current == epoch):
             return False
         if current < epoch:
             conn.execute(self.fence_raise(cluster, epoch))

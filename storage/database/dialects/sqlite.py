@@ -21,12 +21,22 @@ class OnConflict(Dialect):
 
     module: ModuleType = sqlite
 
-    def claim_fence(self, conn: Connection, cluster: str, epoch: int) -> bool:
+    def claim_fence(
+        self, conn: Connection, cluster: str, epoch: int, *, strict: bool = False
+    ) -> bool:
         # RETURNING rather than rowcount, which SQLAlchemy does not pass on for every INSERT.
-        return conn.execute(self._claim, {"cluster": cluster, "epoch": epoch}).first() is not None
+        claim = self._claim_strict if strict else self._claim
+        return conn.execute(claim, {"cluster": cluster, "epoch": epoch}).first() is not None
 
     @functools.cached_property
     def _claim(self) -> Executable:
+        return self._claim_where(fence.c.epoch <= bindparam("epoch"))
+
+    @functools.cached_property
+    def _claim_strict(self) -> Executable:
+        return self._claim_where(fence.c.epoch < bindparam("epoch"))
+
+    def _claim_where(self, newer: Any) -> Executable:
         # An upsert rather than a bare UPDATE, so a first writer needs no separate claim. On
         # PostgreSQL it locks the fence row until commit: a writer of an older epoch waits, then
         # sees the newer epoch and matches nothing. Built once: a batch only binds its values.
@@ -36,7 +46,7 @@ class OnConflict(Dialect):
         statement = statement.on_conflict_do_update(
             index_elements=[fence.c.cluster],
             set_={"epoch": statement.excluded.epoch},
-            where=fence.c.epoch <= statement.excluded.epoch,
+            where=newer,
         )
         return statement.returning(fence.c.epoch)
 

@@ -272,7 +272,7 @@ sink = Sink(sys.argv[2], cluster="rs", journal="rs")
 sink.upgrade()
 drainer = Drainer(lambda: journal, sink, batch_records=10, metrics=Metrics(),
                   on_fenced=print, on_room=lambda: None, name="rs")
-drainer.start(1)
+drainer.start(int(sys.argv[3]))
 assert drainer.wait_caught_up(30)
 drainer.stop()
 journal.close()
@@ -288,11 +288,11 @@ def test_an_undecodable_record_is_rejected_once_whichever_process_drains_it(
     journal.close()
     url = f"sqlite:///{tmp_path / 'r.db'}"
     for seed in ("1", "2"):
-        # Another process, another hash seed: as after a restart. The database lost the
-        # positions in between (a standby promoted), so the record is drained again.
+        # Another process, another hash seed and epoch: as after a restart. The database lost
+        # the positions in between (a standby promoted), so the record is drained again.
         env = {**os.environ, "PYTHONHASHSEED": seed}
         subprocess.run(
-            [sys.executable, "-c", DRAIN_ONCE, str(tmp_path / "journal"), url],
+            [sys.executable, "-c", DRAIN_ONCE, str(tmp_path / "journal"), url, seed],
             check=True,
             env=env,
             timeout=60,
