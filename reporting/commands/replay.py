@@ -286,7 +286,7 @@ def _replay_one(config: Config, lane: LaneSpec, *, timeout_s: float) -> int:
             progress.fail(f"replay: gave up after {timeout_s:.0f} s")
             return 1
         collect_rarely()
-        drainer.start(epoch)
+        drainer.start(epoch, claimed=True)
         while not done.is_set():
             if drainer.wait_caught_up(0.5):
                 break

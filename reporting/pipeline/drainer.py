@@ -137,8 +137,9 @@ class Drainer:
         self.stored = 0
         self.drained_records = 0
 
-    def start(self, epoch: int) -> None:
-        """Drain under `epoch`, which the caller holds; the fence is raised to it first."""
+    def start(self, epoch: int, *, claimed: bool = False) -> None:
+        """Drain under `epoch`, which the caller holds; the fence is raised to it first, a first
+        claim unless `claimed` (the epoch is the fence's own already: replay's)."""
         old = self._thread
         if old is not None and old.is_alive():
             # Stuck in a database call that stop() could not interrupt: two drainers must
@@ -148,6 +149,8 @@ class Drainer:
         self._stop.clear()
         self._caught_up.clear()
         self.epoch = epoch
+        if claimed:
+            self._claimed = epoch
         self.stopped_because = None
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-drainer", daemon=True)
         self._thread.start()

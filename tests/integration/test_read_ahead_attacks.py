@@ -838,8 +838,10 @@ def test_steady_trickle_of_mixed_records_is_stored_exactly_once(
     for round_, max_bytes in enumerate([1 << 30, 24 << 10]):
         rng = random.Random(7 + round_)
         rig = Rig(url, tmp_path / f"journal{round_}", segment_bytes=8192, max_bytes=max_bytes)
-        # The same database in both rounds: the second writes under another journal key.
+        # The same database in both rounds: the second writes under another journal key and
+        # fencing domain (a writer of its own, whose first claim of epoch 1 is its own).
         rig.sink.journal = f"{NAME}-{round_}"
+        rig.sink.cluster = f"{NAME}-{round_}"
         if round_:
             # A slow database: the appends outrun the drain and wait for room.
             rig.sink.before_write = lambda _batch: time.sleep(0.05)
