@@ -108,6 +108,12 @@ def nothing_stranded(pair: Pair) -> None:
     wait_until(lambda: not pair.left_in_journals(), 60, "every journal drained")
 
 
+@pytest.fixture(params=["shared", "segregated"])
+def pair_of(request: pytest.FixtureRequest):
+    """The builder of a pair in each mode (only the mode's own servers are started)."""
+    return request.getfixturevalue(f"{request.param}_pair")
+
+
 @pytest.fixture
 def cluster_path() -> str:
     return f"/rstest/{uuid.uuid4().hex}"
@@ -191,6 +197,17 @@ def flow_to(queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
     """flow_to(hosts, count=, rate=, **client_options): a Flow (not started) of reports to the
     test's queues on `hosts`, its ledger the test's "ledger"."""
     return partial(Flow, ledger=tmp_path / "ledger", queue_prefix=queue_prefix)
+
+
+@pytest.fixture
+def producing(activemq: Any, flow_to: Callable[..., Flow]) -> Callable[..., Flow]:
+    """producing(count=, rate=): `count` reports flowing at `rate`/s to the test's queues on the
+    session's broker, into a ledger (started, not waited for)."""
+
+    def start(*, count: int, rate: int) -> Flow:
+        return flow_to([activemq.host], count=count, rate=rate).start()
+
+    return start
 
 
 @pytest.fixture

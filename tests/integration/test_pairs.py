@@ -33,12 +33,6 @@ pytestmark = pytest.mark.integration
 SESSION_S = 2.0
 
 
-@pytest.fixture(params=["shared", "segregated"])
-def pair_of(request: pytest.FixtureRequest):
-    """The builder of a pair in each mode (only the mode's own servers are started)."""
-    return request.getfixturevalue(f"{request.param}_pair")
-
-
 @pytest.fixture
 def producing(queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
     """producing(pair, count=, rate=): reports flowing to the first instance's broker, failing

@@ -5,7 +5,7 @@ number. Every test keeps a ledger of receipted reports and checks the database f
 within a bounded wait, and that the instances logged no traceback for the fault."""
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,16 +69,6 @@ def no_traceback(instances: Iterable[Instance]) -> None:
             f"{instance.name} logged a traceback:\n"
             + text[text.index("Traceback") - 300 : text.index("Traceback") + 1500]
         )
-
-
-@pytest.fixture
-def producing(activemq, queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
-    def start(*, count: int, rate: int) -> Flow:
-        return Flow(
-            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate
-        ).start()
-
-    return start
 
 
 def climb(pair: Pair, rounds: int) -> None:

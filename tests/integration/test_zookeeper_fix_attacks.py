@@ -4,19 +4,19 @@ instances run. Each keeps a ledger of receipted reports, checks the database for
 and the instances' logs for tracebacks."""
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from reporting.ha.group import queue_key
-from reporting.harness.flow import Flow, assert_exactly_once
+from reporting.harness.flow import assert_exactly_once
 from reporting.harness.group import spread
 from reporting.harness.pair import Pair
 from reporting.harness.waiting import wait_until
 from tests.integration.conftest import start_group
 from tests.integration.test_zookeeper_data_attacks import (
     BOUND_S,
+    climb,
     no_traceback,
     set_node,
     wipe,
@@ -24,16 +24,6 @@ from tests.integration.test_zookeeper_data_attacks import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def producing(activemq, queue_prefix: str, tmp_path: Path) -> Callable[..., Flow]:
-    def start(*, count: int, rate: int) -> Flow:
-        return Flow(
-            [activemq.host], tmp_path / "ledger", queue_prefix=queue_prefix, count=count, rate=rate
-        ).start()
-
-    return start
 
 
 def actives(pair) -> dict[str, int]:
@@ -118,16 +108,6 @@ def test_shared_epoch_node_set_beyond_the_fence_column(
     wait_until(lambda: logged_traceback() or stored(), 40, "stored, or a traceback")
     no_traceback(pair)
     assert_exactly_once(pg_url, ids, timeout_s=BOUND_S)
-
-
-def climb(pair: Pair, rounds: int) -> None:
-    """The fence raised by `rounds` clean hand-overs (SIGTERM, then a restart)."""
-    for _ in range(rounds):
-        active = wait_until(pair.active, 30, "an active instance")
-        active.stop()
-        wait_until(lambda a=active: pair.active() not in (None, a), 30, "the other active")
-        active.start()
-        wait_until(lambda a=active: pair.roles()[a.name] == "standby", 30, "back as standby")
 
 
 @pytest.mark.parametrize("data", [b" +4\n", b"3.5", b"\xff\xfe"])

@@ -6,32 +6,17 @@ within a bounded wait."""
 import time
 
 import pytest
-from kazoo.client import KazooClient
 
 from reporting.harness.flow import assert_exactly_once
 from reporting.harness.pair import Pair
 from reporting.harness.waiting import wait_until
 from tests.integration.conftest import nothing_stranded
 from tests.integration.test_pairs import at_rest
+from tests.integration.test_zookeeper_data_attacks import wipe
 
 pytestmark = pytest.mark.integration
 
 FAILOVERS = 6
-
-
-@pytest.fixture(params=["shared", "segregated"])
-def pair_of(request: pytest.FixtureRequest):
-    return request.getfixturevalue(f"{request.param}_pair")
-
-
-def wipe(zookeeper, cluster: str) -> None:
-    client = KazooClient(hosts=zookeeper.hosts, timeout=5)
-    client.start(timeout=30)
-    try:
-        client.retry(client.delete, cluster, recursive=True)
-    finally:
-        client.stop()
-        client.close()
 
 
 def test_a_pair_whose_zookeeper_lost_its_data_stores_every_report(
