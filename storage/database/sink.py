@@ -195,15 +195,14 @@ class Sink:
         `first` (the writer has not claimed this epoch before) the same epoch: two writers
         never hold one epoch, even when the epochs' counter was started again."""
         with translated(self.url), self._engine.begin() as conn:
-            if not self._dialect.claim_fence(conn, self.cluster, epoch, strict=first):
-                raise self._stale(conn, epoch)
+            self._check_fence(conn, epoch, strict=first)
 
     def fence_epoch(self) -> int | None:
         with translated(self.url), self._engine.connect() as conn:
             return conn.scalar(select(fence.c.epoch).where(fence.c.cluster == self.cluster))
 
-    def _check_fence(self, conn: Connection, epoch: int) -> None:
-        if not self._dialect.claim_fence(conn, self.cluster, epoch):
+    def _check_fence(self, conn: Connection, epoch: int, *, strict: bool = False) -> None:
+        if not self._dialect.claim_fence(conn, self.cluster, epoch, strict=strict):
             raise self._stale(conn, epoch)
 
     def _stale(self, conn: Connection, epoch: int) -> StaleEpoch:
